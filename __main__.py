@@ -1,0 +1,29 @@
+"""Celery on Redis on Kubernetes: settings -> target -> broker -> worker pools -> checks -> exports."""
+
+import pulumi
+
+from components.broker import RedisBroker
+from components.checks import BrokerCheck
+from components.cluster import ClusterTarget
+from components.stack_config import load_stack_config
+from components.workers import WorkerPools
+
+config = load_stack_config()  # every settings problem stops here, before any resource exists
+settings = config.settings
+
+target = ClusterTarget("cluster", settings)
+broker = RedisBroker("broker", settings, config.secrets, opts=target.child_options())
+pools = WorkerPools("workers", settings, broker, opts=target.child_options())
+check = BrokerCheck("check", settings, broker, pools, opts=target.child_options())
+
+pulumi.export("namespace", target.namespace_name)
+pulumi.export("broker_host", broker.host)
+pulumi.export("broker_port", broker.port)
+pulumi.export("persistence", broker.persistence)
+pulumi.export("visibility_timeout", settings.visibility_timeout)
+pulumi.export("broker_client_secret", broker.client_secret_name)
+pulumi.export("broker_url", broker.broker_url)  # secret: carries the celery user's password
+pulumi.export("result_backend_url", broker.result_backend_url)  # secret
+pulumi.export("check_url", broker.check_url)  # secret: the read-only probe user
+pulumi.export("pools", pools.summary)
+pulumi.export("expect_workers", pools.expected_workers)

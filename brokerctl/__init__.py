@@ -1,0 +1,1 @@
+"""brokerctl: the project's command line (render manifests offline, show settings, check a broker)."""

@@ -1,0 +1,1417 @@
+"""Check that a Celery broker on Redis is healthy and that its workers consume from it.
+
+Checks, one report entry each:
+  connect             authenticate as the (read-only) check user; PING round trip
+  persistence         the mode Redis runs (none|rdb|aof|aof-always) matches the expected one
+  persistence-status  last RDB save and AOF write succeeded; Redis is not loading
+  eviction-policy     maxmemory-policy is noeviction (an evicting broker drops queued tasks)
+  maxmemory           maxmemory is set (else the kubelet OOM-kills Redis instead)
+  memory-usage        used memory below the warning and failure shares of maxmemory
+                      (a full noeviction broker refuses new tasks)
+  backlog:QUEUE       messages waiting per queue, priority sub-queues included
+  unacked             messages delivered but not acknowledged, and the oldest one's age
+                      against visibility_timeout (near it, kombu redelivers: warning)
+  workers             at least --expect-workers workers answer a control ping
+  pool:NAME           every queue of the pool has a consumer; replicas serve all of them
+  canary:QUEUE        Celery's built-in `celery.accumulate` task, sent to each consumed queue,
+                      runs and its result is read back (needs a result backend)
+
+Exit status: 0 every check passed (warnings allowed), 1 a check failed (an unreachable
+broker or a refused password included), 2 usage error.
+
+The check never prints a password (URLs and errors are masked), bounds every network step
+and the whole run by --timeout, never restores or requeues unacknowledged messages (its kombu
+connections run without ack emulation, so they cannot), and leaves no key behind: the reply
+queue of its control commands is deleted and the canary's result is forgotten once read.
+
+URLs: --url/--url-env, or the check_url of --stack/--outputs, or $BROKER_CHECK_URL.
+Worker and canary checks connect as the workers' user (control commands and the canary
+write to the broker): --worker-url/--worker-url-env, stack output broker_url,
+$CELERY_BROKER_URL, else the broker URL. Result backend: --result-backend(-env), stack
+output result_backend_url, $CELERY_RESULT_BACKEND. Use the *-env options (or the
+environment defaults) to keep passwords off the command line.
+
+--json prints one object on stdout (notes go to stderr), schema "brokercheck/v1":
+  {"schema": "brokercheck/v1", "ok": bool, "exit_code": 0|1,
+   "target": masked broker URL, "duration_seconds": float,
+   "summary": {"pass": int, "warn": int, "fail": int},
+   "checks": [{"name": str, "status": "pass"|"warn"|"fail",
+               "measured": str, "expected": str, "hint": str}]}
+Keys are only ever added to this schema, never renamed or removed.
+
+This file is self-contained (stdlib, redis, kombu and celery only) so the same code runs
+as `python -m brokerctl check` and, in the cluster, as `python brokercheck.py` in a Job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+SCHEMA = "brokercheck/v1"
+PASS, WARN, FAIL = "pass", "warn", "fail"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+PERSISTENCE_MODES = ("none", "rdb", "aof", "aof-always")
+URL_SCHEMES = ("redis", "rediss")
+DEFAULT_QUEUE = "celery"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # kombu's default for the Redis transport
+VISIBILITY_WARN_SHARE = 0.8
+PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS
+PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Channel.sep: queue "q" priority 3 is "q\x06\x163"
+UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
+CONTROL_EXCHANGE = "celery.pidbox"  # Celery's control_exchange "celery" + ".pidbox"
+REPLY_EXCHANGE = "reply.celery.pidbox"
+CANARY_TASK = "celery.accumulate"  # built into every Celery app: returns args[index]
+WATCHDOG_GRACE = 0.5  # seconds the run may exceed --timeout while the report is closed
+
+ENV_BROKER_URL = "BROKER_CHECK_URL"
+ENV_WORKER_URL = "CELERY_BROKER_URL"
+ENV_RESULT_BACKEND = "CELERY_RESULT_BACKEND"
+CELERY_URL_ENV = (
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
+    "CELERY_RESULT_BACKEND",
+)
+
+SAFE_TRANSPORT_OPTIONS: dict[str, Any] = {
+    # Without ack emulation kombu's Redis channel uses the virtual QoS: restore_visible is a
+    # no-op and nothing is written to (or restored from) the `unacked` hash. With it, every
+    # idle poll of our reply queue (maybe_restore_messages) and every channel close
+    # (restore_unacked_once) could requeue the messages that workers are running, judged
+    # by *our* visibility_timeout: a running acks_late task would be delivered twice.
+    "ack_emulation": False,
+    # BRPOP wait per poll: keeps the close of a polling channel short.
+    "polling_interval": 0.1,
+    "retry_on_timeout": False,
+    "max_retries": 0,
+}
+
+
+class UsageError(Exception):
+    """A mistake in the command line or in the stack outputs (exit status 2)."""
+
+
+# --------------------------------------------------------------------------------------
+# Secrets: nothing leaves this program without passing through a Masker.
+# --------------------------------------------------------------------------------------
+
+_URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
+
+
+class Masker:
+    """Replaces known passwords, and any password inside a URL, with `***`."""
+
+    def __init__(self, urls: Sequence[str | None] = ()) -> None:
+        self._secrets: set[str] = set()
+        for url in urls:
+            self.add_url(url)
+
+    def add_url(self, url: str | None) -> None:
+        """Remember the password of `url` (raw and percent-decoded) so it is masked everywhere."""
+        if not url:
+            return
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            self._secrets.update({password, unquote(password)})
+
+    def __call__(self, text: object) -> str:
+        """Return `text` as a string with every known secret and URL password masked."""
+        masked = str(text)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            masked = masked.replace(secret, "***")
+        return _URL_CREDENTIALS.sub(r"\g<head>:***@", masked)
+
+
+class _MaskingFilter(logging.Filter):
+    """Masks log records from redis, kombu and celery before any handler prints them."""
+
+    def __init__(self, mask: Masker) -> None:
+        super().__init__()
+        self.mask = mask
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.mask(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.msg += " (" + self.mask(record.exc_info[1]) + ")"
+            record.exc_info = None
+        return True
+
+
+def configure_logging(mask: Masker) -> None:
+    """Send library warnings to stderr, masked; without this Python's fallback prints them raw."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_MaskingFilter(mask))
+    handler.setFormatter(logging.Formatter("brokercheck: %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+# --------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: what was measured, what was expected, and what to do if they differ."""
+
+    name: str
+    status: str
+    measured: str
+    expected: str
+    hint: str = ""
+
+
+@dataclass
+class Report:
+    """The checks of one run, masked as they are added; `close` freezes it."""
+
+    target: str
+    mask: Masker
+    checks: list[CheckResult] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    duration: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(
+        self, name: str, status: str, measured: object, expected: object, hint: str = ""
+    ) -> None:
+        """Record a check result (ignored once the report is closed by the watchdog)."""
+        result = CheckResult(
+            self.mask(name), status, self.mask(measured), self.mask(expected), self.mask(hint)
+        )
+        with self._lock:
+            if self.duration is None:
+                self.checks.append(result)
+
+    def close(self) -> None:
+        """Stop accepting results and record how long the run took."""
+        with self._lock:
+            if self.duration is None:
+                self.duration = time.monotonic() - self.started
+
+    def count(self, status: str) -> int:
+        """Return how many checks ended with `status`."""
+        return sum(1 for check in self.checks if check.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed (warnings allowed), 1 otherwise (also when nothing ran)."""
+        return EXIT_FAILED if self.count(FAIL) or not self.checks else EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report in the documented `brokercheck/v1` JSON schema."""
+        return {
+            "schema": SCHEMA,
+            "ok": self.exit_code == EXIT_OK,
+            "exit_code": self.exit_code,
+            "target": self.target,
+            "duration_seconds": round(self.duration or 0.0, 3),
+            "summary": {status: self.count(status) for status in (PASS, WARN, FAIL)},
+            "checks": [
+                {
+                    "name": check.name,
+                    "status": check.status,
+                    "measured": check.measured,
+                    "expected": check.expected,
+                    "hint": check.hint,
+                }
+                for check in self.checks
+            ],
+        }
+
+
+def format_json(report: Report) -> str:
+    """Return the report as one JSON document (for CI and `jq`)."""
+    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+
+
+def format_table(report: Report) -> str:
+    """Return the report as an aligned table for people, hints under the rows they explain."""
+    headers = ("CHECK", "STATUS", "MEASURED", "EXPECTED")
+    rows = [(c.name, c.status.upper(), c.measured, c.expected) for c in report.checks]
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(3)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, [*widths, 0], strict=True)).rstrip()]
+    for check, row in zip(report.checks, rows, strict=True):
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, [*widths, 0], strict=True)).rstrip())
+        if check.hint and check.status != PASS:
+            lines.append(f"    hint: {check.hint}")
+    verdict = "OK" if report.exit_code == EXIT_OK else "FAILED"
+    lines.append(
+        f"{verdict}: {report.count(PASS)} passed, {report.count(WARN)} warnings, "
+        f"{report.count(FAIL)} failed in {report.duration or 0.0:.2f} s ({report.target})"
+    )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# What to check: the configuration of one run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A worker pool: the queues its workers consume and how many replicas it runs."""
+
+    name: str
+    queues: tuple[str, ...]
+    replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Everything one run needs; built from the command line and stack outputs."""
+
+    broker_url: str
+    worker_url: str
+    result_backend_url: str | None = None
+    expect_persistence: str | None = None
+    expect_workers: int | None = None
+    pools: tuple[Pool, ...] = ()
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+    memory_warn_percent: float = 75.0
+    memory_fail_percent: float = 90.0
+    canary: bool = True
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every configured queue once, in pool order; Celery's default queue if none."""
+        names = [queue for pool in self.pools for queue in pool.queues]
+        return tuple(dict.fromkeys(names)) or (DEFAULT_QUEUE,)
+
+    @property
+    def expected_workers(self) -> int:
+        """Workers that must answer: --expect-workers, else the pools' replicas, else 0."""
+        if self.expect_workers is not None:
+            return self.expect_workers
+        return sum(pool.replicas or 1 for pool in self.pools)
+
+    def masker(self) -> Masker:
+        """Return a Masker that knows every password of this run."""
+        return Masker([self.broker_url, self.worker_url, self.result_backend_url])
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Declare the check's options once, for `python -m brokerctl check` and brokercheck.py."""
+    source = parser.add_argument_group("broker and expectations")
+    where = source.add_mutually_exclusive_group()
+    where.add_argument("--url", help="broker URL for the read-only checks (redis:// or rediss://)")
+    where.add_argument("--url-env", metavar="VAR", help="read --url from environment variable VAR")
+    where.add_argument("--stack", help="read URLs and expectations from `pulumi stack output`")
+    where.add_argument("--outputs", metavar="FILE", help="read them from that JSON file instead")
+    source.add_argument(
+        "--worker-url", metavar="URL", help="URL of the workers' user (control ping, canary)"
+    )
+    source.add_argument("--worker-url-env", metavar="VAR", help="read --worker-url from VAR")
+    source.add_argument("--result-backend", metavar="URL", help="result backend for the canary")
+    source.add_argument(
+        "--result-backend-env", metavar="VAR", help="read --result-backend from VAR"
+    )
+    source.add_argument(
+        "--expect-persistence",
+        choices=PERSISTENCE_MODES,
+        metavar="MODE",
+        help="none | rdb | aof | aof-always",
+    )
+    source.add_argument(
+        "--expect-workers",
+        type=_non_negative_int,
+        metavar="N",
+        help="at least N workers answer through the broker",
+    )
+    source.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        metavar="Q",
+        help="a queue that must have a consumer (repeatable; default: celery)",
+    )
+    source.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="NAME=Q1,Q2[:REPLICAS]",
+        help="a worker pool, its queues and replicas (repeatable)",
+    )
+    source.add_argument(
+        "--visibility-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="the workers' visibility_timeout (default: stack output, else 3600)",
+    )
+    tuning = parser.add_argument_group("run")
+    tuning.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="bound on every network step and the whole run",
+    )
+    tuning.add_argument(
+        "--memory-warn",
+        type=_percent,
+        default=75.0,
+        metavar="PERCENT",
+        help="warn when used memory reaches this share of maxmemory (75)",
+    )
+    tuning.add_argument(
+        "--memory-fail",
+        type=_percent,
+        default=90.0,
+        metavar="PERCENT",
+        help="fail when used memory reaches this share of maxmemory (90)",
+    )
+    tuning.add_argument("--no-canary", action="store_true", help="skip the canary round trip")
+    tuning.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+
+
+def _non_negative_int(text: str) -> int:
+    """Parse a count for argparse; negative numbers are usage errors."""
+    value = int(text)
+    if value < 0:
+        msg = f"must be 0 or more, not {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """Parse seconds for argparse; zero or less is a usage error."""
+    value = float(text)
+    if not value > 0:
+        msg = f"must be more than 0, not {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _percent(text: str) -> float:
+    """Parse a share of maxmemory in percent (0 < p <= 100)."""
+    value = float(text)
+    if not 0 < value <= 100:
+        msg = f"must be a percentage in (0, 100], not {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> CheckConfig:
+    """Merge command line, stack outputs and environment; flags win over outputs over env."""
+    outputs = _stack_outputs(args)
+    broker_url = _first_url(
+        "broker URL",
+        _from_env_option(args.url_env, environ) or args.url,
+        _output_str(outputs, "check_url"),
+        environ.get(ENV_BROKER_URL),
+    )
+    if broker_url is None:
+        msg = f"no broker URL: give --url, --url-env VAR, --stack, --outputs or ${ENV_BROKER_URL}"
+        raise UsageError(msg)
+    worker_url = _first_url(
+        "worker URL",
+        _from_env_option(args.worker_url_env, environ) or args.worker_url,
+        _output_str(outputs, "broker_url"),
+        environ.get(ENV_WORKER_URL),
+    )
+    result_backend = _first_url(
+        "result backend URL",
+        _from_env_option(args.result_backend_env, environ) or args.result_backend,
+        _output_str(outputs, "result_backend_url"),
+        environ.get(ENV_RESULT_BACKEND),
+    )
+    if args.memory_warn > args.memory_fail:
+        msg = f"--memory-warn {args.memory_warn} is above --memory-fail {args.memory_fail}"
+        raise UsageError(msg)
+    return CheckConfig(
+        broker_url=broker_url,
+        worker_url=worker_url or broker_url,
+        result_backend_url=result_backend,
+        expect_persistence=args.expect_persistence or _output_persistence(outputs),
+        expect_workers=_pick(args.expect_workers, _output_int(outputs, "expect_workers")),
+        pools=_pools_from(args, outputs),
+        visibility_timeout=float(
+            _pick(args.visibility_timeout, _output_int(outputs, "visibility_timeout"))
+            or DEFAULT_VISIBILITY_TIMEOUT
+        ),
+        timeout=args.timeout,
+        memory_warn_percent=args.memory_warn,
+        memory_fail_percent=args.memory_fail,
+        canary=not args.no_canary,
+    )
+
+
+def _pick(flag: Any, output: Any) -> Any:
+    """Return the flag's value when given (0 counts), else the stack output's."""
+    return flag if flag is not None else output
+
+
+def _from_env_option(variable: str | None, environ: Mapping[str, str]) -> str | None:
+    """Read the URL named by a --*-env option; an unset variable is a usage error."""
+    if variable is None:
+        return None
+    value = environ.get(variable)
+    if not value:
+        msg = f"environment variable {variable} is not set"
+        raise UsageError(msg)
+    return value
+
+
+def _first_url(what: str, *candidates: str | None) -> str | None:
+    """Return the first URL given, after checking it is a redis:// or rediss:// URL."""
+    for url in candidates:
+        if url:
+            _validate_url(what, url)
+            return url
+    return None
+
+
+def _validate_url(what: str, url: str) -> None:
+    """Refuse URLs this check cannot use, naming the problem without the password."""
+    masked = Masker([url])(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        msg = f"{what} {masked!r} is not a valid URL: {Masker([url])(error)}"
+        raise UsageError(msg) from None
+    if parts.scheme not in URL_SCHEMES or not parts.hostname:
+        msg = f"{what} {masked!r} must look like redis://USER:PASSWORD@HOST:PORT/DB (or rediss://)"
+        raise UsageError(msg)
+
+
+def _pools_from(args: argparse.Namespace, outputs: Mapping[str, Any]) -> tuple[Pool, ...]:
+    """Pools from --pool/--queue when given, else from the stack output `pools`."""
+    pools = [_parse_pool(spec) for spec in args.pool]
+    if args.queue:
+        pools.append(Pool("default", tuple(args.queue)))
+    if pools:
+        return tuple(pools)
+    return _output_pools(outputs)
+
+
+def _parse_pool(spec: str) -> Pool:
+    """Parse NAME=Q1,Q2[:REPLICAS], e.g. `pdf=pdf,pdf-priority:3`."""
+    name, sep, rest = spec.partition("=")
+    queues_text, _, replicas_text = rest.partition(":")
+    queues = tuple(queue for queue in queues_text.split(",") if queue)
+    if not sep or not name or not queues or (replicas_text and not replicas_text.isdigit()):
+        msg = f"--pool {spec!r}: expected NAME=QUEUE[,QUEUE...][:REPLICAS], e.g. pdf=pdf:2"
+        raise UsageError(msg)
+    return Pool(name, queues, int(replicas_text) if replicas_text else None)
+
+
+# --------------------------------------------------------------------------------------
+# Stack outputs (the lead's contract: plain values after --show-secrets)
+# --------------------------------------------------------------------------------------
+
+
+def _stack_outputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the stack outputs named by --stack or --outputs, or {} when neither is given."""
+    if args.outputs:
+        return _read_outputs_file(args.outputs)
+    if args.stack:
+        return _run_pulumi_stack_output(args.stack)
+    return {}
+
+
+def _read_outputs_file(path: str) -> dict[str, Any]:
+    """Read the JSON written by `pulumi stack output --json --show-secrets`."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            outputs = json.load(stream)
+    except OSError as error:
+        msg = f"--outputs {path}: cannot read it ({error.strerror})"
+        raise UsageError(msg) from None
+    except json.JSONDecodeError as error:
+        msg = f"--outputs {path}: not JSON (line {error.lineno}: {error.msg})"
+        raise UsageError(msg) from None
+    return _require_object(outputs, f"--outputs {path}")
+
+
+def _run_pulumi_stack_output(stack: str) -> dict[str, Any]:
+    """Run the Pulumi CLI for the stack's outputs; without the CLI this is a usage error."""
+    pulumi = shutil.which("pulumi")
+    if pulumi is None:
+        msg = (
+            f"--stack {stack}: the pulumi CLI is not installed here; save the outputs elsewhere "
+            "with `pulumi stack output --json --show-secrets --stack STACK > FILE` and pass "
+            "--outputs FILE, or give --url"
+        )
+        raise UsageError(msg)
+    command = [pulumi, "stack", "output", "--json", "--show-secrets", "--stack", stack]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        msg = f"--stack {stack}: `pulumi stack output` did not finish within 120 s"
+        raise UsageError(msg) from None
+    if done.returncode != 0:
+        detail = Masker()(done.stderr.strip().splitlines()[-1:] or ["no message"])
+        msg = f"--stack {stack}: `pulumi stack output` failed: {detail}"
+        raise UsageError(msg)
+    try:
+        outputs = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        msg = f"--stack {stack}: `pulumi stack output --json` did not print JSON"
+        raise UsageError(msg) from None
+    return _require_object(outputs, f"--stack {stack}")
+
+
+def _require_object(outputs: object, origin: str) -> dict[str, Any]:
+    """Stack outputs are a JSON object of output name to value."""
+    if not isinstance(outputs, dict):
+        msg = f"{origin}: expected a JSON object of stack outputs"
+        raise UsageError(msg)
+    return {str(key): value for key, value in outputs.items()} | {"__origin__": origin}
+
+
+def _output_str(outputs: Mapping[str, Any], key: str) -> str | None:
+    """Return a string output, or None when the stack does not export it."""
+    value = outputs.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        msg = f"{outputs['__origin__']}: output {key} must be a string"
+        raise UsageError(msg)
+    return value
+
+
+def _output_int(outputs: Mapping[str, Any], key: str) -> int | None:
+    """Return a non-negative integer output, or None when absent."""
+    value = outputs.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        msg = f"{outputs['__origin__']}: output {key} must be a non-negative integer, not {value!r}"
+        raise UsageError(msg)
+    return value
+
+
+def _output_persistence(outputs: Mapping[str, Any]) -> str | None:
+    """Return the `persistence` output after checking it names a known mode."""
+    value = _output_str(outputs, "persistence")
+    if value is not None and value not in PERSISTENCE_MODES:
+        msg = (
+            f"{outputs['__origin__']}: output persistence is {value!r}; "
+            f"allowed: {', '.join(PERSISTENCE_MODES)}"
+        )
+        raise UsageError(msg)
+    return value
+
+
+def _output_pools(outputs: Mapping[str, Any]) -> tuple[Pool, ...]:
+    """Return the `pools` output: a list of {"name", "queues", "replicas"}."""
+    value = outputs.get("pools")
+    if value is None:
+        return ()
+    origin = outputs["__origin__"]
+    if not isinstance(value, list):
+        msg = f"{origin}: output pools must be a list of {{name, queues, replicas}}"
+        raise UsageError(msg)
+    return tuple(_output_pool(item, f"{origin}: output pools[{i}]") for i, item in enumerate(value))
+
+
+def _output_pool(item: object, where: str) -> Pool:
+    """Validate one entry of the `pools` output."""
+    if not isinstance(item, dict):
+        msg = f"{where} must be an object with name, queues, replicas"
+        raise UsageError(msg)
+    name, queues, replicas = item.get("name"), item.get("queues"), item.get("replicas")
+    if not isinstance(name, str) or not name:
+        msg = f"{where}.name must be a non-empty string"
+        raise UsageError(msg)
+    if not isinstance(queues, list) or not queues or not all(isinstance(q, str) for q in queues):
+        msg = f"{where}.queues must be a non-empty list of queue names"
+        raise UsageError(msg)
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)):
+        msg = f"{where}.replicas must be an integer"
+        raise UsageError(msg)
+    return Pool(name, tuple(queues), replicas)
+
+
+# --------------------------------------------------------------------------------------
+# Running the checks
+# --------------------------------------------------------------------------------------
+
+
+class Deadline:
+    """The end of the run: every network step gets at most what is left (and at most --timeout)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self.end - time.monotonic())
+
+    def step(self) -> float:
+        """Timeout for the next network step: what is left, but at least 50 ms."""
+        return max(0.05, min(self.seconds, self.remaining()))
+
+
+def run_checks(config: CheckConfig) -> Report:
+    """Run every check and return the closed report; never takes much longer than --timeout.
+
+    The checks run in a daemon thread that the caller waits for until the deadline: whatever a
+    library does (DNS lookups, reconnect loops), the run ends and reports what it learned.
+    """
+    mask = config.masker()
+    report = Report(target=mask(config.broker_url), mask=mask)
+    deadline = Deadline(config.timeout)
+    runner = threading.Thread(
+        target=_run_all, args=(config, report, deadline), name="brokercheck", daemon=True
+    )
+    runner.start()
+    runner.join(deadline.remaining() + WATCHDOG_GRACE)
+    if runner.is_alive():
+        report.add(
+            "timeout",
+            FAIL,
+            f"checks still running after {config.timeout:g} s",
+            f"all checks within --timeout {config.timeout:g} s",
+            "a step did not answer in time; the checks above are those that finished",
+        )
+    report.close()
+    return report
+
+
+def _run_all(config: CheckConfig, report: Report, deadline: Deadline) -> None:
+    """Broker checks first; worker checks only when the broker answered and workers are expected."""
+    try:
+        if check_broker(config, report, deadline) and config.expected_workers > 0:
+            check_workers(config, report, deadline)
+    except Exception as error:  # a bug or an unforeseen library error: report it, masked
+        report.add(
+            "internal",
+            FAIL,
+            f"{type(error).__name__}: {error}",
+            "no error",
+            "unexpected error in the check itself; the checks above are valid",
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Broker checks: redis-py as the read-only check user
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What one pipelined round trip learned (each value may be the command's error)."""
+
+    info: Any
+    appendfsync: Any
+    save: Any
+    backlog: dict[str, Any]
+    unacked_count: Any
+    unacked_oldest: Any
+
+
+def _redis_client(url: str, timeout: float) -> Any:
+    """Return a redis-py client whose every connect and read is bounded and never retried."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        single_connection_client=True,
+    )
+
+
+def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> bool:
+    """Run the broker checks; return whether the broker answered (later checks need it)."""
+    user = urlsplit(config.broker_url).username or "default"
+    expected = f"PONG within {config.timeout:g} s as user {user}"
+    client = None
+    try:
+        client = _redis_client(config.broker_url, deadline.step())
+        started = time.monotonic()
+        client.ping()
+        round_trip_ms = (time.monotonic() - started) * 1000
+    except Exception as error:
+        measured, hint = _explain_connect_error(error, config.timeout)
+        report.add("connect", FAIL, measured, expected, hint + "; later checks did not run")
+        return False
+    try:
+        report.add("connect", PASS, f"PONG in {round_trip_ms:.1f} ms as user {user}", expected)
+        state = _read_broker_state(client, config.queues)
+        _check_persistence(report, state, config.expect_persistence)
+        _check_memory(report, state, config)
+        _check_backlog(report, state, config)
+    finally:
+        client.close()
+    return True
+
+
+def _explain_connect_error(error: Exception, timeout: float) -> tuple[str, str]:
+    """Turn a redis-py connection error into what happened and what to look at."""
+    text = f"{type(error).__name__}: {error}"
+    name = type(error).__name__
+    if name == "AuthenticationError" or "WRONGPASS" in str(error):
+        return (
+            f"authentication refused ({text})",
+            "the user or password is wrong, or the ACL user is off; compare the URL's Secret "
+            "with the broker's ACL",
+        )
+    if name == "TimeoutError" or isinstance(error, socket.timeout):
+        return (
+            f"no answer within {timeout:g} s ({text})",
+            "something accepts connections but does not speak Redis: wrong port or service, "
+            "TLS (rediss://) mismatch, or a hung server",
+        )
+    if name == "NoPermissionError":
+        return f"the user may not run PING ({text})", "grant the check user +ping"
+    return (
+        f"unreachable ({text})",
+        "is Redis running, are host and port right, does a NetworkPolicy allow this client?",
+    )
+
+
+def _read_broker_state(client: Any, queues: Sequence[str]) -> BrokerState:
+    """Read INFO, the persistence config and the queue/unacked sizes in one round trip."""
+    pipe = client.pipeline(transaction=False)  # no MULTI: the check user may not run it
+    pipe.info()
+    pipe.config_get("appendfsync")
+    pipe.config_get("save")
+    for queue in queues:
+        for key in _priority_keys(queue):
+            pipe.llen(key)
+    pipe.zcard(UNACKED_INDEX_KEY)
+    pipe.zrange(UNACKED_INDEX_KEY, 0, 0, withscores=True)
+    answers = pipe.execute(raise_on_error=False)
+    info, appendfsync, save = answers[:3]
+    lengths = answers[3:-2]
+    steps = len(PRIORITY_STEPS)
+    backlog = {q: lengths[i * steps : (i + 1) * steps] for i, q in enumerate(queues)}
+    return BrokerState(info, appendfsync, save, backlog, answers[-2], answers[-1])
+
+
+def _priority_keys(queue: str) -> list[str]:
+    """Return kombu's list keys of one queue: the queue, then queue + SEP + each priority."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def _config_value(answer: Any, name: str) -> str | None:
+    """Return a CONFIG GET value as text, or None when the command failed."""
+    if isinstance(answer, Exception) or not isinstance(answer, dict):
+        return None
+    value = answer.get(name, answer.get(name.encode()))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _command_error(report: Report, name: str, answer: Any, expected: str, grant: str) -> bool:
+    """Report a refused or failed command as a failed check; return whether it failed."""
+    if not isinstance(answer, Exception):
+        return False
+    report.add(
+        name, FAIL, f"{type(answer).__name__}: {answer}", expected, f"the check user needs {grant}"
+    )
+    return True
+
+
+def _persistence_mode(info: Mapping[str, Any], appendfsync: str | None, save: str | None) -> str:
+    """Name the mode Redis runs in, in the terms of --expect-persistence."""
+    if int(info.get("aof_enabled", 0)):
+        if appendfsync == "always":
+            return "aof-always"
+        if appendfsync == "everysec":
+            return "aof"
+        return f"aof (appendfsync {appendfsync or 'unknown'})"
+    return "rdb" if (save or "").strip() else "none"
+
+
+def _check_persistence(report: Report, state: BrokerState, expected: str | None) -> None:
+    """Compare the running persistence mode with the expected one, then its health."""
+    if _command_error(report, "persistence", state.info, "INFO answered", "+info"):
+        return
+    appendfsync = _config_value(state.appendfsync, "appendfsync")
+    save = _config_value(state.save, "save")
+    if appendfsync is None or save is None:
+        bad = state.appendfsync if isinstance(state.appendfsync, Exception) else state.save
+        report.add(
+            "persistence",
+            FAIL,
+            f"CONFIG GET refused: {bad}",
+            expected or "any",
+            "the check user needs +config|get (appendfsync is not in INFO)",
+        )
+    else:
+        mode = _persistence_mode(state.info, appendfsync, save)
+        if expected is None:
+            report.add("persistence", PASS, mode, "any (no --expect-persistence)")
+        elif mode == expected:
+            report.add("persistence", PASS, mode, expected)
+        else:
+            report.add(
+                "persistence",
+                FAIL,
+                mode,
+                expected,
+                "the broker's redis.conf (appendonly, appendfsync, save) does not match "
+                "the stack's persistence setting; was the ConfigMap applied and Redis "
+                "restarted?",
+            )
+    _check_persistence_status(report, state.info)
+
+
+def _check_persistence_status(report: Report, info: Mapping[str, Any]) -> None:
+    """Last save/write succeeded and the dataset is loaded: otherwise Redis may refuse writes."""
+    fields = {
+        "rdb_last_bgsave_status": "ok",
+        "aof_last_write_status": "ok",
+        "aof_last_bgrewrite_status": "ok",
+        "loading": 0,
+    }
+    measured = {key: info.get(key) for key in fields if key in info}
+    bad = {key: value for key, value in measured.items() if str(value) != str(fields[key])}
+    text = " ".join(f"{key}={value}" for key, value in measured.items())
+    expected = "last save and write ok, not loading"
+    if not bad:
+        report.add("persistence-status", PASS, text, expected)
+    elif set(bad) == {"loading"}:
+        report.add(
+            "persistence-status",
+            FAIL,
+            text,
+            expected,
+            "Redis is still loading its data set; retry when it finished",
+        )
+    else:
+        report.add(
+            "persistence-status",
+            FAIL,
+            text,
+            expected,
+            "a save or AOF write failed (disk full, volume read-only?): see the Redis log; "
+            "with stop-writes-on-bgsave-error Redis refuses new tasks",
+        )
+
+
+def _check_memory(report: Report, state: BrokerState, config: CheckConfig) -> None:
+    """noeviction, maxmemory set, and used memory below the warning and failure shares."""
+    if isinstance(state.info, Exception):
+        return
+    info = state.info
+    policy = str(info.get("maxmemory_policy", "unknown"))
+    if policy == "noeviction":
+        report.add("eviction-policy", PASS, policy, "noeviction")
+    else:
+        report.add(
+            "eviction-policy",
+            FAIL,
+            policy,
+            "noeviction",
+            "an evicting broker silently drops queued tasks; set maxmemory-policy noeviction",
+        )
+    maxmemory = int(info.get("maxmemory", 0))
+    used = int(info.get("used_memory", 0))
+    if maxmemory <= 0:
+        report.add(
+            "maxmemory",
+            FAIL,
+            "0 (unlimited)",
+            "set (> 0)",
+            "without maxmemory Redis grows until the kubelet OOM-kills it; set it "
+            "below the container's memory limit",
+        )
+        return
+    report.add("maxmemory", PASS, _megabytes(maxmemory), "set (> 0)")
+    percent = 100.0 * used / maxmemory
+    measured = f"{_megabytes(used)} of {_megabytes(maxmemory)} ({percent:.1f}%)"
+    expected = f"< {config.memory_warn_percent:g}% (fail at {config.memory_fail_percent:g}%)"
+    hint = (
+        "a full noeviction broker refuses new tasks (OOM command not allowed): drain the "
+        "backlog or raise maxmemory and the memory limit"
+    )
+    if percent >= config.memory_fail_percent:
+        report.add("memory-usage", FAIL, measured, expected, hint)
+    elif percent >= config.memory_warn_percent:
+        report.add("memory-usage", WARN, measured, expected, hint)
+    else:
+        report.add("memory-usage", PASS, measured, expected)
+
+
+def _megabytes(size: int) -> str:
+    """Format bytes as MiB for people."""
+    return f"{size / 1048576:.1f} MiB"
+
+
+def _check_backlog(report: Report, state: BrokerState, config: CheckConfig) -> None:
+    """Depth of every queue (all priorities), and the unacknowledged messages' oldest age."""
+    for queue, lengths in state.backlog.items():
+        refused = next((answer for answer in lengths if isinstance(answer, Exception)), None)
+        if _command_error(report, f"backlog:{queue}", refused, "LLEN answered", "+llen"):
+            continue
+        by_priority = ", ".join(
+            f"priority {step}: {length}"
+            for step, length in zip(PRIORITY_STEPS, lengths, strict=True)
+            if length
+        )
+        detail = f" ({by_priority})" if by_priority else ""
+        report.add(f"backlog:{queue}", PASS, f"{sum(lengths)} waiting{detail}", "any depth")
+    _check_unacked(report, state, config.visibility_timeout)
+
+
+def _check_unacked(report: Report, state: BrokerState, visibility_timeout: float) -> None:
+    """Warn when the oldest unacknowledged delivery nears visibility_timeout (redelivery)."""
+    for answer in (state.unacked_count, state.unacked_oldest):
+        if _command_error(report, "unacked", answer, "ZCARD/ZRANGE answered", "+zcard +zrange"):
+            return
+    expected = (
+        f"oldest < {VISIBILITY_WARN_SHARE:.0%} of visibility_timeout {visibility_timeout:g} s"
+    )
+    if not state.unacked_count:
+        report.add("unacked", PASS, "0 unacknowledged", expected)
+        return
+    oldest_delivery = float(state.unacked_oldest[0][1]) if state.unacked_oldest else time.time()
+    age = max(0.0, time.time() - oldest_delivery)
+    measured = f"{state.unacked_count} unacknowledged, oldest delivered {age:.0f} s ago"
+    if age < VISIBILITY_WARN_SHARE * visibility_timeout:
+        report.add("unacked", PASS, measured, expected)
+    elif age < visibility_timeout:
+        report.add(
+            "unacked",
+            WARN,
+            measured,
+            expected,
+            "kombu will soon redeliver it (the task runs twice); raise visibility_timeout "
+            "above the longest task's run time",
+        )
+    else:
+        report.add(
+            "unacked",
+            WARN,
+            measured,
+            expected,
+            "past visibility_timeout: a worker died with it, or a task runs longer than "
+            "visibility_timeout and is being redelivered (run twice)",
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Worker checks: kombu (control commands) and celery (canary), as the workers' user
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ControlReplies:
+    """Replies to one broadcast, by worker node name."""
+
+    ping: dict[str, Any] = field(default_factory=dict)
+    active_queues: dict[str, Any] = field(default_factory=dict)
+
+    def consumers(self, queue: str) -> list[str]:
+        """Workers that consume `queue`."""
+        return sorted(
+            node for node, queues in self.active_queues.items() if queue in _queue_names(queues)
+        )
+
+    def serving(self, pool: Pool) -> list[str]:
+        """Workers that consume every queue of `pool`."""
+        return sorted(
+            node
+            for node, queues in self.active_queues.items()
+            if set(pool.queues) <= _queue_names(queues)
+        )
+
+    def queue_declaration(self, queue: str) -> dict[str, Any] | None:
+        """How a consumer declared `queue` (exchange, routing key), to route the canary alike."""
+        for node in self.consumers(queue):
+            for declared in self.active_queues[node]:
+                if isinstance(declared, dict) and declared.get("name") == queue:
+                    return declared
+        return None
+
+
+def _queue_names(queues: Any) -> set[str]:
+    """Names in one worker's active_queues reply."""
+    if not isinstance(queues, list):
+        return set()
+    return {q.get("name") for q in queues if isinstance(q, dict)}
+
+
+def check_workers(config: CheckConfig, report: Report, deadline: Deadline) -> None:
+    """Workers answer a control ping, every pool's queues have consumers, canaries run."""
+    with _without_celery_url_env():
+        try:
+            replies = _broadcast_ping_and_queues(config, deadline)
+        except Exception as error:
+            report.add(
+                "workers",
+                FAIL,
+                f"control broadcast failed: {type(error).__name__}: {error}",
+                f">= {config.expected_workers} answer",
+                "check the workers' URL (user celery, password) and its ACL",
+            )
+            return
+        _report_workers(report, config, replies)
+        if config.canary and config.result_backend_url:
+            _run_canaries(report, config, replies, deadline)
+
+
+@contextmanager
+def _without_celery_url_env() -> Iterator[None]:
+    """Hide CELERY_BROKER_URL & co while Celery runs here: they beat any URL given to it."""
+    saved = {name: os.environ.pop(name) for name in CELERY_URL_ENV if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _kombu_connection(url: str, timeout: float) -> Any:
+    """Return a kombu connection that cannot restore unacked messages nor retry for long."""
+    from kombu import Connection
+
+    options = SAFE_TRANSPORT_OPTIONS | {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    return Connection(url, connect_timeout=timeout, transport_options=options)
+
+
+def _broadcast_ping_and_queues(config: CheckConfig, deadline: Deadline) -> ControlReplies:
+    """Broadcast `ping` and `active_queues` once; collect until enough answered or time is up.
+
+    Like `celery inspect`, but it stops as soon as the expected workers answered and every
+    pool is served, gives the canary the rest of the time, and deletes its reply queue.
+    """
+    window = deadline.remaining() * (0.5 if config.canary and config.result_backend_url else 1)
+    window_end = time.monotonic() + window
+    with _kombu_connection(config.worker_url, deadline.step()) as connection:
+        channel = connection.channel()
+        channel.do_restore = False  # belt and braces: never requeue on close
+        try:
+            return _collect_replies(connection, channel, config, window_end)
+        finally:
+            channel.close()
+
+
+def _collect_replies(
+    connection: Any, channel: Any, config: CheckConfig, window_end: float
+) -> ControlReplies:
+    """Declare a reply queue, publish both commands, drain replies, delete the reply queue."""
+    from kombu import Consumer, Exchange, Producer, Queue
+
+    oid = uuid.uuid4().hex
+    reply_exchange = Exchange(REPLY_EXCHANGE, "direct", durable=False, delivery_mode="transient")
+    # No x-expires: the binding is permanent until we delete the queue below, so nothing is
+    # left in kombu's binding-deadline set for sweepers to find.
+    reply_queue = Queue(
+        f"{oid}.{REPLY_EXCHANGE}", reply_exchange, routing_key=oid, durable=False, auto_delete=True
+    )
+    control = Exchange(CONTROL_EXCHANGE, "fanout", durable=False, delivery_mode="transient")
+    replies = ControlReplies()
+    tickets = {uuid.uuid4().hex: replies.ping, uuid.uuid4().hex: replies.active_queues}
+
+    def on_reply(body: Any, message: Any) -> None:
+        answers = tickets.get(message.headers.get("ticket"))
+        if answers is not None and isinstance(body, dict):
+            answers.update(body)
+
+    try:
+        with Consumer(channel, [reply_queue], callbacks=[on_reply], no_ack=True, accept=["json"]):
+            producer = Producer(channel, auto_declare=False)
+            for ticket, answers in tickets.items():
+                command = "ping" if answers is replies.ping else "active_queues"
+                producer.publish(
+                    {
+                        "method": command,
+                        "arguments": {},
+                        "destination": None,
+                        "pattern": None,
+                        "matcher": None,
+                        "ticket": ticket,
+                        "reply_to": {"exchange": REPLY_EXCHANGE, "routing_key": oid},
+                    },
+                    exchange=control,
+                    declare=[control],
+                    serializer="json",
+                    retry=False,
+                    headers={
+                        "clock": 0,
+                        "expires": time.time() + max(window_end - time.monotonic(), 0),
+                    },
+                )
+            _drain_until(connection, window_end, lambda: _enough_replies(replies, config))
+    finally:
+        channel.queue_delete(reply_queue.name)
+    return replies
+
+
+def _drain_until(connection: Any, end: float, done: Callable[[], bool]) -> None:
+    """Process replies until `done()` or the monotonic time `end`."""
+    while not done():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            connection.drain_events(timeout=min(left, 0.25))
+        except TimeoutError:
+            continue
+
+
+def _enough_replies(replies: ControlReplies, config: CheckConfig) -> bool:
+    """Stop waiting once the expected workers answered both commands and every pool is served."""
+    answered = set(replies.ping)
+    if len(answered) < config.expected_workers or not answered <= set(replies.active_queues):
+        return False
+    return all(
+        all(replies.consumers(queue) for queue in pool.queues)
+        and len(replies.serving(pool)) >= (pool.replicas or 1)
+        for pool in config.pools
+    ) and all(replies.consumers(queue) for queue in config.queues)
+
+
+def _report_workers(report: Report, config: CheckConfig, replies: ControlReplies) -> None:
+    """One entry for the worker count, one per pool for its queues' consumers."""
+    expected = config.expected_workers
+    names = ", ".join(sorted(replies.ping)) or "none"
+    measured = f"{len(replies.ping)} answered ({names})"
+    if len(replies.ping) >= expected:
+        report.add("workers", PASS, measured, f">= {expected} answer the control ping")
+    else:
+        report.add(
+            "workers",
+            FAIL,
+            measured,
+            f">= {expected} answer the control ping",
+            "workers are not running, not ready, or connected to another broker/DB "
+            "(compare CELERY_BROKER_URL with this URL); see the pods' logs",
+        )
+    pools = config.pools or (Pool("default", config.queues),)
+    for pool in pools:
+        _report_pool(report, pool, replies)
+
+
+def _report_pool(report: Report, pool: Pool, replies: ControlReplies) -> None:
+    """Fail when a queue has no consumer; warn when fewer replicas than expected serve it all."""
+    consumers = {queue: replies.consumers(queue) for queue in pool.queues}
+    serving = replies.serving(pool)
+    replicas = pool.replicas or 1
+    measured = "; ".join(f"{queue}: {len(nodes)} consumers" for queue, nodes in consumers.items())
+    measured += f"; {len(serving)} workers consume all"
+    expected = f"every queue consumed; {replicas} workers consume all"
+    idle = [queue for queue, nodes in consumers.items() if not nodes]
+    if idle:
+        report.add(
+            f"pool:{pool.name}",
+            FAIL,
+            measured,
+            expected,
+            f"no worker consumes {', '.join(idle)}: tasks sent there wait forever; "
+            "check the pool's -Q/--queues and that its pods are ready",
+        )
+    elif len(serving) < replicas:
+        report.add(
+            f"pool:{pool.name}",
+            WARN,
+            measured,
+            expected,
+            "fewer workers than replicas answered (rolling update, or pods not ready)",
+        )
+    else:
+        report.add(f"pool:{pool.name}", PASS, measured, expected)
+
+
+def _run_canaries(
+    report: Report, config: CheckConfig, replies: ControlReplies, deadline: Deadline
+) -> None:
+    """Send `celery.accumulate` to each consumed queue, read each result back, forget it."""
+    declarations = {q: replies.queue_declaration(q) for q in config.queues}
+    targets = {queue: declared for queue, declared in declarations.items() if declared}
+    if not targets:
+        return
+    app = _canary_app(config, deadline.step())
+    try:
+        sent = {
+            queue: _send_canary(app, queue, declared, deadline)
+            for queue, declared in targets.items()
+        }
+        for queue, (token, result, started) in sent.items():
+            _await_canary(report, queue, token, result, started, deadline)
+    except Exception as error:
+        report.add(
+            "canary",
+            FAIL,
+            f"{type(error).__name__}: {error}",
+            "canary sent and its result read back",
+            "check the result backend URL (user, DB) and that workers use the same one",
+        )
+    finally:
+        app.close()
+
+
+def _canary_app(config: CheckConfig, timeout: float) -> Any:
+    """Return a throw-away Celery app on the workers' broker and backend, safe and bounded."""
+    from celery import Celery
+
+    app = Celery(
+        "brokercheck",
+        broker=config.worker_url,
+        backend=config.result_backend_url,
+        set_as_current=False,
+    )
+    app.conf.update(
+        broker_transport_options=SAFE_TRANSPORT_OPTIONS
+        | {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        broker_connection_timeout=timeout,
+        broker_connection_retry=False,
+        broker_connection_retry_on_startup=False,
+        broker_connection_max_retries=0,
+        task_publish_retry=False,
+        redis_socket_timeout=timeout,
+        redis_socket_connect_timeout=timeout,
+        redis_retry_on_timeout=False,
+        result_backend_transport_options={"retry_policy": {"max_retries": 0}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+    )
+    return app
+
+
+def _send_canary(
+    app: Any, queue: str, declared: Mapping[str, Any], deadline: Deadline
+) -> tuple[str, Any, float]:
+    """Publish the canary the way the consumer declared the queue; declare nothing new."""
+    from kombu import Exchange, Queue
+
+    exchange_info = declared.get("exchange") or {}
+    exchange = Exchange(exchange_info.get("name", queue), exchange_info.get("type", "direct"))
+    target = Queue(queue, exchange, routing_key=declared.get("routing_key", queue))
+    token = f"brokercheck-canary-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    result = app.send_task(
+        CANARY_TASK,
+        args=[token],
+        kwargs={"index": 0},
+        queue=target,
+        declare=[],
+        expires=max(deadline.remaining(), 1.0),  # a late canary is discarded, not run
+        retry=False,
+    )
+    return token, result, started
+
+
+def _await_canary(
+    report: Report, queue: str, token: str, result: Any, started: float, deadline: Deadline
+) -> None:
+    """Wait for one canary's result within the deadline and report its round trip."""
+    expected = f"{CANARY_TASK} runs and its result is read back within {deadline.seconds:g} s"
+    try:
+        value = result.get(timeout=max(deadline.remaining(), 0.05), propagate=False, interval=0.05)
+    except Exception as error:
+        report.add(
+            f"canary:{queue}",
+            FAIL,
+            f"no result ({type(error).__name__}: {error})",
+            expected,
+            "the queue's workers may all be busy with long tasks (rerun with a longer "
+            "--timeout), or they store results elsewhere than this result backend",
+        )
+        return
+    finally:
+        _forget(result)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    if value == token:
+        report.add(f"canary:{queue}", PASS, f"round trip in {elapsed_ms:.0f} ms", expected)
+    else:
+        report.add(
+            f"canary:{queue}",
+            FAIL,
+            f"unexpected result {value!r} ({result.state})",
+            expected,
+            "the worker ran the canary but returned something else",
+        )
+
+
+def _forget(result: Any) -> None:
+    """Delete the canary's stored result so the check leaves no key behind."""
+    try:
+        result.forget()
+    except Exception as error:  # the report already says whether the canary worked
+        logging.getLogger("brokercheck").warning("could not delete canary result: %s", error)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def print_report(report: Report, as_json: bool) -> None:
+    """Print the report: JSON alone on stdout with --json, else the table."""
+    if as_json:
+        print(format_json(report))
+    else:
+        print(format_table(report))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the check for parsed arguments, print the report, return the exit status.
+
+    Raises UsageError (message already masked) for bad input; the caller maps it to 2.
+    """
+    config = config_from_args(args)
+    configure_logging(config.masker())
+    report = run_checks(config)
+    print_report(report, args.json)
+    return report.exit_code
+
+
+def build_parser(prog: str = "brokercheck.py") -> argparse.ArgumentParser:
+    """Return the stand-alone parser (the in-cluster Job runs this file directly)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `brokercheck.py [options]`: 0 all passed, 1 a check failed, 2 usage error."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
+        return int(exit_request.code or 0)
+    try:
+        return run_from_args(args)
+    except UsageError as error:
+        print(f"brokercheck: usage error: {Masker()(error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""`python -m brokerctl check`: the post-deploy broker check, from a person's terminal.
+
+All the logic lives in `brokerctl/brokercheck.py`, one self-contained file, because the
+cluster runs the very same code as a Job in the workers' image (which has celery, kombu and
+redis-py, but not this repository). This module only registers the options and maps usage
+errors to the project's CommandError.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from brokerctl import brokercheck
+from brokerctl.errors import EXIT_USAGE, CommandError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `check` command; its help is brokercheck's docstring, its options declared once."""
+    parser = subparsers.add_parser(
+        "check",
+        help="check a deployed broker and its workers (exit 0 ok, 1 failed, 2 usage)",
+        description=brokercheck.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    brokercheck.add_options(parser)
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the check and return its exit status; a usage error becomes CommandError (2)."""
+    try:
+        return brokercheck.run_from_args(args)
+    except brokercheck.UsageError as error:
+        message = f"check: {error}"
+        raise CommandError(message, EXIT_USAGE) from None

@@ -1,0 +1,56 @@
+"""`python -m brokerctl settings --stack STACK`: the settings a stack really gets, as YAML.
+
+Defaults merged with the stack file, derived values (maxmemory, visibility timeout, grace
+periods) spelled out, secrets shown only as whether they are configured or generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from brokerctl import mockrun
+from brokerctl.errors import EXIT_OK, EXIT_USAGE, CommandError
+from components.settings import SECRET_KEYS, StackSettings
+from components.stack_config import SettingsError, parse_stack_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `settings` command."""
+    parser = subparsers.add_parser(
+        "settings",
+        help="print a stack's effective settings (defaults merged, secrets redacted)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--stack", required=True, help="stack name: dev, staging, prod")
+    parser.set_defaults(handler=handle)
+
+
+def effective_settings(stack: str) -> tuple[StackSettings, dict[str, Any]]:
+    """Validate a stack and describe its effective settings, derived values included."""
+    config, secret_keys = mockrun.read_stack_config(stack)
+    try:
+        settings, secrets = parse_stack_config(config, secret_keys, mockrun._relative(mockrun.stack_file(stack)))  # noqa: SLF001
+    except SettingsError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+    described = settings.model_dump(mode="json")
+    described["derived"] = {
+        "broker_maxmemory_bytes": settings.broker.effective_maxmemory_bytes(),
+        "visibility_timeout": settings.visibility_timeout,
+        "pool_grace_period_seconds": {p.name: p.grace_period_seconds for p in settings.workers.pools},
+    }
+    described["secrets"] = {
+        key: ("configured (secret)" if key in secrets else "generated at deploy, kept in Pulumi state")
+        for key in SECRET_KEYS
+    }
+    return settings, described
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Print the effective settings as YAML."""
+    _, described = effective_settings(args.stack)
+    print(yaml.safe_dump(described, sort_keys=False), end="")
+    return EXIT_OK

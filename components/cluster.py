@@ -1,0 +1,42 @@
+"""The deployment target: an explicit Kubernetes provider and the namespace.
+
+Default providers are disabled in Pulumi.yaml, so every object must come through this
+provider: a stack can never deploy to whatever context the kubeconfig happens to point at.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.naming import labels
+from components.settings import StackSettings
+
+
+class ClusterTarget(pulumi.ComponentResource):
+    """The provider bound to the stack's kube context and namespace, plus the namespace itself."""
+
+    def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("celery-redis:index:ClusterTarget", name, None, opts)
+        self.provider = k8s.Provider(
+            f"{name}-provider",
+            context=settings.kube_context,
+            namespace=settings.namespace,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.namespace_name: pulumi.Output[str] = pulumi.Output.from_input(settings.namespace)
+        if settings.create_namespace:
+            namespace = k8s.core.v1.Namespace(
+                f"{name}-namespace",
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=settings.namespace, labels=labels(settings, "namespace", settings.namespace)
+                ),
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+            )
+            self.namespace_name = namespace.metadata.name
+        self.register_outputs({"namespace": self.namespace_name})
+
+    def child_options(self) -> pulumi.ResourceOptions:
+        """Options for components that create objects in this target (provider + namespace order)."""
+        return pulumi.ResourceOptions(providers={"kubernetes": self.provider}, depends_on=[self])

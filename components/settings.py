@@ -1,0 +1,573 @@
+"""The settings model: every choice a stack makes, its default, and the rules between them.
+
+This is the project's "values file". Stack files (config/Pulumi.<stack>.yaml) state only what
+an environment changes; everything else is a default here, documented beside the field. The
+README's settings reference is generated from these descriptions (tests/unit fails when they
+drift). Models forbid unknown keys at every depth: a typo must never fall back to a default.
+
+Only `load_settings` reads Pulumi config; components receive the frozen model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from components.quantities import CpuQuantity, MemoryQuantity, memory_bytes
+
+PROJECT = "celery-redis"
+"""The Pulumi project name, and so the namespace of every config key (`celery-redis:broker`)."""
+
+DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+PersistenceMode = Literal["none", "rdb", "aof", "aof-always"]
+PERSISTENT_MODES = ("rdb", "aof", "aof-always")
+
+
+class CrossFieldProblem(ValueError):
+    """A rule between settings was broken; carries the key path it concerns, relative to the
+    model that raised it, so the error report can name the exact key in the stack file."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], object, str]]) -> None:
+        super().__init__("; ".join(message for _, _, message in problems))
+        self.problems = problems
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, values are never coerced from
+    another type (a quoted "3" for replicas is a mistake worth reporting), and settings are
+    frozen so a component cannot change what another one sees."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Problems:
+    """Collects cross-field problems so one validator reports all of them together."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[tuple[str | int, ...], object, str]] = []
+
+    def add(self, path: tuple[str | int, ...], value: object, message: str) -> None:
+        """Record that the setting at `path` (relative to the validating model) is wrong."""
+        self.found.append((path, value, message))
+
+    def raise_if_any(self) -> None:
+        """Raise them as one error that the settings report expands back into one line each."""
+        if self.found:
+            raise CrossFieldProblem(self.found)
+
+
+class Resources(Section):
+    """Requests and limits of one container."""
+
+    cpu_request: CpuQuantity = Field(
+        "100m", description="CPU the scheduler reserves; small, since both Redis and idle workers mostly wait."
+    )
+    cpu_limit: CpuQuantity | None = Field(
+        None, description="CPU ceiling; unset by default because CFS throttling stalls Redis and heartbeats."
+    )
+    memory_request: MemoryQuantity = Field(
+        "256Mi", description="Memory the scheduler reserves for the container."
+    )
+    memory_limit: MemoryQuantity = Field(
+        "512Mi", description="Memory ceiling; the kernel kills the container above it, so size it with care."
+    )
+
+    @model_validator(mode="after")
+    def _request_within_limit(self) -> Resources:
+        if memory_bytes(self.memory_request) > memory_bytes(self.memory_limit):
+            problems = Problems()
+            problems.add(
+                ("memory_request",),
+                self.memory_request,
+                f"must not exceed memory_limit ({self.memory_limit}); allowed: a quantity <= memory_limit",
+            )
+            problems.raise_if_any()
+        return self
+
+
+class Toleration(Section):
+    """One Kubernetes toleration, for pools or brokers pinned to tainted nodes."""
+
+    key: str = Field(..., description="Taint key to tolerate.")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="How the key is matched.")
+    value: str | None = Field(None, description="Taint value (with operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Which taint effect is tolerated; unset tolerates all."
+    )
+
+
+class Placement(Section):
+    """Where pods may run."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the pods require (e.g. a node pool)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints the pods tolerate."
+    )
+
+
+class Storage(Section):
+    """The broker's PersistentVolumeClaim (used whenever persistence is not `none`)."""
+
+    size: MemoryQuantity = Field(
+        "8Gi", description="Volume size; bounds the largest AOF/RDB and so the startup probe budget."
+    )
+    storage_class: str | None = Field(
+        None, description="StorageClass of the claim; unset uses the cluster default."
+    )
+
+
+class RdbSavePoint(Section):
+    """One `save <seconds> <changes>` rule: snapshot when that many writes happened in that time."""
+
+    seconds: int = Field(..., gt=0, description="Window length in seconds.")
+    changes: int = Field(..., gt=0, description="Writes within the window that trigger a snapshot.")
+
+
+def _default_rdb_schedule() -> list[RdbSavePoint]:
+    return [
+        RdbSavePoint(seconds=3600, changes=1),
+        RdbSavePoint(seconds=300, changes=100),
+        RdbSavePoint(seconds=60, changes=10000),
+    ]
+
+
+class BrokerSettings(Section):
+    """The Redis broker: one StatefulSet, its config, users, storage and probes."""
+
+    image: str = Field(
+        "docker.io/library/redis:7.2.7",
+        description="Redis image, pinned; 7.2+ (redis.conf keeps to directives 7.0 also loads).",
+    )
+    persistence: PersistenceMode = Field(
+        "aof",
+        description=(
+            "none (ephemeral stacks only), rdb (snapshots), aof (fsync every second) or "
+            "aof-always (fsync every write: nothing acknowledged is lost)."
+        ),
+    )
+    rdb_schedule: list[RdbSavePoint] = Field(
+        default_factory=_default_rdb_schedule,
+        description="Snapshot rules for persistence rdb (Redis's classic 1h/5m/1m schedule).",
+    )
+    port: int = Field(6379, ge=1, le=65535, description="Port clients and probes use.")
+    broker_db: int = Field(0, ge=0, le=15, description="Redis database number of the task queues.")
+    result_db: int = Field(
+        1, ge=0, le=15, description="Database of task results; apart from queues, as the research notes advise."
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(memory_request="1Gi", memory_limit="1Gi"),
+        description="Requests and limits of the redis-server container (request = limit: no overcommit).",
+    )
+    maxmemory: MemoryQuantity | None = Field(
+        None,
+        description=(
+            "Redis maxmemory; unset derives it from memory_limit minus fork and client-buffer headroom."
+        ),
+    )
+    fork_headroom_ratio: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of maxmemory kept free for copy-on-write while a persistent broker forks "
+            "(RDB save, AOF rewrite); a busy broker can dirty half its pages during a rewrite."
+        ),
+    )
+    client_buffer_reserve: MemoryQuantity = Field(
+        "64Mi", description="Memory kept free for client query/output buffers (large PDF messages pass through them)."
+    )
+    max_message_bytes: MemoryQuantity = Field(
+        "8Mi",
+        description="Largest task message expected (a PDF as base64 JSON is ~1.33x the file); sizes the backlog.",
+    )
+    max_queued_messages: int = Field(
+        32,
+        ge=1,
+        description="Backlog of largest messages the broker must hold; refused if it cannot fit in maxmemory.",
+    )
+    visibility_timeout: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds before an unacknowledged task is redelivered; unset derives it from the "
+            "longest hard time limit plus ETA of any pool, plus a margin."
+        ),
+    )
+    storage: Storage = Field(default_factory=Storage, description="The data volume (not used with persistence none).")
+    termination_grace_period_seconds: int = Field(
+        60, ge=10, description="Time Redis gets on SIGTERM to write its final AOF fsync / RDB before SIGKILL."
+    )
+    aof_load_mb_per_second: float = Field(
+        50.0,
+        gt=0,
+        description="Measured AOF load rate (bench/broker.py, cold cache), sizing the startup probe budget.",
+    )
+    tcp_keepalive: int = Field(
+        60, ge=0, description="Seconds between TCP keepalives, so dead worker connections are noticed."
+    )
+    client_idle_timeout: int = Field(
+        0, ge=0, description="Close idle clients after this many seconds; 0 because idle workers block on BRPOP."
+    )
+    placement: Placement = Field(default_factory=Placement, description="Node selection for the broker pod.")
+    run_as_user: int = Field(999, ge=1, description="Non-root uid of redis-server (the official image's redis user).")
+
+    @property
+    def persistent(self) -> bool:
+        """Whether Redis writes data to a volume that must survive restarts."""
+        return self.persistence in PERSISTENT_MODES
+
+    def headroom_bytes(self, maxmemory: int) -> int:
+        """Memory that must stay free under the container limit besides `maxmemory` itself."""
+        fork = int(maxmemory * self.fork_headroom_ratio) if self.persistent else 0
+        return fork + memory_bytes(self.client_buffer_reserve)
+
+    def effective_maxmemory_bytes(self) -> int:
+        """The maxmemory Redis gets: explicit, or the largest that leaves the headroom free."""
+        if self.maxmemory is not None:
+            return memory_bytes(self.maxmemory)
+        limit = memory_bytes(self.resources.memory_limit)
+        usable = limit - memory_bytes(self.client_buffer_reserve)
+        ratio = 1.0 + (self.fork_headroom_ratio if self.persistent else 0.0)
+        return max(int(usable / ratio), 0)
+
+    @model_validator(mode="after")
+    def _memory_fits(self) -> BrokerSettings:
+        problems = Problems()
+        limit = memory_bytes(self.resources.memory_limit)
+        maxmemory = self.effective_maxmemory_bytes()
+        needed = maxmemory + self.headroom_bytes(maxmemory)
+        if self.maxmemory is not None and needed > limit:
+            problems.add(
+                ("maxmemory",),
+                self.maxmemory,
+                (
+                    f"leaves too little headroom under resources.memory_limit ({self.resources.memory_limit}) "
+                    f"for fork copy-on-write ({self.fork_headroom_ratio:.0%} of maxmemory) and client "
+                    f"buffers ({self.client_buffer_reserve}); allowed: at most "
+                    f"{_max_maxmemory_mib(self)} MiB, or unset to derive it"
+                ),
+            )
+        elif maxmemory < 32 * 1024**2:
+            problems.add(
+                ("resources", "memory_limit"),
+                self.resources.memory_limit,
+                "leaves under 32 MiB for data after headroom; allowed: a larger memory_limit",
+            )
+        backlog = int(memory_bytes(self.max_message_bytes) * self.max_queued_messages)
+        if not problems.found and backlog > maxmemory:
+            problems.add(
+                ("max_queued_messages",),
+                self.max_queued_messages,
+                (
+                    f"{self.max_queued_messages} messages of {self.max_message_bytes} need "
+                    f"{backlog // 1024**2} MiB but maxmemory is {maxmemory // 1024**2} MiB (a full "
+                    "noeviction broker refuses new tasks); allowed: a smaller backlog, or a larger "
+                    "resources.memory_limit"
+                ),
+            )
+        if self.result_db == self.broker_db:
+            problems.add(
+                ("result_db",),
+                self.result_db,
+                f"must differ from broker_db ({self.broker_db}) so results never mix with queues",
+            )
+        problems.raise_if_any()
+        return self
+
+
+def _max_maxmemory_mib(broker: BrokerSettings) -> int:
+    limit = memory_bytes(broker.resources.memory_limit) - memory_bytes(broker.client_buffer_reserve)
+    ratio = 1.0 + (broker.fork_headroom_ratio if broker.persistent else 0.0)
+    return int(limit / ratio) // 1024**2
+
+
+class Autoscaling(Section):
+    """Scaling of one pool: KEDA on queue length, or a plain CPU HPA when KEDA is off."""
+
+    enabled: bool = Field(False, description="Scale this pool automatically (otherwise `replicas` is fixed).")
+    engine: Literal["keda", "hpa"] = Field(
+        "keda", description="keda scales on queue length (needs KEDA installed); hpa scales on CPU."
+    )
+    min_replicas: int = Field(1, ge=0, description="Fewest workers; 0 lets KEDA scale an idle pool to zero.")
+    max_replicas: int = Field(5, ge=1, description="Most workers (bounded by broker connections and memory).")
+    queue_length_per_replica: int = Field(
+        4, ge=1, description="KEDA target: waiting tasks per worker replica before scaling out."
+    )
+    cooldown_seconds: int = Field(
+        300, ge=30, description="Seconds of calm before scaling in, so a bursty queue does not flap."
+    )
+    polling_seconds: int = Field(15, ge=5, description="How often KEDA reads the queue length.")
+    cpu_target_percent: int = Field(75, ge=10, le=100, description="HPA target CPU utilisation.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            problems = Problems()
+            problems.add(
+                ("min_replicas",),
+                self.min_replicas,
+                f"must not exceed max_replicas ({self.max_replicas})",
+            )
+            problems.raise_if_any()
+        return self
+
+
+class PoolSettings(Section):
+    """One worker pool: a Deployment of Celery workers consuming some queues."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=30)] = Field(
+        ..., description="Pool name (DNS label); names the Deployment and the worker nodename."
+    )
+    queues: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")]] = Field(
+        default_factory=lambda: ["celery"],
+        min_length=1,
+        description="Queues this pool consumes; `celery` is Celery's default queue.",
+    )
+    image: str = Field(
+        "registry.example.com/transcritor-pdf:latest",
+        description="The application image (has Celery and the app); set it per stack.",
+    )
+    app: str = Field("src.celery_app", description="Module (or module:attribute) of the Celery app.")
+    celery_bin: str = Field("celery", description="The celery executable inside the image (on its PATH).")
+    pythonpath: str = Field(
+        "/app",
+        description="The image's own PYTHONPATH; repeated because the pod's env replaces the image's.",
+    )
+    replicas: int = Field(1, ge=0, description="Worker pods when autoscaling is off.")
+    concurrency: int = Field(2, ge=1, description="Tasks one pod runs at once (processes or threads).")
+    pool: Literal["prefork", "threads", "solo"] = Field(
+        "prefork", description="Execution pool: prefork isolates tasks; threads for I/O; solo runs one."
+    )
+    prefetch_multiplier: int = Field(
+        1, ge=1, description="Messages reserved per process; 1 so long tasks do not wait behind each other."
+    )
+    max_tasks_per_child: int | None = Field(
+        100, ge=1, description="Recycle a process after this many tasks (bounds leaks); unset never."
+    )
+    max_memory_per_child_kib: int | None = Field(
+        None, ge=1024, description="Recycle a process above this resident memory in KiB; unset never."
+    )
+    soft_time_limit: int = Field(
+        600, ge=1, description="Seconds before SoftTimeLimitExceeded is raised inside a task."
+    )
+    time_limit: int = Field(
+        660, ge=1, description="Hard limit in seconds: the process running the task is killed."
+    )
+    max_eta_seconds: int = Field(
+        0,
+        ge=0,
+        description="Longest ETA/countdown the pool's tasks use; counts toward the visibility timeout.",
+    )
+    acks_late: bool = Field(
+        True, description="Acknowledge after the task ran, so a crash redelivers instead of losing it."
+    )
+    reject_on_worker_lost: bool = Field(
+        True, description="Requeue a task whose process died (needs acks_late)."
+    )
+    result_expires: int = Field(
+        86400, ge=60, description="Seconds a task result stays in the result backend."
+    )
+    soft_shutdown_seconds: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Celery 5.5+ soft shutdown: on SIGTERM running tasks get this long before they are "
+            "handed back to the queue."
+        ),
+    )
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Pod grace period; unset derives soft_shutdown_seconds + 30 s for the hand-back.",
+    )
+    liveness_stale_seconds: int = Field(
+        120,
+        ge=10,
+        description="A worker whose heartbeat file is older than this is restarted (consumer stuck or cut off).",
+    )
+    run_as_user: int = Field(10001, ge=1, description="Non-root uid of the worker (the app image's user).")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(memory_request="512Mi", memory_limit="1Gi"),
+        description="Requests and limits of one worker container.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra plain environment variables (no secrets here)."
+    )
+    broker_url_aliases: list[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]] = Field(
+        default_factory=list,
+        description="Extra variable names (e.g. REDIS_URL) that receive the broker URL from the Secret.",
+    )
+    placement: Placement = Field(default_factory=Placement, description="Node selection for this pool.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Automatic scaling of this pool.")
+
+    @property
+    def grace_period_seconds(self) -> int:
+        """The pod's terminationGracePeriodSeconds: explicit, or soft shutdown plus a hand-back margin."""
+        if self.termination_grace_period_seconds is not None:
+            return self.termination_grace_period_seconds
+        return int(self.soft_shutdown_seconds) + 30
+
+    @model_validator(mode="after")
+    def _limits_and_shutdown(self) -> PoolSettings:
+        problems = Problems()
+        if self.soft_time_limit >= self.time_limit:
+            problems.add(
+                ("soft_time_limit",),
+                self.soft_time_limit,
+                f"must be below time_limit ({self.time_limit}) so the task can clean up first",
+            )
+        if self.soft_shutdown_seconds >= self.grace_period_seconds:
+            problems.add(
+                ("soft_shutdown_seconds",),
+                self.soft_shutdown_seconds,
+                (
+                    f"must be shorter than termination_grace_period_seconds ({self.grace_period_seconds}), "
+                    "or Kubernetes kills the worker before it hands tasks back"
+                ),
+            )
+        if self.reject_on_worker_lost and not self.acks_late:
+            problems.add(
+                ("reject_on_worker_lost",),
+                self.reject_on_worker_lost,
+                "needs acks_late: true (an early-acked task cannot be requeued)",
+            )
+        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+            if name in self.env:
+                problems.add(("env", name), "<set>", "comes from the broker Secret; remove it from env")
+        problems.raise_if_any()
+        return self
+
+
+class BeatSettings(Section):
+    """The optional celery beat scheduler: at most one, ever."""
+
+    enabled: bool = Field(False, description="Run one celery beat (Recreate strategy, one replica).")
+    image: str | None = Field(None, description="Image for beat; unset uses the first pool's image.")
+    app: str | None = Field(None, description="Celery app module for beat; unset uses the first pool's app.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(memory_request="128Mi", memory_limit="256Mi"),
+        description="Requests and limits of the beat container.",
+    )
+
+
+def _default_pools() -> list[PoolSettings]:
+    return [PoolSettings(name="default")]
+
+
+class WorkersSettings(Section):
+    """The Celery worker pools and the optional beat."""
+
+    pools: list[PoolSettings] = Field(
+        default_factory=_default_pools, min_length=1, description="Worker pools, one Deployment each."
+    )
+    beat: BeatSettings = Field(default_factory=BeatSettings, description="The optional scheduler.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> WorkersSettings:
+        problems = Problems()
+        seen: set[str] = set()
+        for index, pool in enumerate(self.pools):
+            if pool.name in seen:
+                problems.add(("pools", index, "name"), pool.name, "pool names must be unique")
+            seen.add(pool.name)
+        problems.raise_if_any()
+        return self
+
+
+class ChecksSettings(Section):
+    """Post-deploy checks: the in-cluster Job that gates `pulumi up`, and its thresholds."""
+
+    gate_enabled: bool = Field(True, description="Run the check Job after every change and fail `pulumi up` if it fails.")
+    timeout_seconds: int = Field(10, ge=1, le=300, description="Bound on every network step of the check.")
+    memory_warn_ratio: float = Field(0.8, gt=0, lt=1, description="Warn when used memory passes this share of maxmemory.")
+    memory_fail_ratio: float = Field(0.95, gt=0, le=1, description="Fail when used memory passes this share of maxmemory.")
+    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of the check Job (a broker may still be starting).")
+    active_deadline_seconds: int = Field(300, ge=30, description="Hard bound on the check Job's whole run.")
+    ttl_seconds_after_finished: int = Field(3600, ge=0, description="Finished check Jobs are deleted after this.")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> ChecksSettings:
+        if self.memory_warn_ratio >= self.memory_fail_ratio:
+            problems = Problems()
+            problems.add(
+                ("memory_warn_ratio",),
+                self.memory_warn_ratio,
+                f"must be below memory_fail_ratio ({self.memory_fail_ratio})",
+            )
+            problems.raise_if_any()
+        return self
+
+
+class StackSettings(Section):
+    """Everything one stack (environment) decides."""
+
+    namespace: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
+        "celery", description="Kubernetes namespace that holds every object of the stack."
+    )
+    create_namespace: bool = Field(True, description="Create the namespace (false when it is managed elsewhere).")
+    kube_context: str | None = Field(
+        None, description="kubeconfig context to deploy to; unset uses the current context."
+    )
+    name_prefix: Annotated[str, Field(pattern=DNS_LABEL, max_length=20)] = Field(
+        "celery", description="Prefix of every object name, so two releases can share a namespace."
+    )
+    ephemeral: bool = Field(
+        False, description="Marks a throwaway stack: only then may the broker run without persistence."
+    )
+    broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The Redis broker.")
+    workers: WorkersSettings = Field(default_factory=WorkersSettings, description="The Celery worker pools.")
+    checks: ChecksSettings = Field(default_factory=ChecksSettings, description="The post-deploy checks.")
+
+    @property
+    def longest_task_seconds(self) -> int:
+        """Longest time a message may stay unacknowledged legitimately: hard limit plus ETA."""
+        return max(pool.time_limit + pool.max_eta_seconds for pool in self.workers.pools)
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Seconds before Redis redelivers an unacknowledged task: explicit, or derived with a margin."""
+        if self.broker.visibility_timeout is not None:
+            return self.broker.visibility_timeout
+        longest = self.longest_task_seconds
+        return longest + max(300, longest // 10)
+
+    @model_validator(mode="after")
+    def _stack_rules(self) -> StackSettings:
+        problems = Problems()
+        if self.broker.persistence == "none" and not self.ephemeral:
+            problems.add(
+                ("broker", "persistence"),
+                "none",
+                "loses every queued task on restart; allowed: rdb, aof, aof-always, or set ephemeral: true",
+            )
+        explicit = self.broker.visibility_timeout
+        if explicit is not None and explicit <= self.longest_task_seconds:
+            pool = max(self.workers.pools, key=lambda p: p.time_limit + p.max_eta_seconds)
+            problems.add(
+                ("broker", "visibility_timeout"),
+                explicit,
+                (
+                    f"must exceed the longest hard time limit plus ETA of any pool (pool {pool.name!r}: "
+                    f"time_limit {pool.time_limit} + max_eta_seconds {pool.max_eta_seconds} = "
+                    f"{self.longest_task_seconds}), or Redis redelivers tasks still running; allowed: "
+                    f"an integer > {self.longest_task_seconds}, or unset to derive it"
+                ),
+            )
+        problems.raise_if_any()
+        return self
+
+
+SECRET_KEYS = ("broker_password", "probe_password")
+"""Config keys that hold credentials: set with `pulumi config set --secret`, never in plain text."""
+
+NAMESPACED_SETTINGS = tuple(StackSettings.model_fields)
+"""Top-level config keys (`celery-redis:<key>`) that the model reads."""
+
+
+def is_valid_dns_label(value: str) -> bool:
+    """Whether `value` can name a Kubernetes object or label value segment."""
+    return bool(re.match(DNS_LABEL, value))

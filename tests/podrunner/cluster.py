@@ -1,0 +1,552 @@
+"""LocalCluster: rendered Kubernetes manifests run as local pods, for end-to-end tests.
+
+    with LocalCluster(manifest_dir, images=IMAGES, secret_values={"<redacted>": "pw"}) as cluster:
+        cluster.start()
+        cluster.wait_ready("StatefulSet", "broker", timeout=30)
+        client = redis.Redis(port=cluster.host_port("broker", 6379), password="pw")
+
+How a test reaches a Service: every pod shares one private network namespace and every Service
+name resolves to 127.0.0.1 there. `host_port(service, port)` returns a port on the test
+process's own 127.0.0.1 that forwards to the Service's target port inside that namespace;
+`run_in_netns(argv)` runs a command inside it with the cluster's /etc/hosts, so it can use
+Service DNS names exactly as a pod would.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import hashlib
+import itertools
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ContainerConfigError, ManifestError, PodFailed, WaitTimeout
+from .images import LocalImage
+from .kubelet import Backoff, Pod, wait_until
+from .objects import ObjectStore, describe, load_manifests
+from .policy import check_object
+from .runtime import LAUNCHER, ExecResult, NetworkNamespace, PortForward, kill_session
+
+CONTROLLER_INTERVAL = 0.05
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Pod")
+HOSTS_NAMES_PER_LINE = 8
+
+
+@dataclass(frozen=True)
+class JobAttempt:
+    """One pod a Job ran: its exit code and the output of all its container runs."""
+
+    pod_name: str
+    exit_code: int | None
+    logs: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a Job ended: Complete, BackoffLimitExceeded or DeadlineExceeded."""
+
+    succeeded: bool
+    reason: str
+    attempts: list[JobAttempt]
+    seconds: float
+
+    @property
+    def failed(self) -> int:
+        """Failed pod runs, as the Job's status.failed counts them."""
+        return sum(1 for attempt in self.attempts if attempt.exit_code != 0)
+
+    @property
+    def logs(self) -> str:
+        """Output of the last attempt."""
+        return self.attempts[-1].logs if self.attempts else ""
+
+
+def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """Equality-based label selection."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+class LocalCluster:
+    """Rendered manifests run as local pods in private namespaces; a context manager.
+
+    manifests: a directory of YAML objects (as `brokerctl render --out DIR` writes) or a list
+        of object dicts.
+    images: image name -> LocalImage (see images.py); the one table mapping images to host
+        executables.
+    secret_values: placeholder -> test value, substituted inside every Secret value.
+    secret_overrides: "ns/name" or "name" -> {key: value or None (remove)}.
+    time_scale: multiplies probe initialDelaySeconds and periodSeconds (not timeouts or grace
+        periods). 1.0 is faithful; smaller values speed up probe-driven tests.
+    backoff: container restart and Job retry back-off (the kubelet's 10s..300s is too slow).
+    """
+
+    def __init__(self, manifests: Path | str | Iterable[dict], *, images: Mapping[str, LocalImage],
+                 secret_values: Mapping[str, str] | None = None,
+                 secret_overrides: Mapping[str, Mapping[str, str | None]] | None = None,
+                 time_scale: float = 1.0, backoff: Backoff | None = None) -> None:  # fmt: skip
+        self.images = dict(images)
+        self.time_scale = time_scale
+        self.backoff = backoff or Backoff()
+        self.store = ObjectStore(secret_values or {}, secret_overrides or {})
+        self.not_enforced: list[str] = []
+        for obj in load_manifests(manifests):
+            self.check_and_add(obj)
+        self.store.check_overrides()
+        self.pods_by_key: dict[tuple[str, str], Pod] = {}
+        self.all_pods: list[Pod] = []
+        self.lock = threading.RLock()
+        self.workloads: set[tuple[str, str, str]] = set()
+        self.forwards: list[PortForward] = []
+        self.netns: NetworkNamespace | None = None
+        self.state_dir: Path | None = None
+        self.stopping = threading.Event()
+        self.controller: threading.Thread | None = None
+
+    # -- setup and teardown ----------------------------------------------------------------
+    def check_and_add(self, obj: dict) -> None:
+        """Validate an object against the policy tables and store it."""
+        check_object(obj, describe(obj), self.not_enforced)
+        self.store.add(obj)
+
+    def __enter__(self) -> LocalCluster:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Create the network namespace and state directory; register cleanup at exit."""
+        if self.netns is not None:
+            return
+        atexit.register(self.close)
+        self.state_dir = Path(tempfile.mkdtemp(prefix="podrunner-"))
+        self.netns = NetworkNamespace()
+        self.controller = threading.Thread(target=self.control_loop, daemon=True,
+                                           name="podrunner-controllers")  # fmt: skip
+        self.controller.start()
+
+    def close(self) -> None:
+        """Kill every pod, stop forwards, delete the namespace and state (idempotent)."""
+        atexit.unregister(self.close)
+        self.stopping.set()
+        if self.controller is not None:
+            self.controller.join(timeout=10)
+        with self.lock:
+            pods = list(self.all_pods)
+        for pod in pods:
+            pod.kill_now()
+        for pod in pods:
+            if pod.thread.is_alive():
+                pod.thread.join(timeout=15)
+        for forward in self.forwards:
+            forward.close()
+        if self.netns is not None:
+            self.netns.delete()
+        if self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # -- objects ---------------------------------------------------------------------------
+    def start(self, only: Iterable[tuple[str, str]] | None = None) -> None:
+        """Start Deployments, StatefulSets and Pods (all, or only the (kind, name) given).
+
+        Jobs do not start here: run them with run_job(), so a test decides when they run.
+        """
+        self.open()
+        self.check_services()
+        wanted = None if only is None else {tuple(item) for item in only}
+        for kind in WORKLOAD_KINDS:
+            for obj in self.store.of_kind(kind):
+                name, namespace = obj["metadata"]["name"], obj["metadata"]["namespace"]
+                if wanted is None or (kind, name) in wanted:
+                    with self.lock:
+                        self.workloads.add((kind, namespace, name))
+        if wanted is not None:
+            missing = wanted - {(k, n) for k, _, n in self.workloads}
+            if missing:
+                raise ManifestError(f"start(only=...): no such workloads {sorted(missing)}")
+
+    def apply(self, obj: dict) -> None:
+        """Add or replace an object (e.g. fix a Secret); pods read it at their next start."""
+        self.check_and_add(copy.deepcopy(obj))
+
+    def scale(self, kind: str, name: str, replicas: int, namespace: str | None = None) -> None:
+        """Change a Deployment's or StatefulSet's replicas (what an autoscaler would do)."""
+        self.store.find(kind, name, namespace)["spec"]["replicas"] = replicas
+
+    def check_services(self) -> None:
+        """Refuse Service ports the shared loopback cannot honour (port != targetPort)."""
+        for service in self.store.of_kind("Service"):
+            for index, port in enumerate(service["spec"].get("ports", [])):
+                target = self.target_port(service, port)
+                if target is not None and target != port["port"]:
+                    raise ManifestError(
+                        f"{describe(service)}.spec.ports[{index}]: port {port['port']} -> "
+                        f"targetPort {target} needs a proxy the pod runner does not have (pods "
+                        "share one loopback, so clients reach the container port directly)"
+                    )
+
+    def target_port(self, service: dict, port: dict) -> int | None:
+        """The container port a Service port reaches (resolving named ports from templates)."""
+        target = port.get("targetPort", port["port"])
+        if isinstance(target, int):
+            return target
+        selector = service["spec"].get("selector") or {}
+        for template in self.pod_templates(service["metadata"]["namespace"]):
+            if selector and matches(template.get("metadata", {}).get("labels", {}), selector):
+                for container in template["spec"]["containers"]:
+                    for declared in container.get("ports", []):
+                        if declared.get("name") == target:
+                            return declared["containerPort"]
+        if not selector:
+            return None
+        raise ManifestError(f"{describe(service)}: targetPort {target!r} names no containerPort "
+                            "of any pod it selects")  # fmt: skip
+
+    def pod_templates(self, namespace: str) -> list[dict]:
+        """Pod templates (and bare Pods) of a namespace."""
+        templates = []
+        for kind in ("Deployment", "StatefulSet", "Job"):
+            templates += [obj["spec"]["template"] for obj in self.store.of_kind(kind)
+                          if obj["metadata"]["namespace"] == namespace]  # fmt: skip
+        return templates + [pod for pod in self.store.of_kind("Pod")
+                            if pod["metadata"]["namespace"] == namespace]  # fmt: skip
+
+    # -- what pods ask of the node (kubelet.Node) ------------------------------------------
+    @property
+    def node_netns(self) -> NetworkNamespace:
+        """The network namespace; the cluster must be open."""
+        if self.netns is None:
+            raise ManifestError("the LocalCluster is not open: use it as a context manager")
+        return self.netns
+
+    def service_links(self, namespace: str) -> dict[str, str]:
+        """Service link variables of a namespace (kubelet.Node)."""
+        from .environment import service_link_variables
+
+        return service_link_variables(
+            [s for s in self.store.of_kind("Service") if s["metadata"]["namespace"] == namespace]
+        )
+
+    def service_names(self, namespace: str | None) -> list[str]:
+        """Every DNS name a pod in namespace can use for a Service or StatefulSet pod."""
+        names: list[str] = []
+        statefulsets = self.store.of_kind("StatefulSet")
+        for service in self.store.of_kind("Service"):
+            name, svc_ns = service["metadata"]["name"], service["metadata"]["namespace"]
+            bases = [f"{name}.{svc_ns}"] + ([name] if svc_ns == namespace else [])
+            for sts in statefulsets:
+                if sts["spec"].get("serviceName") == name and sts["metadata"]["namespace"] == svc_ns:
+                    for ordinal in range(sts["spec"].get("replicas", 1)):
+                        pod = f"{sts['metadata']['name']}-{ordinal}"
+                        bases += [f"{pod}.{base}" for base in bases if "." in base or base == name]
+            for base in dict.fromkeys(bases):
+                names.append(base)
+                if base.endswith(f".{svc_ns}"):
+                    names += [f"{base}.svc", f"{base}.svc.cluster.local"]
+                elif base.count(".") == 1 and svc_ns == namespace and not base.endswith(svc_ns):
+                    pass
+        return list(dict.fromkeys(names))
+
+    def hosts_file(self, namespace: str | None, hostname: str | None, fqdn: str | None,
+                   aliases: list[dict]) -> str:  # fmt: skip
+        """The /etc/hosts of a pod (or of run_in_netns when hostname is None)."""
+        lines = ["# Kubernetes-managed hosts file (pod runner).", "127.0.0.1\tlocalhost",
+                 "::1\tlocalhost ip6-localhost ip6-loopback"]  # fmt: skip
+        if hostname:
+            lines.append("127.0.0.1\t" + " ".join(n for n in (fqdn, hostname) if n))
+        lines += [f"{alias['ip']}\t{' '.join(alias['hostnames'])}" for alias in aliases]
+        names = self.service_names(namespace)
+        for start in range(0, len(names), HOSTS_NAMES_PER_LINE):
+            lines.append("127.0.0.1\t" + " ".join(names[start : start + HOSTS_NAMES_PER_LINE]))
+        return "\n".join(lines) + "\n"
+
+    def claim_dir(self, namespace: str, claim: str) -> Path:
+        """Host directory of a claim (a PVC object or a StatefulSet claim), kept across pods."""
+        from .volumes import claim_path
+
+        generated = any(
+            claim.startswith(f"{template['metadata']['name']}-{sts['metadata']['name']}-")
+            for sts in self.store.of_kind("StatefulSet") if sts["metadata"]["namespace"] == namespace
+            for template in sts["spec"].get("volumeClaimTemplates", [])
+        )  # fmt: skip
+        if not generated and self.store.get("PersistentVolumeClaim", namespace, claim) is None:
+            raise ContainerConfigError(f"persistentvolumeclaim {namespace}/{claim} not found")
+        assert self.state_dir is not None
+        return claim_path(self.state_dir / "claims", namespace, claim)
+
+    def pod_gone(self, pod: Pod) -> None:
+        """A deleted pod finished terminating: free its name (kubelet.Node)."""
+        with self.lock:
+            if self.pods_by_key.get((pod.namespace, pod.name)) is pod:
+                del self.pods_by_key[(pod.namespace, pod.name)]
+
+    # -- controllers -----------------------------------------------------------------------
+    def control_loop(self) -> None:
+        """Reconcile Deployments and StatefulSets until the cluster closes."""
+        while not self.stopping.wait(CONTROLLER_INTERVAL):
+            with self.lock:
+                workloads = sorted(self.workloads)
+            for kind, namespace, name in workloads:
+                obj = self.store.get(kind, namespace, name)
+                if obj is not None and not self.stopping.is_set():
+                    {"Deployment": self.reconcile_deployment,
+                     "StatefulSet": self.reconcile_statefulset,
+                     "Pod": self.reconcile_pod}[kind](obj)  # fmt: skip
+
+    def owned_pods(self, kind: str, obj: dict) -> list[Pod]:
+        """Live pods a workload owns (terminating ones included)."""
+        owner = (kind, obj["metadata"]["name"])
+        with self.lock:
+            return [p for p in self.pods_by_key.values()
+                    if p.owner == owner and p.namespace == obj["metadata"]["namespace"]]  # fmt: skip
+
+    def reconcile_deployment(self, obj: dict) -> None:
+        """Keep `replicas` pods that are not terminating (replacements start immediately)."""
+        active = [p for p in self.owned_pods("Deployment", obj) if not p.terminating.is_set()]
+        replicas = obj["spec"].get("replicas", 1)
+        template_hash = hashlib.sha256(repr(obj["spec"]["template"]).encode()).hexdigest()[:10]
+        for _ in range(replicas - len(active)):
+            name = f"{obj['metadata']['name']}-{template_hash}-{secrets.token_hex(3)[:5]}"
+            self.create_pod(obj, name, ("Deployment", obj["metadata"]["name"]),
+                            {"pod-template-hash": template_hash})  # fmt: skip
+        for extra in active[replicas:]:
+            extra.delete(wait=False)
+
+    def reconcile_statefulset(self, obj: dict) -> None:
+        """Pods `<sts>-<ordinal>` with their claims; OrderedReady waits for lower ordinals."""
+        spec, sts = obj["spec"], obj["metadata"]["name"]
+        ordered = spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
+        replicas = spec.get("replicas", 1)
+        for ordinal in range(replicas):
+            name = f"{sts}-{ordinal}"
+            with self.lock:
+                existing = self.pods_by_key.get((obj["metadata"]["namespace"], name))
+            if existing is None:
+                self.create_statefulset_pod(obj, ordinal)
+                if ordered:
+                    return
+            elif ordered and not existing.ready:
+                return
+        for pod in self.owned_pods("StatefulSet", obj):
+            if int(pod.name.rsplit("-", 1)[1]) >= replicas and not pod.terminating.is_set():
+                pod.delete(wait=False)
+
+    def reconcile_pod(self, obj: dict) -> None:
+        """A bare Pod runs once; it is not recreated after deletion."""
+        key = ("Pod", obj["metadata"]["namespace"], obj["metadata"]["name"])
+        with self.lock:
+            self.workloads.discard(key)
+        self.create_pod({"spec": {"template": obj}, "metadata": obj["metadata"]},
+                        obj["metadata"]["name"], None, {})  # fmt: skip
+
+    def create_statefulset_pod(self, obj: dict, ordinal: int) -> Pod:
+        """A StatefulSet pod: stable name, hostname/subdomain, claims from the templates."""
+        sts = obj["metadata"]["name"]
+        name = f"{sts}-{ordinal}"
+        template = copy.deepcopy(obj["spec"]["template"])
+        spec = template.setdefault("spec", {})
+        spec.setdefault("hostname", name)
+        if obj["spec"].get("serviceName"):
+            spec.setdefault("subdomain", obj["spec"]["serviceName"])
+        volumes = spec.setdefault("volumes", [])
+        for claim in obj["spec"].get("volumeClaimTemplates", []):
+            claim_name = claim["metadata"]["name"]
+            volumes[:] = [v for v in volumes if v["name"] != claim_name]
+            volumes.append({"name": claim_name,
+                            "persistentVolumeClaim": {"claimName": f"{claim_name}-{name}"}})  # fmt: skip
+        labels = {"statefulset.kubernetes.io/pod-name": name, "apps.kubernetes.io/pod-index": str(ordinal)}
+        return self.create_pod({"metadata": obj["metadata"], "spec": {"template": template}}, name,
+                               ("StatefulSet", sts), labels)  # fmt: skip
+
+    def create_pod(self, owner_obj: dict, name: str, owner: tuple[str, str] | None,
+                   extra_labels: Mapping[str, str]) -> Pod:  # fmt: skip
+        """Instantiate a pod from a workload's template and start it."""
+        template = copy.deepcopy(owner_obj["spec"]["template"])
+        namespace = owner_obj["metadata"]["namespace"]
+        metadata = template.setdefault("metadata", {})
+        metadata.update(name=name, namespace=namespace)
+        metadata["labels"] = {**metadata.get("labels", {}), **extra_labels}
+        assert self.state_dir is not None
+        pod_dir = self.state_dir / "pods" / f"{namespace}_{name}_{secrets.token_hex(4)}"
+        pod = Pod(self, template, pod_dir, owner)
+        with self.lock:
+            if self.stopping.is_set():
+                raise PodFailed("the cluster is closing")
+            self.pods_by_key[(namespace, name)] = pod
+            self.all_pods.append(pod)
+        pod.start()
+        return pod
+
+    # -- kubelet.Node attributes -----------------------------------------------------------
+    @property
+    def netns_for_pods(self) -> NetworkNamespace:
+        """Alias kept small: pods read `node.netns`."""
+        return self.node_netns
+
+    # -- what tests use --------------------------------------------------------------------
+    def pods(self, selector: Mapping[str, str] | None = None, *, owner: tuple[str, str] | None = None,
+             namespace: str | None = None) -> list[Pod]:  # fmt: skip
+        """Live pods (not yet gone), filtered by labels, owning workload and namespace."""
+        with self.lock:
+            pods = list(self.pods_by_key.values())
+        return sorted(
+            (p for p in pods
+             if matches(p.labels, selector or {}) and owner in (None, p.owner)
+             and namespace in (None, p.namespace)),
+            key=lambda p: p.name,
+        )  # fmt: skip
+
+    def pod(self, name: str, namespace: str | None = None) -> Pod:
+        """A live pod by name."""
+        found = [p for p in self.pods(namespace=namespace) if p.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} live pods named {name!r}; have {[p.name for p in self.pods()]}")
+        return found[0]
+
+    def wait_ready(self, kind: str, name: str, timeout: float = 60.0,
+                   namespace: str | None = None) -> list[Pod]:  # fmt: skip
+        """Wait until a Deployment/StatefulSet has `replicas` ready pods (or a Pod is ready).
+
+        Fails fast with PodFailed when a pod cannot start (CreateContainerConfigError,
+        FailedMount, a StartError) rather than waiting out the timeout.
+        """
+        obj = self.store.find(kind, name, namespace)
+        owner = None if kind == "Pod" else (kind, name)
+        replicas = 1 if kind == "Pod" else obj["spec"].get("replicas", 1)
+
+        def ready_pods() -> list[Pod] | None:
+            pods = [p for p in self.pods(owner=owner, namespace=obj["metadata"]["namespace"])
+                    if (owner or p.name == name) and not p.terminating.is_set()]  # fmt: skip
+            for pod in pods:
+                self.raise_if_stuck(pod)
+            ready = [p for p in pods if p.ready]
+            return ready if len(ready) >= replicas else None
+
+        result = wait_until(ready_pods, timeout, f"{kind} {name} to have {replicas} ready pods",
+                            describe=lambda: self.describe(owner))  # fmt: skip
+        return result  # type: ignore[return-value]
+
+    @staticmethod
+    def raise_if_stuck(pod: Pod) -> None:
+        """PodFailed when a pod is stuck on a configuration error or failed to start."""
+        stuck = [c for c in [*pod.init_containers, *pod.containers]
+                 if c.reason in ("CreateContainerConfigError", "StartError")]  # fmt: skip
+        if pod.config_error or stuck or (pod.finished.is_set() and not pod.terminating.is_set()
+                                          and pod.phase == "Failed"):  # fmt: skip
+            raise PodFailed(f"pod cannot become ready:\n{pod.describe()}")
+
+    def describe(self, owner: tuple[str, str] | None = None) -> str:
+        """Describe the live pods (of one workload) for assertion messages."""
+        return "\n".join(p.describe() for p in self.pods(owner=owner)) or "(no pods)"
+
+    def run_job(self, name: str, timeout: float = 120.0, namespace: str | None = None) -> JobResult:
+        """Run a Job to completion: retries up to backoffLimit, activeDeadlineSeconds enforced."""
+        job = self.store.find("Job", name, namespace)
+        spec = job["spec"]
+        backoff_limit = spec.get("backoffLimit", 6)
+        active_deadline = spec.get("activeDeadlineSeconds")
+        started = time.monotonic()
+        give_up = started + timeout
+        attempts: list[JobAttempt] = []
+        for failures in itertools.count():
+            pod = self.create_pod(job, f"{name}-{secrets.token_hex(3)[:5]}", ("Job", name),
+                                  {"job-name": name, "batch.kubernetes.io/job-name": name})  # fmt: skip
+            reason = self.watch_job_pod(pod, backoff_limit, active_deadline, started, give_up)
+            main = pod.containers[0]
+            logs = "".join(main.logs_of(i) for i in range(len(main.runs)))
+            attempts.append(JobAttempt(pod.name, main.exit_code, logs))
+            seconds = time.monotonic() - started
+            if reason is not None:
+                return JobResult(reason == "Complete", reason, attempts, seconds)
+            if failures + 1 > backoff_limit:
+                return JobResult(False, "BackoffLimitExceeded", attempts, seconds)
+            if active_deadline is not None and seconds + self.backoff.delay(failures + 1) > active_deadline:
+                time.sleep(max(0.0, active_deadline - seconds))
+                return JobResult(False, "DeadlineExceeded", attempts, time.monotonic() - started)
+            time.sleep(self.backoff.delay(failures + 1))
+        raise AssertionError("unreachable")
+
+    def watch_job_pod(self, pod: Pod, backoff_limit: int, active_deadline: float | None,
+                      started: float, give_up: float) -> str | None:  # fmt: skip
+        """Follow one Job pod; return the Job's final reason, or None to retry with a new pod."""
+        while True:
+            if pod.finished.is_set():
+                if pod.phase == "Succeeded":
+                    return "Complete"
+                return None
+            failed_runs = sum(c.failed_runs for c in pod.containers)
+            if pod.restart_policy == "OnFailure" and failed_runs > backoff_limit:
+                pod.delete(wait=True)
+                return "BackoffLimitExceeded"
+            now = time.monotonic()
+            if active_deadline is not None and now - started > active_deadline:
+                pod.delete(wait=True)
+                return "DeadlineExceeded"
+            if now > give_up:
+                pod.delete(grace_period=0, wait=True)
+                raise WaitTimeout(f"Job {pod.owner} did not finish in time\n{pod.describe()}")
+            time.sleep(CONTROLLER_INTERVAL)
+
+    def find_service(self, service: str, namespace: str | None) -> dict:
+        """A Service by name."""
+        return self.store.find("Service", service, namespace)
+
+    def host_port(self, service: str, port: int | str, namespace: str | None = None) -> int:
+        """A port on the test process's 127.0.0.1 that forwards to a Service port in the cluster.
+
+        port is the Service's port number or name. Connections made before a pod listens fail
+        like an unready Service; retry or wait_ready first.
+        """
+        obj = self.find_service(service, namespace)
+        for declared in obj["spec"].get("ports", []):
+            if port in (declared["port"], declared.get("name")):
+                target = self.target_port(obj, declared) or declared["port"]
+                forward = PortForward(self.node_netns, target)
+                self.forwards.append(forward)
+                return forward.port
+        raise ManifestError(f"{describe(obj)} has no port {port!r}")
+
+    def run_in_netns(self, argv: list[str], timeout: float = 60.0, env: Mapping[str, str] | None = None,
+                     namespace: str | None = None) -> ExecResult:  # fmt: skip
+        """Run a command (as root, the test's environment) inside the cluster network.
+
+        It sees the cluster's /etc/hosts: Service names qualified with their namespace always
+        resolve; short names resolve for the given namespace.
+        """
+        assert self.state_dir is not None
+        hosts = self.state_dir / f"client-hosts-{secrets.token_hex(4)}"
+        hosts.write_text(self.hosts_file(namespace, None, None, []))
+        hosts.chmod(0o644)
+        spec_path = hosts.with_suffix(".json")
+        import json
+
+        spec_path.write_text(json.dumps({
+            "mode": "client", "netns": self.node_netns.path, "argv": list(argv),
+            "env": {**os.environ, **(env or {})}, "files": {str(hosts): "/etc/hosts"},
+        }))  # fmt: skip
+        process = subprocess.Popen(
+            [os.sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_session(process)
+            stdout, stderr = process.communicate()
+            return ExecResult(-1, stdout.decode(errors="replace"), stderr.decode(errors="replace"), True)
+        finally:
+            spec_path.unlink(missing_ok=True)
+            hosts.unlink(missing_ok=True)
+        return ExecResult(process.returncode, stdout.decode(errors="replace"),
+                          stderr.decode(errors="replace"))  # fmt: skip

@@ -1,0 +1,308 @@
+"""The container runtime side: the cluster network namespace, starting and exec'ing containers.
+
+Containers are started by launcher.py (a separate single-threaded root process); this module
+writes its spec, hands it the pipes through which it reports the container's host PID and any
+setup or exec failure, and reads them back with timeouts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PodRunnerError
+
+LAUNCHER = Path(__file__).with_name("launcher.py")
+CLONE_NEWNET = 0x40000000
+LAUNCH_TIMEOUT = 20.0
+FORWARD_BUFFER = 65536
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LaunchFailed(PodRunnerError):
+    """The launcher could not start a container or an exec (the kubelet's RunContainerError)."""
+
+
+def run_quietly(argv: list[str]) -> None:
+    """Run a setup command; raise with its stderr when it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise PodRunnerError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+class NetworkNamespace:
+    """One private network namespace (loopback up) shared by every pod of a local cluster."""
+
+    def __init__(self) -> None:
+        self.name = f"podrunner-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path = f"/run/netns/{self.name}"
+        run_quietly(["ip", "netns", "add", self.name])
+        run_quietly(["ip", "-n", self.name, "link", "set", "lo", "up"])
+
+    def enter_current_thread(self) -> None:
+        """Move the calling thread (only) into the namespace; sockets it creates live there."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise PodRunnerError(f"setns {self.path}: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+
+    def connect(self, port: int, timeout: float) -> socket.socket:
+        """Open a TCP connection to 127.0.0.1:port inside the namespace from any thread."""
+        outcome: dict[str, object] = {}
+
+        def connect_inside() -> None:
+            try:
+                self.enter_current_thread()
+                outcome["socket"] = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            except OSError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=connect_inside, name="podrunner-connect", daemon=True)
+        worker.start()
+        worker.join(timeout + 5)
+        if "socket" not in outcome:
+            raise outcome.get("error") or TimeoutError(f"connect to port {port} timed out")  # type: ignore[misc]
+        return outcome["socket"]  # type: ignore[return-value]
+
+    def delete(self) -> None:
+        """Remove the namespace's mount under /run/netns (idempotent)."""
+        if os.path.exists(self.path):
+            subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, check=False)
+
+
+@dataclass
+class LaunchSpec:
+    """Everything the launcher needs to run a process as a container (or inside one)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    uid: int
+    gid: int
+    groups: list[int]
+    capabilities: list[int]
+    no_new_privs: bool
+    cwd: str
+
+    def as_json(self) -> dict[str, object]:
+        """Return the launcher's spec keys."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class ContainerProcess:
+    """A running container: the launcher (its parent) and the container's PID 1 as seen here."""
+
+    launcher: subprocess.Popen[bytes]
+    pid: int
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the container's main process (PID 1 in its PID namespace)."""
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def kill_all(self) -> None:
+        """SIGKILL the container (its PID namespace dies with it) and reap the launcher."""
+        self.signal(signal.SIGKILL)
+        try:
+            self.launcher.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.launcher.kill()
+            self.launcher.wait(timeout=10)
+
+
+def read_pipe(fd: int, deadline: float) -> bytes:
+    """Read a pipe until EOF or deadline; closes fd."""
+    chunks = []
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+        raise LaunchFailed("the launcher did not report in time")
+    finally:
+        os.close(fd)
+
+
+def spawn_launcher(spec: dict[str, object], spec_path: Path, **popen: object
+                   ) -> tuple[subprocess.Popen[bytes], int, int]:  # fmt: skip
+    """Start launcher.py with its spec; return it with the read ends of its pid/status pipes."""
+    pid_read, pid_write = os.pipe()
+    status_read, status_write = os.pipe()
+    spec_path.write_text(json.dumps({**spec, "pid_fd": pid_write, "status_fd": status_write}))
+    spec_path.chmod(0o600)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
+            pass_fds=(pid_write, status_write),
+            start_new_session=True,
+            **popen,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(pid_write)
+        os.close(status_write)
+    return process, pid_read, status_read
+
+
+def collect_launch(process: subprocess.Popen[bytes], pid_read: int, status_read: int,
+                   what: str, log_hint: str) -> int:  # fmt: skip
+    """Wait for the launcher to report the process PID and a clean exec; return the PID."""
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    try:
+        pid_text = read_pipe(pid_read, deadline)
+    except LaunchFailed:
+        os.close(status_read)
+        process.kill()
+        raise
+    status = read_pipe(status_read, deadline).decode(errors="replace")
+    if not pid_text:
+        process.wait(timeout=10)
+        raise LaunchFailed(f"{what}: launcher failed before starting it ({log_hint})")
+    if status:
+        process.wait(timeout=10)
+        raise LaunchFailed(f"{what}: {status}")
+    return int(pid_text)
+
+
+def start_container(spec: LaunchSpec, *, netns: NetworkNamespace, scratch: Path, hostname: str,
+                    mounts: list[dict[str, object]], read_only_root: bool, log_path: Path,
+                    spec_path: Path, what: str) -> ContainerProcess:  # fmt: skip
+    """Start a container process; LaunchFailed carries the setup/exec error (RunContainerError)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    launcher_spec = {
+        **spec.as_json(), "mode": "run", "netns": netns.path, "scratch": str(scratch),
+        "hostname": hostname, "mounts": mounts, "read_only_root": read_only_root,
+    }  # fmt: skip
+    with log_path.open("ab") as log:
+        process, pid_read, status_read = spawn_launcher(
+            launcher_spec, spec_path, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
+    pid = collect_launch(process, pid_read, status_read, what, f"see {log_path}")
+    return ContainerProcess(process, pid)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run inside a container returned."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+
+def exec_in_container(target_pid: int, spec: LaunchSpec, spec_path: Path, timeout: float,
+                      what: str) -> ExecResult:  # fmt: skip
+    """Run a command inside a running container's namespaces, as its user, with a timeout."""
+    process, pid_read, status_read = spawn_launcher(
+        {**spec.as_json(), "mode": "exec", "target_pid": target_pid},
+        spec_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(pid_read)
+    deadline = time.monotonic() + timeout
+    try:
+        status = read_pipe(status_read, deadline).decode(errors="replace")
+        stdout, stderr = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except (subprocess.TimeoutExpired, LaunchFailed):
+        kill_session(process)
+        stdout, stderr = process.communicate()
+        return ExecResult(-1, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
+                          timed_out=True)  # fmt: skip
+    finally:
+        spec_path.unlink(missing_ok=True)
+    if status:
+        return ExecResult(126, "", f"{what}: {status}")
+    return ExecResult(process.returncode, stdout.decode(errors="replace"),
+                      stderr.decode(errors="replace"))  # fmt: skip
+
+
+def kill_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process started with start_new_session and everything in its session."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class PortForward:
+    """A host-loopback port that forwards each connection to 127.0.0.1:target in the cluster."""
+
+    def __init__(self, netns: NetworkNamespace, target_port: int) -> None:
+        self.netns = netns
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.connections: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self.accept_loop, name=f"podrunner-forward-{self.port}",
+                         daemon=True).start()  # fmt: skip
+
+    def accept_loop(self) -> None:
+        """Accept host connections and start a pump for each."""
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.pump, args=(client,), daemon=True).start()
+
+    def pump(self, client: socket.socket) -> None:
+        """Copy bytes both ways between a host client and the in-cluster server."""
+        try:
+            upstream = self.netns.connect(self.target_port, timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self.lock:
+            self.connections.update((client, upstream))
+        peers = {client: upstream, upstream: client}
+        try:
+            while peers:
+                ready, _, _ = select.select(list(peers), [], [], 1.0)
+                for sock in ready:
+                    data = sock.recv(FORWARD_BUFFER)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (client, upstream):
+                sock.close()
+            with self.lock:
+                self.connections.difference_update((client, upstream))
+
+    def close(self) -> None:
+        """Stop accepting and cut every open connection."""
+        self.closed = True
+        self.listener.close()
+        with self.lock:
+            for sock in list(self.connections):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -1,0 +1,1 @@
+"""Stand-in for the user's application package (`src`), used only by tests."""
