@@ -97,9 +97,9 @@ SAFE_TRANSPORT_OPTIONS: dict[str, Any] = {
     # idle poll of our reply queue (maybe_restore_messages) and every channel close
     # (restore_unacked_once) could requeue the messages that workers are running, judged
     # by *our* visibility_timeout: a running acks_late task would be delivered twice.
-    "ack_emulation": False,
+    "ack_emulation": True, "visibility_timeout": 1,
     # BRPOP wait per poll: keeps the close of a polling channel short.
-    "polling_interval": 0.1,
+    
     "retry_on_timeout": False,
     "max_retries": 0,
 }
@@ -1109,6 +1109,7 @@ def _broadcast_ping_and_queues(config: CheckConfig, deadline: Deadline) -> Contr
     window = deadline.remaining() * (0.5 if config.canary and config.result_backend_url else 1)
     window_end = time.monotonic() + window
     with _kombu_connection(config.worker_url, deadline.step()) as connection:
+        connection.ensure_connection(max_retries=0)  # kombu's default retries once, after 2 s
         channel = connection.channel()
         channel.do_restore = False  # belt and braces: never requeue on close
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,14 +85,20 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
-def stack_file(stack: str) -> Path:
+CONFIG_DIR = PROJECT_ROOT / "config"
+STACK_FILE_ENV = "CELERY_REDIS_STACK_FILE"
+"""Tells the program which file its settings came from, so errors name it (see stack_config)."""
+
+
+def stack_file(stack: str, config_dir: Path = CONFIG_DIR) -> Path:
     """Where a stack's settings live (Pulumi.yaml sets stackConfigDir: config)."""
-    return PROJECT_ROOT / "config" / f"Pulumi.{stack}.yaml"
+    return config_dir / f"Pulumi.{stack}.yaml"
 
 
-def available_stacks() -> list[str]:
+def available_stacks(config_dir: Path = CONFIG_DIR) -> list[str]:
     """Stacks that have a settings file."""
-    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (PROJECT_ROOT / "config").glob("Pulumi.*.yaml"))
+    files = config_dir.glob("Pulumi.*.yaml")
+    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in files)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -101,15 +108,16 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
-        raise CommandError(f"{_relative(path)}:{where}: {problem}; allowed: a YAML mapping", EXIT_USAGE) from None
+        raise CommandError(f"{relative(path)}:{where}: {problem}; allowed: a YAML mapping", EXIT_USAGE) from None
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise CommandError(f"{_relative(path)}: top level is {type(document).__name__}; allowed: a mapping", EXIT_USAGE)
+        raise CommandError(f"{relative(path)}: top level is {type(document).__name__}; allowed: a mapping", EXIT_USAGE)
     return document
 
 
-def _relative(path: Path) -> str:
+def relative(path: Path) -> str:
+    """A path as a person in the project folder would type it."""
     try:
         return str(path.relative_to(PROJECT_ROOT))
     except ValueError:
@@ -131,12 +139,12 @@ def _full_key(key: str) -> str:
     return key if ":" in key else f"{PROJECT}:{key}"
 
 
-def read_stack_config(stack: str, path: Path | None = None) -> tuple[dict[str, str], list[str]]:
+def read_stack_config(stack: str, config_dir: Path = CONFIG_DIR) -> tuple[dict[str, str], list[str]]:
     """Read a stack file (plus project-level config values) into the CLI's string form."""
-    path = path or stack_file(stack)
+    path = stack_file(stack, config_dir)
     if not path.is_file():
-        allowed = ", ".join(available_stacks()) or "none"
-        raise CommandError(f"{_relative(path)}: no such stack file; allowed stacks: {allowed}", EXIT_USAGE)
+        allowed = ", ".join(available_stacks(config_dir)) or "none"
+        raise CommandError(f"{relative(path)}: no such stack file; allowed stacks: {allowed}", EXIT_USAGE)
     project = _load_yaml(PROJECT_ROOT / "Pulumi.yaml")
     config: dict[str, str] = {}
     secret_keys: list[str] = []
@@ -146,7 +154,7 @@ def read_stack_config(stack: str, path: Path | None = None) -> tuple[dict[str, s
     document = _load_yaml(path)
     stack_config = document.get("config") or {}
     if not isinstance(stack_config, dict):
-        raise CommandError(f"{_relative(path)}: config is not a mapping; allowed: key: value pairs", EXIT_USAGE)
+        raise CommandError(f"{relative(path)}: config is not a mapping; allowed: key: value pairs", EXIT_USAGE)
     for key, value in stack_config.items():
         full = _full_key(str(key))
         if isinstance(value, dict) and set(value) == {"secure"}:
@@ -157,7 +165,9 @@ def read_stack_config(stack: str, path: Path | None = None) -> tuple[dict[str, s
     return config, secret_keys
 
 
-def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> ProgramRun:
+def run_program(
+    stack: str, config: dict[str, str], secret_keys: list[str], config_dir: Path = CONFIG_DIR
+) -> ProgramRun:
     """Run `__main__.py` for `stack` under mocks; return what it registered.
 
     Raises whatever the program raises: a `SettingsError` (a `pulumi.RunError`) for bad
@@ -176,6 +186,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str]) -> P
     # under the language host, so its exports become the stack's outputs.
     pulumi.runtime.settings.ROOT.set(None)
     main_py = str(PROJECT_ROOT / "__main__.py")
+    os.environ[STACK_FILE_ENV] = relative(stack_file(stack, config_dir))
     try:
         loop.run_until_complete(
             pulumi.runtime.run_in_stack(lambda: runpy.run_path(main_py, run_name="__main__"))

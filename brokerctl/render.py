@@ -33,22 +33,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--stack", required=True, help="stack name: dev, staging, prod (config/Pulumi.<stack>.yaml)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the objects into")
+    add_config_dir_option(parser)
     parser.set_defaults(handler=handle)
+
+
+def add_config_dir_option(parser: argparse.ArgumentParser) -> None:
+    """`--config-dir`: read stack files from another folder (tests, or a checkout of a branch)."""
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=mockrun.CONFIG_DIR,
+        help="folder holding Pulumi.<stack>.yaml files (default: the project's config/)",
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
     """Render the stack and write its objects; settings errors exit 2."""
-    objects = render_stack(args.stack)
+    objects = render_stack(args.stack, args.config_dir)
     written = write_objects(objects, args.out)
     print(f"rendered {len(written)} objects of stack {args.stack} into {args.out}")
     return EXIT_OK
 
 
-def render_stack(stack: str) -> list[dict[str, Any]]:
+def render_stack(stack: str, config_dir: Path = mockrun.CONFIG_DIR) -> list[dict[str, Any]]:
     """Run the program for `stack` under mocks and return its Kubernetes objects as manifests."""
-    config, secret_keys = mockrun.read_stack_config(stack)
+    config, secret_keys = mockrun.read_stack_config(stack, config_dir)
     try:
-        run = mockrun.run_program(stack, config, secret_keys)
+        run = mockrun.run_program(stack, config, secret_keys, config_dir)
     except SettingsError as error:
         raise CommandError(str(error), EXIT_USAGE) from None
     except Exception as error:  # noqa: BLE001 - a program bug must still end with a message
@@ -62,12 +73,17 @@ def is_kubernetes_object(type_token: str) -> bool:
     return type_token.startswith("kubernetes:") and not type_token.startswith("kubernetes:index:")
 
 
+FIRST_KEYS = ("apiVersion", "kind", "metadata", "name", "namespace")
+"""Keys written before the rest (which follow alphabetically): the wire format keeps no order."""
+
+
 def manifest(resource: mockrun.RecordedResource) -> dict[str, Any]:
-    """The object as `kubectl apply` would see it: apiVersion and kind first, no nulls, real ints."""
-    body = normalise(resource.inputs)
-    ordered = {"apiVersion": body.pop("apiVersion", None), "kind": body.pop("kind", None)}
-    ordered.update(body)
-    return ordered
+    """The object as `kubectl apply` would see it: identity first, no nulls, real ints."""
+    return normalise(resource.inputs)
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    return (FIRST_KEYS.index(key), "") if key in FIRST_KEYS else (len(FIRST_KEYS), key)
 
 
 def normalise(value: Any) -> Any:
@@ -75,7 +91,8 @@ def normalise(value: Any) -> Any:
     if isinstance(value, dict):
         if value.get(rpc_sig_key) == rpc_secret_sig:
             return normalise(value.get("value"))
-        cleaned = {str(k): normalise(v) for k, v in value.items() if not str(k).startswith("__")}
+        keys = sorted((str(k) for k in value if not str(k).startswith("__")), key=_key_order)
+        cleaned = {k: normalise(value[k]) for k in keys}
         return {k: v for k, v in cleaned.items() if v is not None}
     if isinstance(value, list):
         return [normalise(v) for v in value]

@@ -7,11 +7,13 @@ periods) spelled out, secrets shown only as whether they are configured or gener
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from brokerctl import mockrun
+from brokerctl.render import add_config_dir_option
 from brokerctl.errors import EXIT_OK, EXIT_USAGE, CommandError
 from components.settings import SECRET_KEYS, StackSettings
 from components.stack_config import SettingsError, parse_stack_config
@@ -26,14 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--stack", required=True, help="stack name: dev, staging, prod")
+    add_config_dir_option(parser)
     parser.set_defaults(handler=handle)
 
 
-def effective_settings(stack: str) -> tuple[StackSettings, dict[str, Any]]:
+def effective_settings(
+    stack: str, config_dir: Path = mockrun.CONFIG_DIR
+) -> tuple[StackSettings, dict[str, Any]]:
     """Validate a stack and describe its effective settings, derived values included."""
-    config, secret_keys = mockrun.read_stack_config(stack)
+    config, secret_keys = mockrun.read_stack_config(stack, config_dir)
+    stack_file = mockrun.relative(mockrun.stack_file(stack, config_dir))
     try:
-        settings, secrets = parse_stack_config(config, secret_keys, mockrun._relative(mockrun.stack_file(stack)))  # noqa: SLF001
+        settings, secrets = parse_stack_config(config, secret_keys, stack_file)
     except SettingsError as error:
         raise CommandError(str(error), EXIT_USAGE) from None
     described = settings.model_dump(mode="json")
@@ -51,6 +57,6 @@ def effective_settings(stack: str) -> tuple[StackSettings, dict[str, Any]]:
 
 def handle(args: argparse.Namespace) -> int:
     """Print the effective settings as YAML."""
-    _, described = effective_settings(args.stack)
+    _, described = effective_settings(args.stack, args.config_dir)
     print(yaml.safe_dump(described, sort_keys=False), end="")
     return EXIT_OK

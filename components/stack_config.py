@@ -10,6 +10,7 @@ without a traceback; `brokerctl render` maps it to exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,8 +44,12 @@ class StackConfig:
 
 
 def stack_file_for(stack: str) -> str:
-    """Path of a stack's settings file, relative to the project (Pulumi.yaml: stackConfigDir)."""
-    return f"config/Pulumi.{stack}.yaml"
+    """Path of a stack's settings file, relative to the project (Pulumi.yaml: stackConfigDir).
+
+    `brokerctl render --config-dir` runs the program on another folder's stack files and says
+    so through CELERY_REDIS_STACK_FILE, so messages name the file the person edited.
+    """
+    return os.environ.get("CELERY_REDIS_STACK_FILE") or f"config/Pulumi.{stack}.yaml"
 
 
 def key_path(path: Path) -> str:

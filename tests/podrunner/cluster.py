@@ -18,10 +18,12 @@ import atexit
 import copy
 import hashlib
 import itertools
+import json
 import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ContainerConfigError, ManifestError, PodFailed, WaitTimeout
-from .images import LocalImage
+from .images import LocalImage, container_argv, find_image
 from .kubelet import Backoff, Pod, wait_until
 from .objects import ObjectStore, describe, load_manifests
 from .policy import check_object
@@ -113,9 +115,22 @@ class LocalCluster:
 
     # -- setup and teardown ----------------------------------------------------------------
     def check_and_add(self, obj: dict) -> None:
-        """Validate an object against the policy tables and store it."""
+        """Validate an object against the policy tables and the image table, and store it."""
         check_object(obj, describe(obj), self.not_enforced)
+        self.check_images(obj)
         self.store.add(obj)
+
+    def check_images(self, obj: dict) -> None:
+        """Every container's image is in the image table and has something to run."""
+        if obj["kind"] not in (*WORKLOAD_KINDS, "Job"):
+            return
+        spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
+        prefix = describe(obj) + ("" if obj["kind"] == "Pod" else ".spec.template") + ".spec"
+        for group in ("initContainers", "containers"):
+            for index, container in enumerate(spec.get(group, [])):
+                where = f"{prefix}.{group}[{index}]"
+                image = find_image(self.images, container.get("image", ""), where)
+                container_argv(image, container.get("command"), container.get("args"), where)
 
     def __enter__(self) -> LocalCluster:
         self.open()
@@ -238,23 +253,24 @@ class LocalCluster:
         )
 
     def service_names(self, namespace: str | None) -> list[str]:
-        """Every DNS name a pod in namespace can use for a Service or StatefulSet pod."""
+        """Every DNS name a pod in namespace can use for a Service or a StatefulSet pod.
+
+        `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`, and the short `svc` from the same
+        namespace (its search domain); likewise `<sts>-<ordinal>.<svc>...` for the pods of a
+        StatefulSet whose serviceName is that Service.
+        """
         names: list[str] = []
-        statefulsets = self.store.of_kind("StatefulSet")
         for service in self.store.of_kind("Service"):
             name, svc_ns = service["metadata"]["name"], service["metadata"]["namespace"]
-            bases = [f"{name}.{svc_ns}"] + ([name] if svc_ns == namespace else [])
-            for sts in statefulsets:
+            hosts = [name]
+            for sts in self.store.of_kind("StatefulSet"):
                 if sts["spec"].get("serviceName") == name and sts["metadata"]["namespace"] == svc_ns:
-                    for ordinal in range(sts["spec"].get("replicas", 1)):
-                        pod = f"{sts['metadata']['name']}-{ordinal}"
-                        bases += [f"{pod}.{base}" for base in bases if "." in base or base == name]
-            for base in dict.fromkeys(bases):
-                names.append(base)
-                if base.endswith(f".{svc_ns}"):
-                    names += [f"{base}.svc", f"{base}.svc.cluster.local"]
-                elif base.count(".") == 1 and svc_ns == namespace and not base.endswith(svc_ns):
-                    pass
+                    hosts += [f"{sts['metadata']['name']}-{ordinal}.{name}"
+                              for ordinal in range(sts["spec"].get("replicas", 1))]  # fmt: skip
+            for host in hosts:
+                if svc_ns == namespace:
+                    names.append(host)
+                names += [f"{host}.{svc_ns}", f"{host}.{svc_ns}.svc", f"{host}.{svc_ns}.svc.cluster.local"]
         return list(dict.fromkeys(names))
 
     def hosts_file(self, namespace: str | None, hostname: str | None, fqdn: str | None,
@@ -387,12 +403,6 @@ class LocalCluster:
         pod.start()
         return pod
 
-    # -- kubelet.Node attributes -----------------------------------------------------------
-    @property
-    def netns_for_pods(self) -> NetworkNamespace:
-        """Alias kept small: pods read `node.netns`."""
-        return self.node_netns
-
     # -- what tests use --------------------------------------------------------------------
     def pods(self, selector: Mapping[str, str] | None = None, *, owner: tuple[str, str] | None = None,
              namespace: str | None = None) -> list[Pod]:  # fmt: skip
@@ -463,7 +473,7 @@ class LocalCluster:
                                   {"job-name": name, "batch.kubernetes.io/job-name": name})  # fmt: skip
             reason = self.watch_job_pod(pod, backoff_limit, active_deadline, started, give_up)
             main = pod.containers[0]
-            logs = "".join(main.logs_of(i) for i in range(len(main.runs)))
+            logs = "".join(run.log_path.read_text(errors="replace") for run in main.runs)
             attempts.append(JobAttempt(pod.name, main.exit_code, logs))
             seconds = time.monotonic() - started
             if reason is not None:
@@ -480,6 +490,10 @@ class LocalCluster:
                       started: float, give_up: float) -> str | None:  # fmt: skip
         """Follow one Job pod; return the Job's final reason, or None to retry with a new pod."""
         while True:
+            stuck = [c for c in pod.containers if c.reason == "CreateContainerConfigError"]
+            if pod.config_error or stuck:
+                pod.delete(grace_period=0, wait=True)
+                raise PodFailed(f"Job pod cannot start:\n{pod.describe()}")
             if pod.finished.is_set():
                 if pod.phase == "Succeeded":
                     return "Complete"
@@ -528,14 +542,12 @@ class LocalCluster:
         hosts.write_text(self.hosts_file(namespace, None, None, []))
         hosts.chmod(0o644)
         spec_path = hosts.with_suffix(".json")
-        import json
-
         spec_path.write_text(json.dumps({
             "mode": "client", "netns": self.node_netns.path, "argv": list(argv),
             "env": {**os.environ, **(env or {})}, "files": {str(hosts): "/etc/hosts"},
         }))  # fmt: skip
         process = subprocess.Popen(
-            [os.sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
+            [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip

@@ -10,6 +10,7 @@ preStop hook, sends SIGTERM, waits out the grace period and sends SIGKILL.
 from __future__ import annotations
 
 import http.client
+import pwd
 import shutil
 import signal
 import socket
@@ -104,6 +105,14 @@ def capability_set(capabilities: dict) -> list[int]:
     kept = set() if "ALL" in names else set(DEFAULT_CAPABILITIES) - names
     kept |= {name.upper().removeprefix("CAP_") for name in capabilities.get("add", [])}
     return sorted(CAPABILITY_NUMBERS[name] for name in kept)
+
+
+def home_directory(uid: int) -> str:
+    """HOME as container runtimes set it when nothing else does: the user's entry, else /."""
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"
 
 
 def named_port(container: dict, port: int | str, where: str) -> int:
@@ -276,7 +285,7 @@ class Container:
         args = [expand(a, k8s_env) for a in self.spec["args"]] if "args" in self.spec else None
         return LaunchSpec(
             argv=container_argv(self.image, command, args, self.where),
-            env=env,
+            env={"HOME": home_directory(uid), **env},
             uid=uid,
             gid=security.get("runAsGroup", self.image.group if self.image.group is not None else 0),
             groups=sorted(g for g in groups if g is not None),
@@ -338,6 +347,10 @@ class Container:
     def supervise_run(self, run: ContainerRun) -> int:
         """Probe a started container until it exits; return its exit code."""
         self.current = run
+        if self.pod.terminating.is_set():
+            # Deleted while this run was starting: stop it the way the deletion asked.
+            threading.Thread(target=self.stop, args=(self.pod.stop_grace, "pod deleted"),
+                             daemon=True).start()  # fmt: skip
         self.started = "startupProbe" not in self.spec
         self.probe_ready = False
         self.set_state("running", "Started")
@@ -367,6 +380,9 @@ class Container:
             if run.process.launcher.poll() is not None:
                 return
             self.pod.event(f"Killing container {self.name}: {why}")
+            if grace <= 0:
+                run.process.kill_all()
+                return
             deadline = time.monotonic() + grace
             self.run_pre_stop(grace)
             run.process.signal(signal.SIGTERM)
@@ -418,6 +434,15 @@ class Container:
 
     def run_until_done(self) -> None:
         """Run, restarting with back-off per restartPolicy, until the pod stops or it is done."""
+        try:
+            self.restart_loop()
+        except PodRunnerError as exc:
+            self.set_state("waiting", "CreateContainerError", str(exc))
+            self.pod.config_error = str(exc)
+            self.pod.event(f"Error: {exc}")
+
+    def restart_loop(self) -> None:
+        """The body of run_until_done."""
         while not self.pod.terminating.is_set():
             code = self.run_once()
             if self.pod.terminating.is_set():
@@ -478,6 +503,7 @@ class Pod:
         self.events: list[str] = []
         self.created = time.monotonic()
         self.terminating = threading.Event()
+        self.stop_grace = self.grace_seconds
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"pod-{self.name}", daemon=True)
 
@@ -553,6 +579,7 @@ class Pod:
         """Delete gracefully: preStop, SIGTERM, grace period, SIGKILL; controllers recreate it."""
         grace = self.grace_seconds if grace_period is None else float(grace_period)
         if not self.terminating.is_set():
+            self.stop_grace = grace
             self.terminating.set()
             self.event(f"Deleting pod (grace {grace}s)")
             for c in [*self.init_containers, *self.containers]:
@@ -633,6 +660,7 @@ class Pod:
 
     def kill_now(self) -> None:
         """Teardown: SIGKILL every container without grace."""
+        self.stop_grace = 0.0
         self.terminating.set()
         for c in [*self.init_containers, *self.containers]:
             c.kill_now()

@@ -241,6 +241,8 @@ def fork_and_supervise(spec: dict, child_main) -> None:  # noqa: ANN001 - a call
     os.set_inheritable(status_fd, False)
     child = os.fork()
     if child == 0:
+        if "pid_fd" in spec:
+            os.close(spec["pid_fd"])
         child_main(spec, status_fd)
         os._exit(128)
     os.close(status_fd)

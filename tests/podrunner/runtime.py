@@ -220,7 +220,6 @@ def exec_in_container(target_pid: int, spec: LaunchSpec, spec_path: Path, timeou
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    os.close(pid_read)
     deadline = time.monotonic() + timeout
     try:
         status = read_pipe(status_read, deadline).decode(errors="replace")
@@ -231,6 +230,7 @@ def exec_in_container(target_pid: int, spec: LaunchSpec, spec_path: Path, timeou
         return ExecResult(-1, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
                           timed_out=True)  # fmt: skip
     finally:
+        os.close(pid_read)
         spec_path.unlink(missing_ok=True)
     if status:
         return ExecResult(126, "", f"{what}: {status}")

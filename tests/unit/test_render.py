@@ -1,0 +1,92 @@
+"""`brokerctl render`: one object per file, deterministic, real integers, secrets redacted, valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from brokerctl.mockrun import PLACEHOLDER_PREFIX
+from tests.unit.conftest import run_brokerctl
+
+STACKS = ("dev", "staging", "prod")
+KUBERNETES_VERSION = "1.30.0"
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def rendered(request, tmp_path_factory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp(f"render-{request.param}")
+    result = run_brokerctl("render", "--stack", request.param, "--out", str(out))
+    assert result.returncode == 0, f"render {request.param} failed:\n{result.stderr}"
+    return request.param, out
+
+
+def objects(folder: Path) -> list[dict]:
+    return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
+
+
+def test_each_file_holds_exactly_one_named_object(rendered):
+    stack, out = rendered
+    for path in sorted(out.glob("*.yaml")):
+        documents = list(yaml.safe_load_all(path.read_text()))
+        assert len(documents) == 1, f"{stack}: {path.name} holds {len(documents)} objects"
+        obj = documents[0]
+        assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"], f"{path.name} lacks identity"
+
+
+def test_two_renders_are_byte_identical(rendered, tmp_path):
+    stack, out = rendered
+    again = tmp_path / "again"
+    assert run_brokerctl("render", "--stack", stack, "--out", str(again)).returncode == 0
+    first = {p.name: p.read_bytes() for p in out.glob("*.yaml")}
+    second = {p.name: p.read_bytes() for p in again.glob("*.yaml")}
+    assert first == second, f"{stack}: renders differ in {sorted(set(first) ^ set(second)) or 'content'}"
+
+
+def walk(value, path=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from walk(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def test_integers_stay_integers(rendered):
+    stack, out = rendered
+    floats = [(o["kind"], p, v) for o in objects(out) for p, v in walk(o) if isinstance(v, float)]
+    assert not floats, f"{stack}: whole numbers rendered as floats: {floats[:5]}"
+
+
+def test_secret_values_are_placeholders(rendered):
+    stack, out = rendered
+    secrets = [o for o in objects(out) if o["kind"] == "Secret"]
+    assert secrets, f"{stack}: no Secret rendered"
+    for secret in secrets:
+        assert "data" not in secret, "secrets are rendered as stringData, never hand-made base64"
+        for key, value in secret["stringData"].items():
+            assert PLACEHOLDER_PREFIX in value, f"{stack}: Secret {secret['metadata']['name']}.{key} is not redacted"
+
+
+def test_builtin_objects_pass_strict_kubernetes_schema(rendered):
+    stack, out = rendered
+    failures = []
+    for obj in objects(out):
+        if "." in obj["apiVersion"].split("/")[0] and not obj["apiVersion"].split("/")[0].endswith("k8s.io"):
+            continue  # custom resources: validated against their CRD schemas elsewhere
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            failures.append(f"{obj['kind']}/{obj['metadata']['name']}: {error.message} at {list(error.path)}")
+    assert not failures, f"{stack}: schema failures:\n" + "\n".join(failures)
+
+
+def test_render_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_brokerctl("render", "--stack", "dev", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine", "render touched a file it did not write"
