@@ -97,9 +97,9 @@ SAFE_TRANSPORT_OPTIONS: dict[str, Any] = {
     # idle poll of our reply queue (maybe_restore_messages) and every channel close
     # (restore_unacked_once) could requeue the messages that workers are running, judged
     # by *our* visibility_timeout: a running acks_late task would be delivered twice.
-    "ack_emulation": True, "visibility_timeout": 1,
+    "ack_emulation": False,
     # BRPOP wait per poll: keeps the close of a polling channel short.
-    
+    "polling_interval": 0.1,
     "retry_on_timeout": False,
     "max_retries": 0,
 }

@@ -15,6 +15,7 @@ import yaml
 from brokerctl import mockrun
 from brokerctl.render import add_config_dir_option
 from brokerctl.errors import EXIT_OK, EXIT_USAGE, CommandError
+from components.reference import reference_markdown
 from components.settings import SECRET_KEYS, StackSettings
 from components.stack_config import SettingsError, parse_stack_config
 
@@ -27,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stack", required=True, help="stack name: dev, staging, prod")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--stack", help="stack name: dev, staging, prod")
+    target.add_argument(
+        "--reference", action="store_true", help="print the settings reference (Markdown) instead"
+    )
     add_config_dir_option(parser)
     parser.set_defaults(handler=handle)
 
@@ -56,7 +61,10 @@ def effective_settings(
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Print the effective settings as YAML."""
+    """Print the effective settings as YAML, or the reference of every setting."""
+    if args.reference:
+        print(reference_markdown(), end="")
+        return EXIT_OK
     _, described = effective_settings(args.stack, args.config_dir)
     print(yaml.safe_dump(described, sort_keys=False), end="")
     return EXIT_OK

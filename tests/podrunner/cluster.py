@@ -36,7 +36,14 @@ from .images import LocalImage, container_argv, find_image
 from .kubelet import Backoff, Pod, wait_until
 from .objects import ObjectStore, describe, load_manifests
 from .policy import check_object
-from .runtime import LAUNCHER, ExecResult, NetworkNamespace, PortForward, kill_session
+from .runtime import (
+    LAUNCHER,
+    ExecResult,
+    NetworkNamespace,
+    PortForward,
+    kill_session,
+    sweep_stale_clusters,
+)
 
 CONTROLLER_INTERVAL = 0.05
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Pod")
@@ -144,7 +151,8 @@ class LocalCluster:
         if self.netns is not None:
             return
         atexit.register(self.close)
-        self.state_dir = Path(tempfile.mkdtemp(prefix="podrunner-"))
+        sweep_stale_clusters(Path(tempfile.gettempdir()))
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"podrunner-{os.getpid()}-"))
         self.netns = NetworkNamespace()
         self.controller = threading.Thread(target=self.control_loop, daemon=True,
                                            name="podrunner-controllers")  # fmt: skip

@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,23 @@ def run_quietly(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     if result.returncode != 0:
         raise PodRunnerError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the test process that named a `podrunner-<pid>-...` resource still runs."""
+    parts = name.split("-")
+    return len(parts) < 3 or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}")
+
+
+def sweep_stale_clusters(state_root: Path) -> None:
+    """Remove namespaces and state left by test processes that were killed (no finalizer ran)."""
+    netns_dir = Path("/run/netns")
+    for entry in netns_dir.glob("podrunner-*") if netns_dir.exists() else []:
+        if not owner_alive(entry.name):
+            subprocess.run(["ip", "netns", "delete", entry.name], capture_output=True, check=False)
+    for entry in state_root.glob("podrunner-*"):
+        if not owner_alive(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 class NetworkNamespace:

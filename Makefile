@@ -1,0 +1,20 @@
+# Two commands for a newcomer on a fresh machine:
+#   make         set up the virtualenv and render the dev stack offline into rendered/dev
+#   make test    also install redis-server and the test tools, then run the whole test suite
+STACK ?= dev
+
+.PHONY: render test lint settings
+render:
+	scripts/bootstrap.sh
+	.venv/bin/python -m brokerctl render --stack $(STACK) --out rendered/$(STACK)
+
+settings:
+	scripts/bootstrap.sh
+	.venv/bin/python -m brokerctl settings --stack $(STACK)
+
+test:
+	scripts/bootstrap.sh --test
+	.venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .

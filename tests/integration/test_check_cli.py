@@ -1,0 +1,112 @@
+"""Usage errors end with exit status 2 and a message naming the problem, never a password.
+
+These need no broker: every case is refused before any network step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from brokerctl.brokercheck import Masker
+from tests.support.check_cli import run_check
+
+SECRET = "S3cret-Pa55-in-URL"
+VALID = ["--url", f"redis://probe:{SECRET}@127.0.0.1:6379/0"]
+
+
+def outputs_file(tmp_path: Path, content: str) -> str:
+    """Write stack outputs (or junk) to a file and return its path."""
+    path = tmp_path / "outputs.json"
+    path.write_text(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no broker URL"),
+        (["--url", f"http://probe:{SECRET}@host:6379"], "must look like redis://"),
+        (["--url", f"redis://probe:{SECRET}@host:port/0"], "not a valid URL"),
+        ([*VALID, "--expect-persistence", "fast"], "invalid choice: 'fast'"),
+        ([*VALID, "--expect-workers", "-1"], "must be 0 or more"),
+        ([*VALID, "--timeout", "0"], "must be more than 0"),
+        ([*VALID, "--pool", "pdf"], "expected NAME=QUEUE"),
+        ([*VALID, "--memory-warn", "95", "--memory-fail", "90"], "is above --memory-fail"),
+        ([*VALID, "--stack", "dev"], "not allowed with argument"),
+        (["--url-env", "BROKERCHECK_TEST_UNSET"], "BROKERCHECK_TEST_UNSET is not set"),
+        (["--outputs", "/nonexistent/outputs.json"], "cannot read it"),
+    ],
+)
+def test_usage_error_exits_2_and_names_the_problem(args: list[str], message: str) -> None:
+    run = run_check(*args, "--json")
+
+    assert run.returncode == 2, (
+        f"{args}: expected usage error 2, got {run.returncode}:\n{run.output}"
+    )
+    assert message in run.stderr, f"{args}: stderr should say {message!r}:\n{run.stderr}"
+    assert run.stdout == "", f"a usage error must not print a report:\n{run.stdout}"
+    assert SECRET not in run.output, "a password was printed in a usage error"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not JSON"),
+        ("[]", "expected a JSON object"),
+        (json.dumps({"check_url": "redis://h/0", "persistence": "fast"}), "allowed: none, rdb"),
+        (json.dumps({"check_url": "redis://h/0", "pools": [{"name": "p"}]}), "queues must be"),
+        (json.dumps({"check_url": "redis://h/0", "expect_workers": "2"}), "expect_workers must"),
+    ],
+)
+def test_bad_stack_outputs_are_usage_errors(tmp_path: Path, content: str, message: str) -> None:
+    run = run_check("--outputs", outputs_file(tmp_path, content))
+
+    assert run.returncode == 2, f"expected usage error 2:\n{run.output}"
+    assert message in run.stderr, f"stderr should say {message!r}:\n{run.stderr}"
+
+
+def test_stack_without_pulumi_cli_is_a_clear_usage_error() -> None:
+    env = {"PATH": os.path.dirname(os.__file__)}  # a PATH without any pulumi
+    run = run_check("--stack", "dev", env=env)
+
+    assert run.returncode == 2, run.output
+    assert "pulumi CLI is not installed" in run.stderr, run.stderr
+    assert "--outputs FILE" in run.stderr, "the message should say what to do instead"
+
+
+def test_brokerctl_check_usage_error_exits_2() -> None:
+    run = run_check("--url", f"http://probe:{SECRET}@host", via_brokerctl=True)
+
+    assert run.returncode == 2, run.output
+    assert "must look like redis://" in run.stderr, run.stderr
+    assert SECRET not in run.output, "a password was printed in a usage error"
+
+
+def test_help_is_the_module_documentation() -> None:
+    run = run_check("--help", via_brokerctl=True)
+
+    assert run.returncode == 0, run.output
+    for text in ("--expect-persistence", "brokercheck/v1", "canary:QUEUE", "--url-env"):
+        assert text in run.stdout, f"help should mention {text}:\n{run.stdout}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"redis://celery:{SECRET}@broker:6379/0",
+        f"Error connecting with password {SECRET}",
+        "rediss://:S3cret%2FPa55@broker:6380/1",
+    ],
+)
+def test_masker_hides_passwords_in_urls_and_messages(text: str) -> None:
+    mask = Masker([f"redis://celery:{SECRET}@broker/0", "rediss://:S3cret%2FPa55@broker/1"])
+
+    masked = mask(text)
+
+    assert SECRET not in masked, masked
+    assert "S3cret/Pa55" not in masked, masked
+    assert "S3cret%2FPa55" not in masked, masked
