@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.podrunner import (
     Backoff,
@@ -44,6 +46,14 @@ IMAGES = {
     ),
 }
 FAST = Backoff(initial=0.2, cap=1.0)
+# Probe periods and initial delays run 4x faster in probe tests (timeouts and grace do not).
+QUICK_PROBES = 0.25
+
+
+def redis_client(cluster: LocalCluster, password: str = "s3cret-test") -> redis.Redis:
+    """A client in the test process reaching the broker Service; no retries hide failures."""
+    return redis.Redis(port=cluster.host_port("broker", "redis"), password=password,
+                       socket_timeout=2, retry=Retry(NoBackoff(), 0))  # fmt: skip
 
 
 def obj(kind: str, name: str, spec: dict | None = None, api: str = "v1", **extra: object) -> dict:
@@ -222,8 +232,7 @@ def test_service_names_resolve_in_pods_and_tests_reach_services(tmp_path: Path) 
             result = broker.exec(["redis-cli", "-h", name, "-a", "s3cret-test", "--no-auth-warning", "ping"])
             assert result.stdout.strip() == "PONG", f"{name}: {result}"
         assert broker.exec(["hostname"]).stdout.strip() == "broker-0"
-        client = redis.Redis(port=cluster.host_port("broker", "redis"), password="s3cret-test")
-        assert client.ping()
+        assert redis_client(cluster).ping()
         in_netns = cluster.run_in_netns(["getent", "hosts", f"broker.{NS}.svc.cluster.local"])
         assert in_netns.stdout.startswith("127.0.0.1"), in_netns
         short = cluster.run_in_netns(["getent", "hosts", "broker"])
@@ -321,9 +330,8 @@ def test_missing_secret_key_fails_the_pod_and_overrides_change_values(tmp_path: 
     with redis_cluster(tmp_path, secret_overrides={f"{NS}/broker-auth": {"password": "other"}}) as cluster:
         cluster.start()
         cluster.wait_ready("StatefulSet", "broker", timeout=10)
-        client = redis.Redis(port=cluster.host_port("broker", 6379), password="s3cret-test")
         with pytest.raises(redis.AuthenticationError):
-            client.ping()
+            redis_client(cluster).ping()
 
 
 # -- probes, restarts, termination ----------------------------------------------------------
@@ -334,11 +342,11 @@ def test_readiness_and_liveness_probes_gate_and_restart(tmp_path: Path) -> None:
     container = sleeper(readinessProbe=ready_when_file, livenessProbe=alive_when_no_file,
                         volumeMounts=[{"name": "work", "mountPath": "/work"}])  # fmt: skip
     manifest = deployment("probed", [container], volumes=[{"name": "work", "emptyDir": {}}])
-    with LocalCluster([manifest], images=IMAGES, backoff=FAST) as cluster:
+    with LocalCluster([manifest], images=IMAGES, backoff=FAST, time_scale=QUICK_PROBES) as cluster:
         cluster.start()
         (pod,) = wait_until(lambda: cluster.pods(owner=("Deployment", "probed")), 5, "pod")
         wait_until(lambda: pod.container().state == "running", 5, "container running")
-        time.sleep(1.5)
+        time.sleep(1.0)
         assert not pod.ready, f"readiness probe fails until the file exists\n{pod.describe()}"
         pod.exec(["touch", "/work/ready"])
         cluster.wait_ready("Deployment", "probed", timeout=5)
@@ -357,10 +365,10 @@ def test_startup_probe_gates_liveness(tmp_path: Path) -> None:
         volumeMounts=[{"name": "t", "mountPath": "/tmp"}],
     )  # fmt: skip
     manifest = deployment("slow", [container], volumes=[{"name": "t", "emptyDir": {}}])
-    with LocalCluster([manifest], images=IMAGES, backoff=FAST) as cluster:
+    with LocalCluster([manifest], images=IMAGES, backoff=FAST, time_scale=QUICK_PROBES) as cluster:
         cluster.start()
         (pod,) = wait_until(lambda: cluster.pods(owner=("Deployment", "slow")), 5, "pod")
-        time.sleep(2.5)
+        time.sleep(1.0)
         assert pod.restart_count == 0, f"liveness must wait for startup\n{pod.describe()}"
         pod.exec(["touch", "/tmp/started"])
         wait_until(lambda: pod.restart_count >= 1, 10, "liveness after startup", pod.describe)
@@ -370,8 +378,7 @@ def test_sigstopped_redis_is_restarted_by_liveness_and_data_survives(tmp_path: P
     with redis_cluster(tmp_path) as cluster:
         cluster.start()
         (broker,) = cluster.wait_ready("StatefulSet", "broker", timeout=20)
-        client = redis.Redis(port=cluster.host_port("broker", 6379), password="s3cret-test",
-                             socket_timeout=2)  # fmt: skip
+        client = redis_client(cluster)
         client.set("task", "pdf-1")
         broker.kill(signal.SIGSTOP)
         wait_until(lambda: broker.restart_count >= 1, 15, "liveness restart", broker.describe)
@@ -384,14 +391,13 @@ def test_claim_survives_pod_deletion_and_statefulset_recreates_pod(tmp_path: Pat
     with redis_cluster(tmp_path) as cluster:
         cluster.start()
         (first,) = cluster.wait_ready("StatefulSet", "broker", timeout=20)
-        client = redis.Redis(port=cluster.host_port("broker", 6379), password="s3cret-test")
-        client.set("queued", "yes")
+        redis_client(cluster).set("queued", "yes")
         listing = first.exec(["stat", "-c", "%a %g", "/data"]).stdout.strip()
         assert listing == "2775 999", "fsGroup makes the fresh claim group-writable"
         first.delete()
         (second,) = cluster.wait_ready("StatefulSet", "broker", timeout=20)
         assert second is not first and second.name == "broker-0"
-        assert redis.Redis(port=cluster.host_port("broker", 6379), password="s3cret-test").get("queued") == b"yes"
+        assert redis_client(cluster).get("queued") == b"yes", "data on the claim outlives the pod"
         assert "Killing container redis: pod deleted" in "\n".join(first.events)
 
 
@@ -481,7 +487,7 @@ def test_parallel_clusters_do_not_collide_and_cleanup_leaves_nothing(tmp_path: P
         second.start()
         (pod_a,) = first.wait_ready("StatefulSet", "broker", timeout=20)
         (pod_b,) = second.wait_ready("StatefulSet", "broker", timeout=20)
-        assert redis.Redis(port=second.host_port("broker", 6379), password="other").ping()
+        assert redis_client(second, password="other").ping()
         netns_inode = os.stat(first.netns.path).st_ino
         names = [first.netns.name, second.netns.name]
         state_dirs = [str(first.state_dir), str(second.state_dir)]
