@@ -1,16 +1,88 @@
-"""Post-deploy check Job (placeholder until the checks component lands)."""
+"""The post-deploy check as a Kubernetes Job that gates `pulumi up`.
+
+The Job runs `brokerctl/brokercheck.py` (shipped verbatim in a ConfigMap) with the first
+pool's image, which has Celery and redis-py. Its name carries a hash of everything it checks
+(broker and pool settings, the check code), so a change to any of them creates a new Job
+and the check runs again, instead of Pulumi keeping a stale success. pulumi-kubernetes waits
+for a Job to complete and fails the update when it fails.
+"""
 
 from __future__ import annotations
 
-import pulumi
+import hashlib
+import json
+from pathlib import Path
 
-from components.broker import RedisBroker
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.broker import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY, RedisBroker
+from components.naming import broker_client_labels, labels, object_name
+from components.pods import hardened_container, hardened_pod_spec
 from components.settings import StackSettings
 from components.workers import WorkerPools
 
+COMPONENT = "broker-check"
+CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "brokerctl" / "brokercheck.py"
+SCRIPT_DIR = "/etc/brokercheck"
+
+
+def check_arguments(settings: StackSettings, pools: list[dict]) -> list[str]:
+    """The check's command-line arguments: expectations only; URLs come from the environment."""
+    args = [
+        "--url-env", CHECK_URL_KEY,
+        "--worker-url-env", BROKER_URL_KEY,
+        "--result-backend-env", RESULT_BACKEND_KEY,
+        "--expect-persistence", settings.broker.persistence,
+        "--expect-workers", str(sum(int(p["replicas"]) for p in pools)),
+        "--visibility-timeout", str(settings.visibility_timeout),
+        "--timeout", str(settings.checks.timeout_seconds),
+        "--memory-warn", f"{settings.checks.memory_warn_ratio * 100:g}",
+        "--memory-fail", f"{settings.checks.memory_fail_ratio * 100:g}",
+    ]  # fmt: skip
+    for pool in pools:
+        args += ["--pool", f"{pool['name']}={','.join(pool['queues'])}:{pool['replicas']}"]
+    return args
+
+
+def check_revision(settings: StackSettings, script: str) -> str:
+    """A short hash of what the check verifies, naming the Job so any change runs it anew."""
+    checked = {
+        "broker": settings.broker.model_dump(mode="json"),
+        "workers": settings.workers.model_dump(mode="json"),
+        "checks": settings.checks.model_dump(mode="json"),
+        "script": script,
+    }
+    return hashlib.sha256(json.dumps(checked, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _deadline_probe(python_bin: str, deadline_seconds: int) -> k8s.core.v1.ProbeArgs:
+    """Liveness as a second bound: a check process older than the Job's deadline is stuck.
+
+    The check bounds itself by --timeout; this only matters if that ever failed. Python
+    is used, not sh, because the workers' image is the only thing known to be there.
+    """
+    code = f"import os,sys,time; sys.exit(time.time() - os.stat('/proc/1').st_mtime > {deadline_seconds})"
+    return k8s.core.v1.ProbeArgs(
+        _exec=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
+        period_seconds=30,
+        timeout_seconds=5,
+        failure_threshold=2,
+    )
+
+
+def _script_present_probe(python_bin: str) -> k8s.core.v1.ProbeArgs:
+    """Readiness: the check script is mounted where the command expects it."""
+    code = f"import os,sys; sys.exit(not os.path.isfile('{SCRIPT_DIR}/brokercheck.py'))"
+    return k8s.core.v1.ProbeArgs(
+        _exec=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
+        period_seconds=10,
+        timeout_seconds=5,
+    )
+
 
 class BrokerCheck(pulumi.ComponentResource):
-    """The in-cluster check that gates `pulumi up`."""
+    """The in-cluster check that gates `pulumi up` (off with `checks.gate_enabled: false`)."""
 
     def __init__(
         self,
@@ -21,4 +93,89 @@ class BrokerCheck(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("celery-redis:index:BrokerCheck", name, None, opts)
-        self.register_outputs({})
+        self.job_name: pulumi.Output[str] | None = None
+        if not settings.checks.gate_enabled:
+            self.register_outputs({"gate": False})
+            return
+        checks = settings.checks
+        script = CHECK_SCRIPT.read_text()
+        child = pulumi.ResourceOptions(parent=self)
+        script_map = k8s.core.v1.ConfigMap(
+            f"{name}-script",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=object_name(settings.name_prefix, COMPONENT),
+                namespace=settings.namespace,
+                labels=labels(settings, COMPONENT),
+            ),
+            data={"brokercheck.py": script},
+            opts=child,
+        )
+        env = [
+            k8s.core.v1.EnvVarArgs(
+                name=key,
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=broker.client_secret_name, key=key)
+                ),
+            )
+            for key in (CHECK_URL_KEY, BROKER_URL_KEY, RESULT_BACKEND_KEY)
+        ]
+        first_pool = settings.workers.pools[0]
+        container = hardened_container(
+            name="check",
+            image=checks.image or first_pool.image,
+            command=[checks.python_bin, f"{SCRIPT_DIR}/brokercheck.py"],
+            args=check_arguments(settings, pools.summary),
+            env=[*env, k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1")],
+            resources=checks.resources,
+            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="script", mount_path=SCRIPT_DIR, read_only=True)],
+            liveness_probe=_deadline_probe(checks.python_bin, checks.active_deadline_seconds),
+            readiness_probe=_script_present_probe(checks.python_bin),
+        )
+        pod = hardened_pod_spec(
+            containers=[container],
+            run_as_user=checks.run_as_user,
+            placement=first_pool.placement,
+            grace_period_seconds=10,
+            restart_policy="Never",
+            volumes=[
+                k8s.core.v1.VolumeArgs(
+                    name="script",
+                    config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                        name=script_map.metadata.name, default_mode=0o444
+                    ),
+                )
+            ],
+        )
+        job = k8s.batch.v1.Job(
+            f"{name}-job",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=object_name(settings.name_prefix, COMPONENT, check_revision(settings, script)),
+                namespace=settings.namespace,
+                labels=labels(settings, COMPONENT),
+                # A failed check is replaced by a fresh run on the next `pulumi up`, not awaited.
+                annotations={"pulumi.com/replaceUnready": "true"},
+            ),
+            spec=k8s.batch.v1.JobSpecArgs(
+                backoff_limit=checks.backoff_limit,
+                active_deadline_seconds=checks.active_deadline_seconds,
+                ttl_seconds_after_finished=checks.ttl_seconds_after_finished,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels={**labels(settings, COMPONENT), **broker_client_labels(settings)}
+                    ),
+                    spec=pod,
+                ),
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*broker.ready, *pools.ready],
+                delete_before_replace=True,
+                # pulumi-kubernetes waits for the Job to complete; never longer than its deadline.
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=f"{checks.active_deadline_seconds + 60}s",
+                    update=f"{checks.active_deadline_seconds + 60}s",
+                ),
+            ),
+        )
+        self.job_name = job.metadata.name
+        self.register_outputs({"gate": True, "job": self.job_name})

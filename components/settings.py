@@ -488,6 +488,15 @@ class ChecksSettings(Section):
     backoff_limit: int = Field(2, ge=0, le=10, description="Retries of the check Job (a broker may still be starting).")
     active_deadline_seconds: int = Field(300, ge=30, description="Hard bound on the check Job's whole run.")
     ttl_seconds_after_finished: int = Field(3600, ge=0, description="Finished check Jobs are deleted after this.")
+    image: str | None = Field(
+        None, description="Image of the check Job; unset uses the first pool's (it has Celery and redis-py)."
+    )
+    python_bin: str = Field("python", description="Python executable inside that image (on its PATH).")
+    run_as_user: int = Field(10001, ge=1, description="Non-root uid of the check Job.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(memory_request="128Mi", memory_limit="256Mi"),
+        description="Requests and limits of the check container.",
+    )
 
     @model_validator(mode="after")
     def _ratios(self) -> ChecksSettings:

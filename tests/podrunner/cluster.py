@@ -98,10 +98,16 @@ class LocalCluster:
     backoff: container restart and Job retry back-off (the kubelet's 10s..300s is too slow).
     """
 
-    def __init__(self, manifests: Path | str | Iterable[dict], *, images: Mapping[str, LocalImage],
-                 secret_values: Mapping[str, str] | None = None,
-                 secret_overrides: Mapping[str, Mapping[str, str | None]] | None = None,
-                 time_scale: float = 1.0, backoff: Backoff | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        manifests: Path | str | Iterable[dict],
+        *,
+        images: Mapping[str, LocalImage],
+        secret_values: Mapping[str, str] | None = None,
+        secret_overrides: Mapping[str, Mapping[str, str | None]] | None = None,
+        time_scale: float = 1.0,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.images = dict(images)
         self.time_scale = time_scale
         self.backoff = backoff or Backoff()
@@ -154,8 +160,9 @@ class LocalCluster:
         sweep_stale_clusters(Path(tempfile.gettempdir()))
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"podrunner-{os.getpid()}-"))
         self.netns = NetworkNamespace()
-        self.controller = threading.Thread(target=self.control_loop, daemon=True,
-                                           name="podrunner-controllers")  # fmt: skip
+        self.controller = threading.Thread(
+            target=self.control_loop, daemon=True, name="podrunner-controllers"
+        )
         self.controller.start()
 
     def close(self) -> None:
@@ -196,7 +203,8 @@ class LocalCluster:
         if wanted is not None:
             missing = wanted - {(k, n) for k, _, n in self.workloads}
             if missing:
-                raise ManifestError(f"start(only=...): no such workloads {sorted(missing)}")
+                msg = f"start(only=...): no such workloads {sorted(missing)}"
+                raise ManifestError(msg)
 
     def apply(self, obj: dict) -> None:
         """Add or replace an object (e.g. fix a Secret); pods read it at their next start."""
@@ -212,14 +220,15 @@ class LocalCluster:
             for index, port in enumerate(service["spec"].get("ports", [])):
                 target = self.target_port(service, port)
                 if target is not None and target != port["port"]:
-                    raise ManifestError(
+                    msg = (
                         f"{describe(service)}.spec.ports[{index}]: port {port['port']} -> "
                         f"targetPort {target} needs a proxy the pod runner does not have (pods "
                         "share one loopback, so clients reach the container port directly)"
                     )
+                    raise ManifestError(msg)
 
     def target_port(self, service: dict, port: dict) -> int | None:
-        """The container port a Service port reaches (resolving named ports from templates)."""
+        """Return the container port a Service port reaches (named ports resolved from templates)."""
         target = port.get("targetPort", port["port"])
         if isinstance(target, int):
             return target
@@ -232,24 +241,32 @@ class LocalCluster:
                             return declared["containerPort"]
         if not selector:
             return None
-        raise ManifestError(f"{describe(service)}: targetPort {target!r} names no containerPort "
-                            "of any pod it selects")  # fmt: skip
+        msg = (
+            f"{describe(service)}: targetPort {target!r} names no containerPort "
+            "of any pod it selects"
+        )
+        raise ManifestError(msg)
 
     def pod_templates(self, namespace: str) -> list[dict]:
         """Pod templates (and bare Pods) of a namespace."""
         templates = []
         for kind in ("Deployment", "StatefulSet", "Job"):
-            templates += [obj["spec"]["template"] for obj in self.store.of_kind(kind)
-                          if obj["metadata"]["namespace"] == namespace]  # fmt: skip
-        return templates + [pod for pod in self.store.of_kind("Pod")
-                            if pod["metadata"]["namespace"] == namespace]  # fmt: skip
+            templates += [
+                obj["spec"]["template"]
+                for obj in self.store.of_kind(kind)
+                if obj["metadata"]["namespace"] == namespace
+            ]
+        return templates + [
+            pod for pod in self.store.of_kind("Pod") if pod["metadata"]["namespace"] == namespace
+        ]
 
     # -- what pods ask of the node (kubelet.Node) ------------------------------------------
     @property
     def node_netns(self) -> NetworkNamespace:
         """The network namespace; the cluster must be open."""
         if self.netns is None:
-            raise ManifestError("the LocalCluster is not open: use it as a context manager")
+            msg = "the LocalCluster is not open: use it as a context manager"
+            raise ManifestError(msg)
         return self.netns
 
     def service_links(self, namespace: str) -> dict[str, str]:
@@ -272,20 +289,33 @@ class LocalCluster:
             name, svc_ns = service["metadata"]["name"], service["metadata"]["namespace"]
             hosts = [name]
             for sts in self.store.of_kind("StatefulSet"):
-                if sts["spec"].get("serviceName") == name and sts["metadata"]["namespace"] == svc_ns:
-                    hosts += [f"{sts['metadata']['name']}-{ordinal}.{name}"
-                              for ordinal in range(sts["spec"].get("replicas", 1))]  # fmt: skip
+                if (
+                    sts["spec"].get("serviceName") == name
+                    and sts["metadata"]["namespace"] == svc_ns
+                ):
+                    hosts += [
+                        f"{sts['metadata']['name']}-{ordinal}.{name}"
+                        for ordinal in range(sts["spec"].get("replicas", 1))
+                    ]
             for host in hosts:
                 if svc_ns == namespace:
                     names.append(host)
-                names += [f"{host}.{svc_ns}", f"{host}.{svc_ns}.svc", f"{host}.{svc_ns}.svc.cluster.local"]
+                names += [
+                    f"{host}.{svc_ns}",
+                    f"{host}.{svc_ns}.svc",
+                    f"{host}.{svc_ns}.svc.cluster.local",
+                ]
         return list(dict.fromkeys(names))
 
-    def hosts_file(self, namespace: str | None, hostname: str | None, fqdn: str | None,
-                   aliases: list[dict]) -> str:  # fmt: skip
-        """The /etc/hosts of a pod (or of run_in_netns when hostname is None)."""
-        lines = ["# Kubernetes-managed hosts file (pod runner).", "127.0.0.1\tlocalhost",
-                 "::1\tlocalhost ip6-localhost ip6-loopback"]  # fmt: skip
+    def hosts_file(
+        self, namespace: str | None, hostname: str | None, fqdn: str | None, aliases: list[dict]
+    ) -> str:
+        """Return the /etc/hosts of a pod (or of run_in_netns when hostname is None)."""
+        lines = [
+            "# Kubernetes-managed hosts file (pod runner).",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+        ]
         if hostname:
             lines.append("127.0.0.1\t" + " ".join(n for n in (fqdn, hostname) if n))
         lines += [f"{alias['ip']}\t{' '.join(alias['hostnames'])}" for alias in aliases]
@@ -300,16 +330,18 @@ class LocalCluster:
 
         generated = any(
             claim.startswith(f"{template['metadata']['name']}-{sts['metadata']['name']}-")
-            for sts in self.store.of_kind("StatefulSet") if sts["metadata"]["namespace"] == namespace
+            for sts in self.store.of_kind("StatefulSet")
+            if sts["metadata"]["namespace"] == namespace
             for template in sts["spec"].get("volumeClaimTemplates", [])
-        )  # fmt: skip
+        )
         if not generated and self.store.get("PersistentVolumeClaim", namespace, claim) is None:
-            raise ContainerConfigError(f"persistentvolumeclaim {namespace}/{claim} not found")
+            msg = f"persistentvolumeclaim {namespace}/{claim} not found"
+            raise ContainerConfigError(msg)
         assert self.state_dir is not None
         return claim_path(self.state_dir / "claims", namespace, claim)
 
     def pod_gone(self, pod: Pod) -> None:
-        """A deleted pod finished terminating: free its name (kubelet.Node)."""
+        """Free the name of a deleted pod that finished terminating (kubelet.Node)."""
         with self.lock:
             if self.pods_by_key.get((pod.namespace, pod.name)) is pod:
                 del self.pods_by_key[(pod.namespace, pod.name)]
@@ -323,16 +355,21 @@ class LocalCluster:
             for kind, namespace, name in workloads:
                 obj = self.store.get(kind, namespace, name)
                 if obj is not None and not self.stopping.is_set():
-                    {"Deployment": self.reconcile_deployment,
-                     "StatefulSet": self.reconcile_statefulset,
-                     "Pod": self.reconcile_pod}[kind](obj)  # fmt: skip
+                    {
+                        "Deployment": self.reconcile_deployment,
+                        "StatefulSet": self.reconcile_statefulset,
+                        "Pod": self.reconcile_pod,
+                    }[kind](obj)
 
     def owned_pods(self, kind: str, obj: dict) -> list[Pod]:
         """Live pods a workload owns (terminating ones included)."""
         owner = (kind, obj["metadata"]["name"])
         with self.lock:
-            return [p for p in self.pods_by_key.values()
-                    if p.owner == owner and p.namespace == obj["metadata"]["namespace"]]  # fmt: skip
+            return [
+                p
+                for p in self.pods_by_key.values()
+                if p.owner == owner and p.namespace == obj["metadata"]["namespace"]
+            ]
 
     def reconcile_deployment(self, obj: dict) -> None:
         """Keep `replicas` pods that are not terminating (replacements start immediately)."""
@@ -341,8 +378,12 @@ class LocalCluster:
         template_hash = hashlib.sha256(repr(obj["spec"]["template"]).encode()).hexdigest()[:10]
         for _ in range(replicas - len(active)):
             name = f"{obj['metadata']['name']}-{template_hash}-{secrets.token_hex(3)[:5]}"
-            self.create_pod(obj, name, ("Deployment", obj["metadata"]["name"]),
-                            {"pod-template-hash": template_hash})  # fmt: skip
+            self.create_pod(
+                obj,
+                name,
+                ("Deployment", obj["metadata"]["name"]),
+                {"pod-template-hash": template_hash},
+            )
         for extra in active[replicas:]:
             extra.delete(wait=False)
 
@@ -366,15 +407,19 @@ class LocalCluster:
                 pod.delete(wait=False)
 
     def reconcile_pod(self, obj: dict) -> None:
-        """A bare Pod runs once; it is not recreated after deletion."""
+        """Run a bare Pod once; it is not recreated after deletion."""
         key = ("Pod", obj["metadata"]["namespace"], obj["metadata"]["name"])
         with self.lock:
             self.workloads.discard(key)
-        self.create_pod({"spec": {"template": obj}, "metadata": obj["metadata"]},
-                        obj["metadata"]["name"], None, {})  # fmt: skip
+        self.create_pod(
+            {"spec": {"template": obj}, "metadata": obj["metadata"]},
+            obj["metadata"]["name"],
+            None,
+            {},
+        )
 
     def create_statefulset_pod(self, obj: dict, ordinal: int) -> Pod:
-        """A StatefulSet pod: stable name, hostname/subdomain, claims from the templates."""
+        """Create a StatefulSet pod: stable name, hostname/subdomain, claims from the templates."""
         sts = obj["metadata"]["name"]
         name = f"{sts}-{ordinal}"
         template = copy.deepcopy(obj["spec"]["template"])
@@ -386,14 +431,27 @@ class LocalCluster:
         for claim in obj["spec"].get("volumeClaimTemplates", []):
             claim_name = claim["metadata"]["name"]
             volumes[:] = [v for v in volumes if v["name"] != claim_name]
-            volumes.append({"name": claim_name,
-                            "persistentVolumeClaim": {"claimName": f"{claim_name}-{name}"}})  # fmt: skip
-        labels = {"statefulset.kubernetes.io/pod-name": name, "apps.kubernetes.io/pod-index": str(ordinal)}
-        return self.create_pod({"metadata": obj["metadata"], "spec": {"template": template}}, name,
-                               ("StatefulSet", sts), labels)  # fmt: skip
+            volumes.append(
+                {"name": claim_name, "persistentVolumeClaim": {"claimName": f"{claim_name}-{name}"}}
+            )
+        labels = {
+            "statefulset.kubernetes.io/pod-name": name,
+            "apps.kubernetes.io/pod-index": str(ordinal),
+        }
+        return self.create_pod(
+            {"metadata": obj["metadata"], "spec": {"template": template}},
+            name,
+            ("StatefulSet", sts),
+            labels,
+        )
 
-    def create_pod(self, owner_obj: dict, name: str, owner: tuple[str, str] | None,
-                   extra_labels: Mapping[str, str]) -> Pod:  # fmt: skip
+    def create_pod(
+        self,
+        owner_obj: dict,
+        name: str,
+        owner: tuple[str, str] | None,
+        extra_labels: Mapping[str, str],
+    ) -> Pod:
         """Instantiate a pod from a workload's template and start it."""
         template = copy.deepcopy(owner_obj["spec"]["template"])
         namespace = owner_obj["metadata"]["namespace"]
@@ -405,34 +463,46 @@ class LocalCluster:
         pod = Pod(self, template, pod_dir, owner)
         with self.lock:
             if self.stopping.is_set():
-                raise PodFailed("the cluster is closing")
+                msg = "the cluster is closing"
+                raise PodFailed(msg)
             self.pods_by_key[(namespace, name)] = pod
             self.all_pods.append(pod)
         pod.start()
         return pod
 
     # -- what tests use --------------------------------------------------------------------
-    def pods(self, selector: Mapping[str, str] | None = None, *, owner: tuple[str, str] | None = None,
-             namespace: str | None = None) -> list[Pod]:  # fmt: skip
+    def pods(
+        self,
+        selector: Mapping[str, str] | None = None,
+        *,
+        owner: tuple[str, str] | None = None,
+        namespace: str | None = None,
+    ) -> list[Pod]:
         """Live pods (not yet gone), filtered by labels, owning workload and namespace."""
         with self.lock:
             pods = list(self.pods_by_key.values())
         return sorted(
-            (p for p in pods
-             if matches(p.labels, selector or {}) and owner in (None, p.owner)
-             and namespace in (None, p.namespace)),
+            (
+                p
+                for p in pods
+                if matches(p.labels, selector or {})
+                and owner in (None, p.owner)
+                and namespace in (None, p.namespace)
+            ),
             key=lambda p: p.name,
-        )  # fmt: skip
+        )
 
     def pod(self, name: str, namespace: str | None = None) -> Pod:
-        """A live pod by name."""
+        """Return a live pod by name."""
         found = [p for p in self.pods(namespace=namespace) if p.name == name]
         if len(found) != 1:
-            raise KeyError(f"{len(found)} live pods named {name!r}; have {[p.name for p in self.pods()]}")
+            msg = f"{len(found)} live pods named {name!r}; have {[p.name for p in self.pods()]}"
+            raise KeyError(msg)
         return found[0]
 
-    def wait_ready(self, kind: str, name: str, timeout: float = 60.0,
-                   namespace: str | None = None) -> list[Pod]:  # fmt: skip
+    def wait_ready(
+        self, kind: str, name: str, timeout: float = 60.0, namespace: str | None = None
+    ) -> list[Pod]:
         """Wait until a Deployment/StatefulSet has `replicas` ready pods (or a Pod is ready).
 
         Fails fast with PodFailed when a pod cannot start (CreateContainerConfigError,
@@ -443,25 +513,39 @@ class LocalCluster:
         replicas = 1 if kind == "Pod" else obj["spec"].get("replicas", 1)
 
         def ready_pods() -> list[Pod] | None:
-            pods = [p for p in self.pods(owner=owner, namespace=obj["metadata"]["namespace"])
-                    if (owner or p.name == name) and not p.terminating.is_set()]  # fmt: skip
+            pods = [
+                p
+                for p in self.pods(owner=owner, namespace=obj["metadata"]["namespace"])
+                if (owner or p.name == name) and not p.terminating.is_set()
+            ]
             for pod in pods:
                 self.raise_if_stuck(pod)
             ready = [p for p in pods if p.ready]
             return ready if len(ready) >= replicas else None
 
-        result = wait_until(ready_pods, timeout, f"{kind} {name} to have {replicas} ready pods",
-                            describe=lambda: self.describe(owner))  # fmt: skip
+        result = wait_until(
+            ready_pods,
+            timeout,
+            f"{kind} {name} to have {replicas} ready pods",
+            describe=lambda: self.describe(owner),
+        )
         return result  # type: ignore[return-value]
 
     @staticmethod
     def raise_if_stuck(pod: Pod) -> None:
         """PodFailed when a pod is stuck on a configuration error or failed to start."""
-        stuck = [c for c in [*pod.init_containers, *pod.containers]
-                 if c.reason in ("CreateContainerConfigError", "StartError")]  # fmt: skip
-        if pod.config_error or stuck or (pod.finished.is_set() and not pod.terminating.is_set()
-                                          and pod.phase == "Failed"):  # fmt: skip
-            raise PodFailed(f"pod cannot become ready:\n{pod.describe()}")
+        stuck = [
+            c
+            for c in [*pod.init_containers, *pod.containers]
+            if c.reason in ("CreateContainerConfigError", "StartError")
+        ]
+        if (
+            pod.config_error
+            or stuck
+            or (pod.finished.is_set() and not pod.terminating.is_set() and pod.phase == "Failed")
+        ):
+            msg = f"pod cannot become ready:\n{pod.describe()}"
+            raise PodFailed(msg)
 
     def describe(self, owner: tuple[str, str] | None = None) -> str:
         """Describe the live pods (of one workload) for assertion messages."""
@@ -477,8 +561,12 @@ class LocalCluster:
         give_up = started + timeout
         attempts: list[JobAttempt] = []
         for failures in itertools.count():
-            pod = self.create_pod(job, f"{name}-{secrets.token_hex(3)[:5]}", ("Job", name),
-                                  {"job-name": name, "batch.kubernetes.io/job-name": name})  # fmt: skip
+            pod = self.create_pod(
+                job,
+                f"{name}-{secrets.token_hex(3)[:5]}",
+                ("Job", name),
+                {"job-name": name, "batch.kubernetes.io/job-name": name},
+            )
             reason = self.watch_job_pod(pod, backoff_limit, active_deadline, started, give_up)
             main = pod.containers[0]
             logs = "".join(run.log_path.read_text(errors="replace") for run in main.runs)
@@ -488,20 +576,31 @@ class LocalCluster:
                 return JobResult(reason == "Complete", reason, attempts, seconds)
             if failures + 1 > backoff_limit:
                 return JobResult(False, "BackoffLimitExceeded", attempts, seconds)
-            if active_deadline is not None and seconds + self.backoff.delay(failures + 1) > active_deadline:
+            if (
+                active_deadline is not None
+                and seconds + self.backoff.delay(failures + 1) > active_deadline
+            ):
                 time.sleep(max(0.0, active_deadline - seconds))
                 return JobResult(False, "DeadlineExceeded", attempts, time.monotonic() - started)
             time.sleep(self.backoff.delay(failures + 1))
-        raise AssertionError("unreachable")
+        msg = "unreachable"
+        raise AssertionError(msg)
 
-    def watch_job_pod(self, pod: Pod, backoff_limit: int, active_deadline: float | None,
-                      started: float, give_up: float) -> str | None:  # fmt: skip
+    def watch_job_pod(
+        self,
+        pod: Pod,
+        backoff_limit: int,
+        active_deadline: float | None,
+        started: float,
+        give_up: float,
+    ) -> str | None:
         """Follow one Job pod; return the Job's final reason, or None to retry with a new pod."""
         while True:
             stuck = [c for c in pod.containers if c.reason == "CreateContainerConfigError"]
             if pod.config_error or stuck:
                 pod.delete(grace_period=0, wait=True)
-                raise PodFailed(f"Job pod cannot start:\n{pod.describe()}")
+                msg = f"Job pod cannot start:\n{pod.describe()}"
+                raise PodFailed(msg)
             if pod.finished.is_set():
                 if pod.phase == "Succeeded":
                     return "Complete"
@@ -516,15 +615,16 @@ class LocalCluster:
                 return "DeadlineExceeded"
             if now > give_up:
                 pod.delete(grace_period=0, wait=True)
-                raise WaitTimeout(f"Job {pod.owner} did not finish in time\n{pod.describe()}")
+                msg = f"Job {pod.owner} did not finish in time\n{pod.describe()}"
+                raise WaitTimeout(msg)
             time.sleep(CONTROLLER_INTERVAL)
 
     def find_service(self, service: str, namespace: str | None) -> dict:
-        """A Service by name."""
+        """Return a Service by name."""
         return self.store.find("Service", service, namespace)
 
     def host_port(self, service: str, port: int | str, namespace: str | None = None) -> int:
-        """A port on the test process's 127.0.0.1 that forwards to a Service port in the cluster.
+        """Return a port on the test process's 127.0.0.1 forwarding to a Service port in the cluster.
 
         port is the Service's port number or name. Connections made before a pod listens fail
         like an unready Service; retry or wait_ready first.
@@ -536,10 +636,16 @@ class LocalCluster:
                 forward = PortForward(self.node_netns, target)
                 self.forwards.append(forward)
                 return forward.port
-        raise ManifestError(f"{describe(obj)} has no port {port!r}")
+        msg = f"{describe(obj)} has no port {port!r}"
+        raise ManifestError(msg)
 
-    def run_in_netns(self, argv: list[str], timeout: float = 60.0, env: Mapping[str, str] | None = None,
-                     namespace: str | None = None) -> ExecResult:  # fmt: skip
+    def run_in_netns(
+        self,
+        argv: list[str],
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+    ) -> ExecResult:
         """Run a command (as root, the test's environment) inside the cluster network.
 
         It sees the cluster's /etc/hosts: Service names qualified with their namespace always
@@ -550,23 +656,35 @@ class LocalCluster:
         hosts.write_text(self.hosts_file(namespace, None, None, []))
         hosts.chmod(0o644)
         spec_path = hosts.with_suffix(".json")
-        spec_path.write_text(json.dumps({
-            "mode": "client", "netns": self.node_netns.path, "argv": list(argv),
-            "env": {**os.environ, **(env or {})}, "files": {str(hosts): "/etc/hosts"},
-        }))  # fmt: skip
+        spec_path.write_text(
+            json.dumps(
+                {
+                    "mode": "client",
+                    "netns": self.node_netns.path,
+                    "argv": list(argv),
+                    "env": {**os.environ, **(env or {})},
+                    "files": {str(hosts): "/etc/hosts"},
+                }
+            )
+        )
         process = subprocess.Popen(
             [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             kill_session(process)
             stdout, stderr = process.communicate()
-            return ExecResult(-1, stdout.decode(errors="replace"), stderr.decode(errors="replace"), True)
+            return ExecResult(
+                -1, stdout.decode(errors="replace"), stderr.decode(errors="replace"), True
+            )
         finally:
             spec_path.unlink(missing_ok=True)
             hosts.unlink(missing_ok=True)
-        return ExecResult(process.returncode, stdout.decode(errors="replace"),
-                          stderr.decode(errors="replace"))  # fmt: skip
+        return ExecResult(
+            process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        )

@@ -104,21 +104,34 @@ def service_link_variables(services: list[dict]) -> dict[str, str]:
 
 QUANTITY = re.compile(r"^([0-9.]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 SUFFIX = {
-    None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
+    None: 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def parse_quantity(value: str | int | float, where: str) -> float:
     """Parse a Kubernetes resource quantity (`500m`, `128Mi`, `2`)."""
     match = QUANTITY.match(str(value))
     if not match:
-        raise UnsupportedManifest(f"{where}: cannot parse quantity {value!r}")
+        msg = f"{where}: cannot parse quantity {value!r}"
+        raise UnsupportedManifest(msg)
     return float(match.group(1)) * SUFFIX[match.group(2)]
 
 
 def node_allocatable(resource: str) -> float:
-    """What the kubelet reports for a resource without a limit: the node's capacity."""
+    """Return what the kubelet reports for a resource without a limit: the node's capacity."""
     if resource == "cpu":
         return float(os.cpu_count() or 1)
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -128,7 +141,8 @@ def resource_field(container: dict, ref: dict, where: str) -> str:
     """Resolve `resourceFieldRef` (limits/requests of cpu/memory, divided and rounded up)."""
     kind, _, resource = ref["resource"].partition(".")
     if kind not in ("limits", "requests") or resource not in ("cpu", "memory"):
-        raise UnsupportedManifest(f"{where}: resourceFieldRef {ref['resource']!r} not supported")
+        msg = f"{where}: resourceFieldRef {ref['resource']!r} not supported"
+        raise UnsupportedManifest(msg)
     declared = container.get("resources", {}).get(kind, {}).get(resource)
     if declared is None and kind == "requests":
         declared = container.get("resources", {}).get("limits", {}).get(resource)
@@ -156,7 +170,8 @@ def field_ref(pod: PodIdentity, path: str, where: str) -> str:
     if keyed:
         source = pod.labels if keyed.group(1) == "labels" else pod.annotations
         return source.get(keyed.group(2), "")
-    raise UnsupportedManifest(f"{where}: fieldRef.fieldPath {path!r} is not supported")
+    msg = f"{where}: fieldRef.fieldPath {path!r} is not supported"
+    raise UnsupportedManifest(msg)
 
 
 def key_ref(store: ConfigStore, namespace: str, ref: dict, kind: str, where: str) -> str | None:
@@ -169,29 +184,36 @@ def key_ref(store: ConfigStore, namespace: str, ref: dict, kind: str, where: str
         return None
     what = f"{kind} {namespace}/{ref['name']}"
     missing = f"key {ref['key']!r} not found in {what}" if data is not None else f"{what} not found"
-    raise ContainerConfigError(f"{where}: {missing}")
+    msg = f"{where}: {missing}"
+    raise ContainerConfigError(msg)
 
 
-def env_from_sources(store: ConfigStore, namespace: str, sources: list[dict], where: str
-                     ) -> dict[str, str]:  # fmt: skip
+def env_from_sources(
+    store: ConfigStore, namespace: str, sources: list[dict], where: str
+) -> dict[str, str]:
     """Collect `envFrom` ConfigMaps/Secrets (with prefix), later sources winning."""
     env: dict[str, str] = {}
     for index, source in enumerate(sources):
         here = f"{where}.envFrom[{index}]"
-        kind, ref = (("Secret", source["secretRef"]) if "secretRef" in source
-                     else ("ConfigMap", source["configMapRef"]))  # fmt: skip
+        kind, ref = (
+            ("Secret", source["secretRef"])
+            if "secretRef" in source
+            else ("ConfigMap", source["configMapRef"])
+        )
         lookup = store.secret_data if kind == "Secret" else store.config_map_data
         data = lookup(namespace, ref["name"])
         if data is None:
             if ref.get("optional", False):
                 continue
-            raise ContainerConfigError(f"{here}: {kind} {namespace}/{ref['name']} not found")
+            msg = f"{here}: {kind} {namespace}/{ref['name']} not found"
+            raise ContainerConfigError(msg)
         env.update({source.get("prefix", "") + key: text(value) for key, value in data.items()})
     return env
 
 
-def value_from(store: ConfigStore, pod: PodIdentity, container: dict, source: dict, where: str
-               ) -> str | None:  # fmt: skip
+def value_from(
+    store: ConfigStore, pod: PodIdentity, container: dict, source: dict, where: str
+) -> str | None:
     """Resolve one `env[].valueFrom`; None means "leave the variable unset"."""
     if "secretKeyRef" in source:
         return key_ref(store, pod.namespace, source["secretKeyRef"], "Secret", where)
@@ -201,11 +223,17 @@ def value_from(store: ConfigStore, pod: PodIdentity, container: dict, source: di
         return field_ref(pod, source["fieldRef"]["fieldPath"], where)
     if "resourceFieldRef" in source:
         return resource_field(container, source["resourceFieldRef"], where)
-    raise UnsupportedManifest(f"{where}.valueFrom: unsupported source {sorted(source)}")
+    msg = f"{where}.valueFrom: unsupported source {sorted(source)}"
+    raise UnsupportedManifest(msg)
 
 
-def container_environment(store: ConfigStore, pod: PodIdentity, container: dict,
-                          service_links: Mapping[str, str], where: str) -> dict[str, str]:  # fmt: skip
+def container_environment(
+    store: ConfigStore,
+    pod: PodIdentity,
+    container: dict,
+    service_links: Mapping[str, str],
+    where: str,
+) -> dict[str, str]:
     """Build the environment the kubelet passes (image ENV is merged under it by the runtime).
 
     The result is also what `$(VAR)` in command/args expands against: image ENV is not, since

@@ -59,25 +59,30 @@ def find_image(images: Mapping[str, LocalImage], reference: str, where: str) -> 
     if prefixes:
         return images[max(prefixes, key=len)]
     known = ", ".join(sorted(images)) or "(empty table)"
-    raise ManifestError(f"{where}: image {reference!r} is not in the image table (keys: {known})")
+    msg = f"{where}: image {reference!r} is not in the image table (keys: {known})"
+    raise ManifestError(msg)
 
 
-def container_argv(image: LocalImage, command: list[str] | None, args: list[str] | None,
-                   where: str) -> list[str]:  # fmt: skip
+def container_argv(
+    image: LocalImage, command: list[str] | None, args: list[str] | None, where: str
+) -> list[str]:
     """Combine command/args with the image's ENTRYPOINT/CMD the way Kubernetes documents it."""
     if command:
         return [*command, *(args or [])]
     if image.entrypoint is None:
-        raise ManifestError(
+        msg = (
             f"{where}: no `command` and the image table does not know the image's entrypoint; "
             "set LocalImage(entrypoint=...) (or entrypoint=() for an image without one)"
         )
+        raise ManifestError(msg)
     if args is not None:
         argv = [*image.entrypoint, *args]
     elif image.cmd is None:
-        raise ManifestError(f"{where}: no `command`/`args` and the image table has no cmd")
+        msg = f"{where}: no `command`/`args` and the image table has no cmd"
+        raise ManifestError(msg)
     else:
         argv = [*image.entrypoint, *image.cmd]
     if not argv:
-        raise ManifestError(f"{where}: the container has nothing to run")
+        msg = f"{where}: the container has nothing to run"
+        raise ManifestError(msg)
     return argv

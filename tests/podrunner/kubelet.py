@@ -43,17 +43,69 @@ CONFIG_RETRY_SECONDS = 1.0
 EVENT_LIMIT = 200
 # Docker/containerd's default capability set: what a root container keeps unless it drops them.
 DEFAULT_CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
-    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
-)  # fmt: skip
-CAPABILITY_NUMBERS = {name: number for number, name in enumerate((
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-))}  # fmt: skip
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+)
+CAPABILITY_NUMBERS = {
+    name: number
+    for number, name in enumerate(
+        (
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "LINUX_IMMUTABLE",
+            "NET_BIND_SERVICE",
+            "NET_BROADCAST",
+            "NET_ADMIN",
+            "NET_RAW",
+            "IPC_LOCK",
+            "IPC_OWNER",
+            "SYS_MODULE",
+            "SYS_RAWIO",
+            "SYS_CHROOT",
+            "SYS_PTRACE",
+            "SYS_PACCT",
+            "SYS_ADMIN",
+            "SYS_BOOT",
+            "SYS_NICE",
+            "SYS_RESOURCE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+            "MKNOD",
+            "LEASE",
+            "AUDIT_WRITE",
+            "AUDIT_CONTROL",
+            "SETFCAP",
+            "MAC_OVERRIDE",
+            "MAC_ADMIN",
+            "SYSLOG",
+            "WAKE_ALARM",
+            "BLOCK_SUSPEND",
+            "AUDIT_READ",
+            "PERFMON",
+            "BPF",
+            "CHECKPOINT_RESTORE",
+        )
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -77,8 +129,9 @@ class Node(Protocol):
     time_scale: float
     backoff: Backoff
 
-    def hosts_file(self, namespace: str, hostname: str, fqdn: str | None,
-                   aliases: list[dict]) -> str:  # fmt: skip
+    def hosts_file(
+        self, namespace: str, hostname: str, fqdn: str | None, aliases: list[dict]
+    ) -> str:
         """Return the /etc/hosts text for a pod."""
 
     def service_links(self, namespace: str) -> dict[str, str]:
@@ -95,12 +148,14 @@ def merged_security(pod_spec: dict, container: dict) -> dict:
     """Container securityContext over the pod's (the fields both have)."""
     pod_context = pod_spec.get("securityContext", {})
     shared = ("runAsUser", "runAsGroup", "runAsNonRoot")
-    return {**{k: pod_context[k] for k in shared if k in pod_context},
-            **container.get("securityContext", {})}  # fmt: skip
+    return {
+        **{k: pod_context[k] for k in shared if k in pod_context},
+        **container.get("securityContext", {}),
+    }
 
 
 def capability_set(capabilities: dict) -> list[int]:
-    """The bounding set containerd gives: defaults, minus drops (ALL clears), plus adds."""
+    """Return the bounding set containerd gives: defaults, minus drops (ALL clears), plus adds."""
     names = {name.upper().removeprefix("CAP_") for name in capabilities.get("drop", [])}
     kept = set() if "ALL" in names else set(DEFAULT_CAPABILITIES) - names
     kept |= {name.upper().removeprefix("CAP_") for name in capabilities.get("add", [])}
@@ -124,7 +179,8 @@ def named_port(container: dict, port: int | str, where: str) -> int:
     for declared in container.get("ports", []):
         if declared.get("name") == port:
             return declared["containerPort"]
-    raise ManifestError(f"{where}: no containerPort named {port!r}")
+    msg = f"{where}: no containerPort named {port!r}"
+    raise ManifestError(msg)
 
 
 class ProbeWorker:
@@ -137,11 +193,12 @@ class ProbeWorker:
         self.stopped = threading.Event()
         self.successes = 0
         self.failures = 0
-        self.thread = threading.Thread(target=self.loop, daemon=True,
-                                       name=f"probe-{kind}-{container.where}")  # fmt: skip
+        self.thread = threading.Thread(
+            target=self.loop, daemon=True, name=f"probe-{kind}-{container.where}"
+        )
 
     def seconds(self, key: str, default: float, scaled: bool) -> float:
-        """A probe timing field, scaled by the cluster's time_scale when scaled."""
+        """Return a probe timing field, multiplied by the cluster's time_scale when scaled."""
         value = float(self.probe.get(key, default))
         return value * self.container.pod.node.time_scale if scaled else value
 
@@ -185,11 +242,11 @@ class ProbeWorker:
         return self.http_get(self.probe["httpGet"], timeout, where)
 
     def http_get(self, spec: dict, timeout: float, where: str) -> tuple[bool, str]:
-        """An httpGet probe: success is a status from 200 to 399."""
+        """Run an httpGet probe: success is a status from 200 to 399."""
         port = named_port(self.container.spec, spec["port"], where)
         host = spec.get("host", "127.0.0.1")
         if spec.get("scheme", "HTTP") == "HTTPS":
-            context = ssl._create_unverified_context()  # noqa: S323 - kubelet skips verification too
+            context = ssl._create_unverified_context()  # noqa: S323 - the kubelet does not verify
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
                 host, port, timeout=timeout, context=context
             )
@@ -277,7 +334,8 @@ class Container:
         pod_security = self.pod.spec.get("securityContext", {})
         uid = security.get("runAsUser", self.image.user)
         if security.get("runAsNonRoot") and uid == 0:
-            raise ContainerConfigError(f"{self.where}: runAsNonRoot is set but it runs as uid 0")
+            msg = f"{self.where}: runAsNonRoot is set but it runs as uid 0"
+            raise ContainerConfigError(msg)
         groups = {pod_security.get("fsGroup"), *pod_security.get("supplementalGroups", [])}
         command = (
             [expand(a, k8s_env) for a in self.spec["command"]] if "command" in self.spec else None
@@ -297,8 +355,9 @@ class Container:
     def environment(self) -> tuple[dict[str, str], dict[str, str]]:
         """Image ENV under the kubelet's environment, and the kubelet's environment alone."""
         links = self.pod.node.service_links(self.pod.namespace) if self.pod.service_links else {}
-        k8s_env = container_environment(self.pod.node.store, self.pod.identity, self.spec, links,
-                                        self.where)  # fmt: skip
+        k8s_env = container_environment(
+            self.pod.node.store, self.pod.identity, self.spec, links, self.where
+        )
         return {**self.image.environment(), **k8s_env}, k8s_env
 
     def mounts(self) -> list[Mount]:
@@ -308,10 +367,13 @@ class Container:
         for target, host in self.image.binds.items():
             source = Path(host).resolve()
             if not source.exists():
-                raise ManifestError(f"{self.where}: image table bind {host} does not exist")
+                msg = f"{self.where}: image table bind {host} does not exist"
+                raise ManifestError(msg)
             image_binds.append(Mount(str(source), target, read_only=True))
-        etc = [Mount(str(self.pod.dir / name), f"/etc/{name}", read_only_root)
-               for name in ("hosts", "hostname", "resolv.conf")]  # fmt: skip
+        etc = [
+            Mount(str(self.pod.dir / name), f"/etc/{name}", read_only_root)
+            for name in ("hosts", "hostname", "resolv.conf")
+        ]
         volumes = container_mounts(self.spec, self.pod.volumes, self.where)
         return [*image_binds, *etc, *volumes]
 
@@ -328,12 +390,18 @@ class Container:
         log_path = self.pod.dir / "logs" / f"{self.name}-{number}.log"
         try:
             process = start_container(
-                launch, netns=self.pod.node.netns, scratch=self.pod.dir / "roots" / f"{self.name}-{number}",
+                launch,
+                netns=self.pod.node.netns,
+                scratch=self.pod.dir / "roots" / f"{self.name}-{number}",
                 hostname=self.pod.hostname,
                 mounts=[m.__dict__ for m in mounts],
-                read_only_root=bool(self.spec.get("securityContext", {}).get("readOnlyRootFilesystem")),
-                log_path=log_path, spec_path=self.pod.dir / f"{self.name}-{number}.json", what=self.where,
-            )  # fmt: skip
+                read_only_root=bool(
+                    self.spec.get("securityContext", {}).get("readOnlyRootFilesystem")
+                ),
+                log_path=log_path,
+                spec_path=self.pod.dir / f"{self.name}-{number}.json",
+                what=self.where,
+            )
         except LaunchFailed as exc:
             self.set_state("terminated", "StartError", str(exc))
             self.exit_code = 128
@@ -349,8 +417,9 @@ class Container:
         self.current = run
         if self.pod.terminating.is_set():
             # Deleted while this run was starting: stop it the way the deletion asked.
-            threading.Thread(target=self.stop, args=(self.pod.stop_grace, "pod deleted"),
-                             daemon=True).start()  # fmt: skip
+            threading.Thread(
+                target=self.stop, args=(self.pod.stop_grace, "pod deleted"), daemon=True
+            ).start()
         self.started = "startupProbe" not in self.spec
         self.probe_ready = False
         self.set_state("running", "Started")
@@ -442,7 +511,7 @@ class Container:
             self.pod.event(f"Error: {exc}")
 
     def restart_loop(self) -> None:
-        """The body of run_until_done."""
+        """Start, wait, and restart per restartPolicy with back-off (body of run_until_done)."""
         while not self.pod.terminating.is_set():
             code = self.run_once()
             if self.pod.terminating.is_set():
@@ -470,8 +539,9 @@ class Container:
 class Pod:
     """A pod on the local node. Tests get these from LocalCluster.pods()."""
 
-    def __init__(self, node: Node, manifest: dict, state_dir: Path,
-                 owner: tuple[str, str] | None) -> None:  # fmt: skip
+    def __init__(
+        self, node: Node, manifest: dict, state_dir: Path, owner: tuple[str, str] | None
+    ) -> None:
         metadata, spec = manifest["metadata"], manifest["spec"]
         self.node = node
         self.name: str = metadata["name"]
@@ -490,14 +560,21 @@ class Pod:
             f"{self.hostname}.{subdomain}.{self.namespace}.svc.cluster.local" if subdomain else None
         )
         self.identity = PodIdentity(
-            name=self.name, namespace=self.namespace, uid=str(uuid.uuid4()), labels=self.labels,
+            name=self.name,
+            namespace=self.namespace,
+            uid=str(uuid.uuid4()),
+            labels=self.labels,
             annotations=metadata.get("annotations", {}),
             service_account=spec.get("serviceAccountName", "default"),
-        )  # fmt: skip
-        self.init_containers = [Container(self, c, True, f"{self.where}.initContainers[{i}]")
-                                for i, c in enumerate(spec.get("initContainers", []))]  # fmt: skip
-        self.containers = [Container(self, c, False, f"{self.where}.containers[{i}]")
-                           for i, c in enumerate(spec["containers"])]  # fmt: skip
+        )
+        self.init_containers = [
+            Container(self, c, True, f"{self.where}.initContainers[{i}]")
+            for i, c in enumerate(spec.get("initContainers", []))
+        ]
+        self.containers = [
+            Container(self, c, False, f"{self.where}.containers[{i}]")
+            for i, c in enumerate(spec["containers"])
+        ]
         self.volumes: dict[str, PodVolume] = {}
         self.config_error: str | None = None
         self.events: list[str] = []
@@ -532,22 +609,25 @@ class Pod:
         return "Pending"
 
     def container(self, name: str | None = None) -> Container:
-        """The named container, or the only/first one."""
+        """Return the named container, or the first one."""
         if name is None:
             return self.containers[0]
         for candidate in [*self.containers, *self.init_containers]:
             if candidate.name == name:
                 return candidate
-        raise KeyError(f"{self.where} has no container {name!r}")
+        msg = f"{self.where} has no container {name!r}"
+        raise KeyError(msg)
 
     def describe(self) -> str:
-        """A `kubectl describe`-like summary for assertion messages."""
+        """Summarize like `kubectl describe`, for assertion messages."""
         lines = [f"{self.where}: phase={self.phase} ready={self.ready}"]
         if self.config_error:
             lines.append(f"  config error: {self.config_error}")
         for c in [*self.init_containers, *self.containers]:
-            lines.append(f"  {c.name}: {c.state} ({c.reason}) {c.message} restarts={c.restart_count} "
-                         f"started={c.started} ready={c.ready}")  # fmt: skip
+            lines.append(
+                f"  {c.name}: {c.state} ({c.reason}) {c.message} restarts={c.restart_count} "
+                f"started={c.started} ready={c.ready}"
+            )
             tail = c.logs().strip().splitlines()[-8:]
             lines.extend(f"    | {line}" for line in tail)
         lines.extend(f"  event: {e}" for e in self.events[-12:])
@@ -570,7 +650,7 @@ class Pod:
         self.container(container).kill(signum)
 
     def logs(self, container: str | None = None, previous: bool = False) -> str:
-        """A container's output (current run, or the previous one)."""
+        """Return a container's output (current run, or the previous one)."""
         return self.container(container).logs(previous)
 
     def delete(
@@ -585,9 +665,8 @@ class Pod:
             for c in [*self.init_containers, *self.containers]:
                 threading.Thread(target=c.stop, args=(grace, "pod deleted"), daemon=True).start()
         if wait and not self.finished.wait(timeout):
-            raise PodRunnerError(
-                f"{self.where} did not terminate within {timeout}s\n{self.describe()}"
-            )
+            msg = f"{self.where} did not terminate within {timeout}s\n{self.describe()}"
+            raise PodRunnerError(msg)
 
     # -- the pod worker --------------------------------------------------------------------
     def start(self) -> None:
@@ -598,8 +677,12 @@ class Pod:
         """Prepare the sandbox, run init containers, then supervise app containers."""
         try:
             if self.prepare_sandbox() and self.run_init_containers():
-                threads = [threading.Thread(target=c.run_until_done, daemon=True,
-                                            name=f"ctr-{self.name}-{c.name}") for c in self.containers]  # fmt: skip
+                threads = [
+                    threading.Thread(
+                        target=c.run_until_done, daemon=True, name=f"ctr-{self.name}-{c.name}"
+                    )
+                    for c in self.containers
+                ]
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -621,9 +704,13 @@ class Pod:
             try:
                 shutil.rmtree(self.dir / "volumes", ignore_errors=True)
                 self.volumes = prepare_pod_volumes(
-                    self.spec, self.dir / "volumes", self.node.store, self.namespace,
-                    lambda claim: self.node.claim_dir(self.namespace, claim), self.where,
-                )  # fmt: skip
+                    self.spec,
+                    self.dir / "volumes",
+                    self.node.store,
+                    self.namespace,
+                    lambda claim: self.node.claim_dir(self.namespace, claim),
+                    self.where,
+                )
             except ContainerConfigError as exc:
                 self.config_error = str(exc)
                 self.event(f"FailedMount: {exc}")
@@ -636,8 +723,9 @@ class Pod:
 
     def write_etc_files(self) -> None:
         """/etc/hosts, /etc/hostname and /etc/resolv.conf, as the kubelet manages them."""
-        hosts = self.node.hosts_file(self.namespace, self.hostname, self.fqdn,
-                                     self.spec.get("hostAliases", []))  # fmt: skip
+        hosts = self.node.hosts_file(
+            self.namespace, self.hostname, self.fqdn, self.spec.get("hostAliases", [])
+        )
         search = f"{self.namespace}.svc.cluster.local svc.cluster.local cluster.local"
         files = {
             "hosts": hosts,
@@ -666,8 +754,13 @@ class Pod:
             c.kill_now()
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               describe: Callable[[], str] | None = None, interval: float = 0.05) -> object:  # fmt: skip
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    describe: Callable[[], str] | None = None,
+    interval: float = 0.05,
+) -> object:
     """Poll condition until truthy; WaitTimeout naming what and the last state otherwise."""
     deadline = time.monotonic() + timeout
     while True:
@@ -676,5 +769,6 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str,
             return value
         if time.monotonic() >= deadline:
             state = f"\n{describe()}" if describe else ""
-            raise WaitTimeout(f"timed out after {timeout}s waiting for {what}{state}")
+            msg = f"timed out after {timeout}s waiting for {what}{state}"
+            raise WaitTimeout(msg)
         time.sleep(interval)

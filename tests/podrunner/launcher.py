@@ -66,11 +66,12 @@ def check(result: int, what: str) -> None:
     """Raise LaunchError with errno text when a libc call failed."""
     if result != 0:
         err = ctypes.get_errno()
-        raise LaunchError(f"{what}: {os.strerror(err)}")
+        msg = f"{what}: {os.strerror(err)}"
+        raise LaunchError(msg)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    """Call mount(2)."""
+    """Mount a filesystem or bind (the mount system call)."""
     check(
         libc.mount(
             source.encode() if source else None,
@@ -93,7 +94,7 @@ def setns(path: str, nstype: int) -> None:
 
 
 def prctl(option: int, arg: int) -> None:
-    """Call prctl(2) with one argument."""
+    """Set a process attribute (the prctl system call with one argument)."""
     check(libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
 
 
@@ -135,14 +136,20 @@ def mount_system_dirs() -> None:
     for device in DEVICES:
         make_file(f"/dev/{device}")
         mount(f"{OLD_ROOT}/dev/{device}", f"/dev/{device}", None, MS_BIND)
-    for directory, fstype, data in (("pts", "devpts", "newinstance,ptmxmode=0666"),
-                                    ("shm", "tmpfs", "mode=1777"),
-                                    ("mqueue", "mqueue", "")):  # fmt: skip
+    for directory, fstype, data in (
+        ("pts", "devpts", "newinstance,ptmxmode=0666"),
+        ("shm", "tmpfs", "mode=1777"),
+        ("mqueue", "mqueue", ""),
+    ):
         os.mkdir(f"/dev/{directory}")
         mount(fstype, f"/dev/{directory}", fstype, MS_NOSUID | MS_NODEV | MS_NOEXEC, data)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("ptmx", "pts/ptmx")):  # fmt: skip
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ):
         os.symlink(target, f"/dev/{name}")
     mount(f"{OLD_ROOT}/sys", "/sys", None, MS_BIND | MS_REC)
     mount(None, "/sys", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -193,7 +200,7 @@ def enter_working_dir(cwd: str) -> None:
 def exec_command(spec: dict, status_fd: int) -> None:
     """Replace this process with the container command; report a failure on status_fd."""
     try:
-        os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
+        os.execvpe(spec["argv"][0], spec["argv"], spec["env"])  # noqa: S606 - the pod's argv
     except OSError as exc:
         os.write(status_fd, f"exec {spec['argv'][0]!r}: {exc.strerror}".encode())
         os._exit(128)
@@ -234,7 +241,7 @@ def supervise(child: int, parent: int) -> int:
         signal.sigtimedwait({signal.SIGCHLD}, WATCHDOG_SECONDS)
 
 
-def fork_and_supervise(spec: dict, child_main) -> None:  # noqa: ANN001 - a callable(spec, fd)
+def fork_and_supervise(spec: dict, child_main) -> None:
     """Fork; the child runs child_main, this process reports the child's PID and waits."""
     parent = os.getppid()
     status_fd = spec["status_fd"]
@@ -263,10 +270,17 @@ def run_container(spec: dict) -> None:
 def exec_in_container(spec: dict) -> None:
     """Mode `exec`: run a command inside a running container's namespaces."""
     target = spec["target_pid"]
-    order = (("net", CLONE_NEWNET), ("uts", CLONE_NEWUTS), ("ipc", CLONE_NEWIPC),
-             ("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS))  # fmt: skip
-    fds = [(os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), kind)
-           for name, kind in order]  # fmt: skip
+    order = (
+        ("net", CLONE_NEWNET),
+        ("uts", CLONE_NEWUTS),
+        ("ipc", CLONE_NEWIPC),
+        ("pid", CLONE_NEWPID),
+        ("mnt", CLONE_NEWNS),
+    )
+    fds = [
+        (os.open(f"/proc/{target}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), kind)
+        for name, kind in order
+    ]
     for fd, kind in fds:
         check(libc.setns(fd, kind), f"setns into container process {target}")
         os.close(fd)
@@ -290,7 +304,7 @@ def run_client(spec: dict) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     for source, target in spec["files"].items():
         mount(source, target, None, MS_BIND)
-    os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
+    os.execvpe(spec["argv"][0], spec["argv"], spec["env"])  # noqa: S606 - the test's argv
 
 
 def main() -> None:

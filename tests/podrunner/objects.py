@@ -26,17 +26,20 @@ def load_manifests(source: Path | str | Iterable[dict]) -> list[dict]:
         return [copy.deepcopy(obj) for obj in source]
     directory = Path(source)
     if not directory.is_dir():
-        raise ManifestError(f"manifest directory {directory} does not exist")
+        msg = f"manifest directory {directory} does not exist"
+        raise ManifestError(msg)
     objects = []
     for path in sorted([*directory.rglob("*.yaml"), *directory.rglob("*.yml")]):
         for document in yaml.safe_load_all(path.read_text()):
             if document is None:
                 continue
             if not isinstance(document, dict) or "kind" not in document:
-                raise ManifestError(f"{path}: not a Kubernetes object")
+                msg = f"{path}: not a Kubernetes object"
+                raise ManifestError(msg)
             objects.append(document)
     if not objects:
-        raise ManifestError(f"manifest directory {directory} holds no objects")
+        msg = f"manifest directory {directory} holds no objects"
+        raise ManifestError(msg)
     return objects
 
 
@@ -49,8 +52,11 @@ def describe(obj: dict) -> str:
 class ObjectStore:
     """Objects by (kind, namespace, name); serves ConfigMap and Secret data to the kubelet."""
 
-    def __init__(self, secret_values: Mapping[str, str],
-                 secret_overrides: Mapping[str, Mapping[str, str | None]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        secret_values: Mapping[str, str],
+        secret_overrides: Mapping[str, Mapping[str, str | None]],
+    ) -> None:
         self.objects: dict[ObjectKey, dict] = {}
         self.secret_values = dict(secret_values)
         self.secret_overrides = {k: dict(v) for k, v in secret_overrides.items()}
@@ -60,7 +66,8 @@ class ObjectStore:
         metadata = obj.setdefault("metadata", {})
         metadata.setdefault("namespace", "default")
         if not metadata.get("name"):
-            raise ManifestError(f"{describe(obj)}: metadata.name is required")
+            msg = f"{describe(obj)}: metadata.name is required"
+            raise ManifestError(msg)
         self.objects[(obj["kind"], metadata["namespace"], metadata["name"])] = obj
 
     def of_kind(self, kind: str) -> list[dict]:
@@ -73,12 +80,16 @@ class ObjectStore:
 
     def find(self, kind: str, name: str, namespace: str | None = None) -> dict:
         """One object by name; the namespace may be omitted when the name is unique."""
-        matches = [obj for (k, ns, n), obj in self.objects.items()
-                   if k == kind and n == name and namespace in (None, ns)]  # fmt: skip
+        matches = [
+            obj
+            for (k, ns, n), obj in self.objects.items()
+            if k == kind and n == name and namespace in (None, ns)
+        ]
         if len(matches) != 1:
             where = f" in namespace {namespace}" if namespace else ""
             problem = "no" if not matches else "more than one (pass namespace=)"
-            raise ManifestError(f"{problem} {kind} named {name!r}{where}")
+            msg = f"{problem} {kind} named {name!r}{where}"
+            raise ManifestError(msg)
         return matches[0]
 
     def check_overrides(self) -> None:
@@ -88,7 +99,7 @@ class ObjectStore:
             self.find("Secret", name, namespace or None)
 
     def config_map_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        """A ConfigMap's data and binaryData as bytes."""
+        """Return a ConfigMap's data and binaryData as bytes."""
         obj = self.get("ConfigMap", namespace, name)
         if obj is None:
             return None
@@ -97,7 +108,7 @@ class ObjectStore:
         return data
 
     def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        """A Secret's data with placeholders replaced and test overrides applied."""
+        """Return a Secret's data with placeholders replaced and test overrides applied."""
         obj = self.get("Secret", namespace, name)
         if obj is None:
             return None

@@ -48,9 +48,15 @@ KINDS_NOT_ENFORCED: dict[tuple[str, str], str] = {
     ("scheduling.k8s.io", "PriorityClass"): NO_SCHEDULER,
 }
 KINDS_RUN = {
-    ("", "ConfigMap"), ("", "Secret"), ("", "Service"), ("", "PersistentVolumeClaim"),
-    ("", "Pod"), ("apps", "Deployment"), ("apps", "StatefulSet"), ("batch", "Job"),
-}  # fmt: skip
+    ("", "ConfigMap"),
+    ("", "Secret"),
+    ("", "Service"),
+    ("", "PersistentVolumeClaim"),
+    ("", "Pod"),
+    ("apps", "Deployment"),
+    ("apps", "StatefulSet"),
+    ("batch", "Job"),
+}
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,12 @@ class Fields:
     )
 
 
-def fields(*honoured: str, not_enforced: Mapping[str, str] | None = None,
-           only: Mapping[str, tuple[object, ...]] | None = None,
-           children: Mapping[str, object] | None = None) -> Fields:  # fmt: skip
+def fields(
+    *honoured: str,
+    not_enforced: Mapping[str, str] | None = None,
+    only: Mapping[str, tuple[object, ...]] | None = None,
+    children: Mapping[str, object] | None = None,
+) -> Fields:
     """Build a Fields policy; children are honoured too."""
     return Fields(
         honoured=frozenset(honoured) | frozenset(children or {}),
@@ -90,19 +99,20 @@ def check(where: str, value: object, policy: Fields, notes: list[str]) -> None:
             check(f"{where}[{index}]", item, policy, notes)
         return
     if not isinstance(value, Mapping):
-        raise UnsupportedManifest(f"{where}: expected a mapping, got {value!r}")
+        msg = f"{where}: expected a mapping, got {value!r}"
+        raise UnsupportedManifest(msg)
     for key, item in value.items():
         here = f"{where}.{key}"
         if key in policy.only:
             if item not in policy.only[key]:
                 allowed = ", ".join(repr(v) for v in policy.only[key]) or "none"
-                raise UnsupportedManifest(
-                    f"{here}={item!r} is not supported by the pod runner (supported: {allowed})"
-                )
+                msg = f"{here}={item!r} is not supported by the pod runner (supported: {allowed})"
+                raise UnsupportedManifest(msg)
         elif key in policy.not_enforced:
             notes.append(f"{here}: not enforced: {policy.not_enforced[key]}")
         elif key not in policy.honoured:
-            raise UnsupportedManifest(f"{here}: field not supported by the pod runner")
+            msg = f"{here}: field not supported by the pod runner"
+            raise UnsupportedManifest(msg)
         child = policy.children.get(key)
         if isinstance(child, Fields):
             check(here, item, child, notes)
@@ -121,23 +131,34 @@ def one_of(**variants: Fields) -> Callable[[str, object, list[str]], None]:
             unknown = [key for key in item if key not in variants and key != "name"]
             if unknown:
                 allowed = ", ".join(variants)
-                raise UnsupportedManifest(
-                    f"{here}.{unknown[0]}: not supported by the pod runner (supported: {allowed})"
-                )
+                msg = f"{here}.{unknown[0]}: not supported by the pod runner (supported: {allowed})"
+                raise UnsupportedManifest(msg)
             if len(chosen) != 1:
-                raise UnsupportedManifest(f"{here}: expected exactly one of {', '.join(variants)}")
+                msg = f"{here}: expected exactly one of {', '.join(variants)}"
+                raise UnsupportedManifest(msg)
             check(f"{here}.{chosen[0]}", item[chosen[0]], variants[chosen[0]], notes)
 
     return check_variant
 
 
 METADATA = fields(
-    "name", "namespace", "labels", "annotations",
-    not_enforced={key: "written by the API server; nothing here reads it" for key in (
-        "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
-        "ownerReferences", "finalizers",
-    )},
-)  # fmt: skip
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    not_enforced={
+        key: "written by the API server; nothing here reads it"
+        for key in (
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "managedFields",
+            "ownerReferences",
+            "finalizers",
+        )
+    },
+)
 KEY_TO_PATH = fields("key", "path", "mode")
 CONFIG_MAP_SOURCE = fields(
     "name", "items", "defaultMode", "optional", children={"items": KEY_TO_PATH}
@@ -153,7 +174,7 @@ VOLUME = one_of(
             "medium": "a host directory either way; contents behave the same",
             "sizeLimit": "no eviction for exceeding it",
         }
-    ),  # fmt: skip
+    ),
     persistentVolumeClaim=fields("claimName", "readOnly"),
     projected=fields(
         "defaultMode",
@@ -164,29 +185,45 @@ PROBE_PORT = fields("port", "host")
 HTTP_GET = fields("path", "port", "host", "httpHeaders", only={"scheme": ("HTTP", "HTTPS")})
 EXEC = fields("command")
 PROBE = fields(
-    "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "successThreshold",
-    "failureThreshold", "terminationGracePeriodSeconds",
+    "initialDelaySeconds",
+    "periodSeconds",
+    "timeoutSeconds",
+    "successThreshold",
+    "failureThreshold",
+    "terminationGracePeriodSeconds",
     children={"exec": EXEC, "tcpSocket": PROBE_PORT, "httpGet": HTTP_GET},
-)  # fmt: skip
+)
 LIFECYCLE = fields(children={"preStop": one_of(exec=EXEC, sleep=fields("seconds"))})
 CAPABILITIES = fields("add", "drop")
 LSM_FIELDS = {"seccompProfile": NO_LSM, "seLinuxOptions": NO_LSM, "appArmorProfile": NO_LSM}
 CONTAINER_SECURITY = fields(
-    "runAsUser", "runAsGroup", "runAsNonRoot", "readOnlyRootFilesystem", "allowPrivilegeEscalation",
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "readOnlyRootFilesystem",
+    "allowPrivilegeEscalation",
     not_enforced=LSM_FIELDS,
     only={"privileged": (False,), "procMount": ("Default",)},
     children={"capabilities": CAPABILITIES},
-)  # fmt: skip
+)
 POD_SECURITY = fields(
-    "runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "supplementalGroups",
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "fsGroup",
+    "supplementalGroups",
     not_enforced={
         **LSM_FIELDS,
         "fsGroupChangePolicy": "ownership is applied to fresh volumes, where both policies agree",
     },
     only={"supplementalGroupsPolicy": ("Merge",)},
-)  # fmt: skip
+)
 CONTAINER = fields(
-    "name", "image", "command", "args", "workingDir",
+    "name",
+    "image",
+    "command",
+    "args",
+    "workingDir",
     not_enforced={
         "resources": NO_CGROUPS,
         "imagePullPolicy": NO_REGISTRY,
@@ -196,36 +233,64 @@ CONTAINER = fields(
     },
     only={"stdin": (False,), "stdinOnce": (False,), "tty": (False,)},
     children={
-        "env": fields("name", "value", children={"valueFrom": fields(
-            "secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef")}),
-        "envFrom": fields("prefix", children={
-            "configMapRef": fields("name", "optional"), "secretRef": fields("name", "optional")}),
+        "env": fields(
+            "name",
+            "value",
+            children={
+                "valueFrom": fields(
+                    "secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef"
+                )
+            },
+        ),
+        "envFrom": fields(
+            "prefix",
+            children={
+                "configMapRef": fields("name", "optional"),
+                "secretRef": fields("name", "optional"),
+            },
+        ),
         "ports": fields("name", "containerPort", "protocol"),
         "volumeMounts": fields(
-            "name", "mountPath", "subPath", "readOnly", only={"mountPropagation": ("None",)}),
+            "name", "mountPath", "subPath", "readOnly", only={"mountPropagation": ("None",)}
+        ),
         "securityContext": CONTAINER_SECURITY,
         "livenessProbe": PROBE,
         "readinessProbe": PROBE,
         "startupProbe": PROBE,
         "lifecycle": LIFECYCLE,
     },
-)  # fmt: skip
+)
 POD_SPEC = fields(
-    "restartPolicy", "terminationGracePeriodSeconds", "hostname", "subdomain",
+    "restartPolicy",
+    "terminationGracePeriodSeconds",
+    "hostname",
+    "subdomain",
     "enableServiceLinks",
     not_enforced={
-        "serviceAccountName": NO_API_SERVER, "serviceAccount": NO_API_SERVER,
+        "serviceAccountName": NO_API_SERVER,
+        "serviceAccount": NO_API_SERVER,
         "automountServiceAccountToken": NO_API_SERVER,
-        "nodeSelector": NO_SCHEDULER, "affinity": NO_SCHEDULER, "tolerations": NO_SCHEDULER,
-        "topologySpreadConstraints": NO_SCHEDULER, "priorityClassName": NO_SCHEDULER,
-        "priority": NO_SCHEDULER, "schedulerName": NO_SCHEDULER, "nodeName": NO_SCHEDULER,
-        "preemptionPolicy": NO_SCHEDULER, "imagePullSecrets": NO_REGISTRY,
-        "overhead": NO_CGROUPS, "os": "the node is Linux",
+        "nodeSelector": NO_SCHEDULER,
+        "affinity": NO_SCHEDULER,
+        "tolerations": NO_SCHEDULER,
+        "topologySpreadConstraints": NO_SCHEDULER,
+        "priorityClassName": NO_SCHEDULER,
+        "priority": NO_SCHEDULER,
+        "schedulerName": NO_SCHEDULER,
+        "nodeName": NO_SCHEDULER,
+        "preemptionPolicy": NO_SCHEDULER,
+        "imagePullSecrets": NO_REGISTRY,
+        "overhead": NO_CGROUPS,
+        "os": "the node is Linux",
     },
     only={
-        "hostNetwork": (False,), "hostPID": (False,), "hostIPC": (False,),
-        "shareProcessNamespace": (False,), "dnsPolicy": ("ClusterFirst",),
-        "setHostnameAsFQDN": (False,), "hostUsers": (True,),
+        "hostNetwork": (False,),
+        "hostPID": (False,),
+        "hostIPC": (False,),
+        "shareProcessNamespace": (False,),
+        "dnsPolicy": ("ClusterFirst",),
+        "setHostnameAsFQDN": (False,),
+        "hostUsers": (True,),
     },
     children={
         "containers": CONTAINER,
@@ -234,59 +299,103 @@ POD_SPEC = fields(
         "securityContext": POD_SECURITY,
         "hostAliases": fields("ip", "hostnames"),
     },
-)  # fmt: skip
+)
 POD_TEMPLATE = fields(children={"metadata": METADATA, "spec": POD_SPEC})
 SELECTOR = fields("matchLabels", only={"matchExpressions": ()})
 PVC_SPEC = fields(
-    not_enforced={"accessModes": STORAGE, "resources": STORAGE, "storageClassName": STORAGE,
-                  "volumeName": STORAGE},
+    not_enforced={
+        "accessModes": STORAGE,
+        "resources": STORAGE,
+        "storageClassName": STORAGE,
+        "volumeName": STORAGE,
+    },
     only={"volumeMode": ("Filesystem",)},
-)  # fmt: skip
+)
 WORKLOAD_HISTORY = {"revisionHistoryLimit": NO_ROLLOUT, "minReadySeconds": NO_ROLLOUT}
 SPEC_BY_KIND: dict[str, Fields] = {
     "Deployment": fields(
         "replicas",
-        not_enforced={**WORKLOAD_HISTORY, "strategy": NO_ROLLOUT,
-                      "progressDeadlineSeconds": NO_ROLLOUT},
+        not_enforced={
+            **WORKLOAD_HISTORY,
+            "strategy": NO_ROLLOUT,
+            "progressDeadlineSeconds": NO_ROLLOUT,
+        },
         only={"paused": (False,)},
         children={"selector": SELECTOR, "template": POD_TEMPLATE},
     ),
     "StatefulSet": fields(
-        "replicas", "serviceName",
-        not_enforced={**WORKLOAD_HISTORY, "updateStrategy": NO_ROLLOUT,
-                      "persistentVolumeClaimRetentionPolicy": STORAGE},
+        "replicas",
+        "serviceName",
+        not_enforced={
+            **WORKLOAD_HISTORY,
+            "updateStrategy": NO_ROLLOUT,
+            "persistentVolumeClaimRetentionPolicy": STORAGE,
+        },
         only={"podManagementPolicy": ("OrderedReady", "Parallel")},
-        children={"selector": SELECTOR, "template": POD_TEMPLATE,
-                  "volumeClaimTemplates": fields(children={"metadata": METADATA, "spec": PVC_SPEC})},
+        children={
+            "selector": SELECTOR,
+            "template": POD_TEMPLATE,
+            "volumeClaimTemplates": fields(children={"metadata": METADATA, "spec": PVC_SPEC}),
+        },
     ),
     "Job": fields(
-        "backoffLimit", "activeDeadlineSeconds",
+        "backoffLimit",
+        "activeDeadlineSeconds",
         not_enforced={
             "ttlSecondsAfterFinished": "finished Jobs stay until the cluster closes",
             "manualSelector": "Job pods are labelled and found by the runner itself",
             "selector": "Job pods are labelled and found by the runner itself",
         },
-        only={"completions": (1,), "parallelism": (1,), "completionMode": ("NonIndexed",),
-              "suspend": (False,)},
+        only={
+            "completions": (1,),
+            "parallelism": (1,),
+            "completionMode": ("NonIndexed",),
+            "suspend": (False,),
+        },
         children={"template": POD_TEMPLATE},
     ),
     "Service": fields(
-        "selector", "clusterIP",
-        not_enforced={key: SHARED_NETWORK for key in (
-            "publishNotReadyAddresses", "sessionAffinity", "sessionAffinityConfig", "ipFamilies",
-            "ipFamilyPolicy", "internalTrafficPolicy", "clusterIPs", "trafficDistribution")},
+        "selector",
+        "clusterIP",
+        not_enforced={
+            key: SHARED_NETWORK
+            for key in (
+                "publishNotReadyAddresses",
+                "sessionAffinity",
+                "sessionAffinityConfig",
+                "ipFamilies",
+                "ipFamilyPolicy",
+                "internalTrafficPolicy",
+                "clusterIPs",
+                "trafficDistribution",
+            )
+        },
         only={"type": ("ClusterIP",)},
-        children={"ports": fields("name", "port", "targetPort", only={"protocol": ("TCP",)},
-                                  not_enforced={"appProtocol": SHARED_NETWORK})},
+        children={
+            "ports": fields(
+                "name",
+                "port",
+                "targetPort",
+                only={"protocol": ("TCP",)},
+                not_enforced={"appProtocol": SHARED_NETWORK},
+            )
+        },
     ),
     "PersistentVolumeClaim": PVC_SPEC,
     "Pod": POD_SPEC,
-}  # fmt: skip
+}
 TOP_LEVEL = fields(
-    "apiVersion", "kind", "spec", "data", "stringData", "binaryData", "type", "immutable",
+    "apiVersion",
+    "kind",
+    "spec",
+    "data",
+    "stringData",
+    "binaryData",
+    "type",
+    "immutable",
     not_enforced={"status": "status is written by controllers; the runner keeps its own"},
     children={"metadata": METADATA},
-)  # fmt: skip
+)
 
 
 def api_group(api_version: str) -> str:
@@ -301,9 +410,10 @@ def check_object(obj: dict, where: str, notes: list[str]) -> None:
         notes.append(f"{where}: not enforced: {KINDS_NOT_ENFORCED[key]}")
         return
     if key not in KINDS_RUN:
-        raise UnsupportedManifest(
+        msg = (
             f"{where}: kind {obj.get('apiVersion')}/{obj.get('kind')} is unknown to the pod runner"
         )
+        raise UnsupportedManifest(msg)
     check(where, obj, TOP_LEVEL, notes)
     if "spec" in obj:
         check(f"{where}.spec", obj["spec"], SPEC_BY_KIND[key[1]], notes)

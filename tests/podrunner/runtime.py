@@ -40,7 +40,8 @@ def run_quietly(argv: list[str]) -> None:
     """Run a setup command; raise with its stderr when it fails."""
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     if result.returncode != 0:
-        raise PodRunnerError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+        msg = f"{' '.join(argv)} failed: {result.stderr.strip()}"
+        raise PodRunnerError(msg)
 
 
 def owner_alive(name: str) -> bool:
@@ -74,7 +75,8 @@ class NetworkNamespace:
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise PodRunnerError(f"setns {self.path}: {os.strerror(ctypes.get_errno())}")
+                msg = f"setns {self.path}: {os.strerror(ctypes.get_errno())}"
+                raise PodRunnerError(msg)
         finally:
             os.close(fd)
 
@@ -156,13 +158,15 @@ def read_pipe(fd: int, deadline: float) -> bytes:
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
-        raise LaunchFailed("the launcher did not report in time")
+        msg = "the launcher did not report in time"
+        raise LaunchFailed(msg)
     finally:
         os.close(fd)
 
 
-def spawn_launcher(spec: dict[str, object], spec_path: Path, **popen: object
-                   ) -> tuple[subprocess.Popen[bytes], int, int]:  # fmt: skip
+def spawn_launcher(
+    spec: dict[str, object], spec_path: Path, **popen: object
+) -> tuple[subprocess.Popen[bytes], int, int]:
     """Start launcher.py with its spec; return it with the read ends of its pid/status pipes."""
     pid_read, pid_write = os.pipe()
     status_read, status_write = os.pipe()
@@ -181,8 +185,9 @@ def spawn_launcher(spec: dict[str, object], spec_path: Path, **popen: object
     return process, pid_read, status_read
 
 
-def collect_launch(process: subprocess.Popen[bytes], pid_read: int, status_read: int,
-                   what: str, log_hint: str) -> int:  # fmt: skip
+def collect_launch(
+    process: subprocess.Popen[bytes], pid_read: int, status_read: int, what: str, log_hint: str
+) -> int:
     """Wait for the launcher to report the process PID and a clean exec; return the PID."""
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     try:
@@ -194,22 +199,38 @@ def collect_launch(process: subprocess.Popen[bytes], pid_read: int, status_read:
     status = read_pipe(status_read, deadline).decode(errors="replace")
     if not pid_text:
         process.wait(timeout=10)
-        raise LaunchFailed(f"{what}: launcher failed before starting it ({log_hint})")
+        msg = f"{what}: launcher failed before starting it ({log_hint})"
+        raise LaunchFailed(msg)
     if status:
         process.wait(timeout=10)
-        raise LaunchFailed(f"{what}: {status}")
+        msg = f"{what}: {status}"
+        raise LaunchFailed(msg)
     return int(pid_text)
 
 
-def start_container(spec: LaunchSpec, *, netns: NetworkNamespace, scratch: Path, hostname: str,
-                    mounts: list[dict[str, object]], read_only_root: bool, log_path: Path,
-                    spec_path: Path, what: str) -> ContainerProcess:  # fmt: skip
+def start_container(
+    spec: LaunchSpec,
+    *,
+    netns: NetworkNamespace,
+    scratch: Path,
+    hostname: str,
+    mounts: list[dict[str, object]],
+    read_only_root: bool,
+    log_path: Path,
+    spec_path: Path,
+    what: str,
+) -> ContainerProcess:
     """Start a container process; LaunchFailed carries the setup/exec error (RunContainerError)."""
     scratch.mkdir(parents=True, exist_ok=True)
     launcher_spec = {
-        **spec.as_json(), "mode": "run", "netns": netns.path, "scratch": str(scratch),
-        "hostname": hostname, "mounts": mounts, "read_only_root": read_only_root,
-    }  # fmt: skip
+        **spec.as_json(),
+        "mode": "run",
+        "netns": netns.path,
+        "scratch": str(scratch),
+        "hostname": hostname,
+        "mounts": mounts,
+        "read_only_root": read_only_root,
+    }
     with log_path.open("ab") as log:
         process, pid_read, status_read = spawn_launcher(
             launcher_spec, spec_path, stdin=subprocess.DEVNULL, stdout=log, stderr=log
@@ -228,8 +249,9 @@ class ExecResult:
     timed_out: bool = False
 
 
-def exec_in_container(target_pid: int, spec: LaunchSpec, spec_path: Path, timeout: float,
-                      what: str) -> ExecResult:  # fmt: skip
+def exec_in_container(
+    target_pid: int, spec: LaunchSpec, spec_path: Path, timeout: float, what: str
+) -> ExecResult:
     """Run a command inside a running container's namespaces, as its user, with a timeout."""
     process, pid_read, status_read = spawn_launcher(
         {**spec.as_json(), "mode": "exec", "target_pid": target_pid},
@@ -245,15 +267,17 @@ def exec_in_container(target_pid: int, spec: LaunchSpec, spec_path: Path, timeou
     except (subprocess.TimeoutExpired, LaunchFailed):
         kill_session(process)
         stdout, stderr = process.communicate()
-        return ExecResult(-1, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
-                          timed_out=True)  # fmt: skip
+        return ExecResult(
+            -1, stdout.decode(errors="replace"), stderr.decode(errors="replace"), timed_out=True
+        )
     finally:
         os.close(pid_read)
         spec_path.unlink(missing_ok=True)
     if status:
         return ExecResult(126, "", f"{what}: {status}")
-    return ExecResult(process.returncode, stdout.decode(errors="replace"),
-                      stderr.decode(errors="replace"))  # fmt: skip
+    return ExecResult(
+        process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    )
 
 
 def kill_session(process: subprocess.Popen[bytes]) -> None:
@@ -275,8 +299,9 @@ class PortForward:
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.closed = False
-        threading.Thread(target=self.accept_loop, name=f"podrunner-forward-{self.port}",
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self.accept_loop, name=f"podrunner-forward-{self.port}", daemon=True
+        ).start()
 
     def accept_loop(self) -> None:
         """Accept host connections and start a pump for each."""

@@ -25,8 +25,8 @@ from redis.retry import Retry
 from tests.podrunner import (
     Backoff,
     LocalCluster,
-    ManifestError,
     LocalImage,
+    ManifestError,
     PodFailed,
     UnsupportedManifest,
     wait_until,
@@ -35,6 +35,7 @@ from tests.podrunner.environment import expand
 
 NS = "podrunner-test"
 REDIS_PASSWORD_PLACEHOLDER = "<redacted:broker-password>"
+BROKER_TEST_PASSWORD = "s3cret-test"
 VENV = Path(sys.prefix)
 IMAGES = {
     "redis": LocalImage(entrypoint=("redis-server",), cmd=()),
@@ -50,14 +51,18 @@ FAST = Backoff(initial=0.2, cap=1.0)
 QUICK_PROBES = 0.25
 
 
-def redis_client(cluster: LocalCluster, password: str = "s3cret-test") -> redis.Redis:
-    """A client in the test process reaching the broker Service; no retries hide failures."""
-    return redis.Redis(port=cluster.host_port("broker", "redis"), password=password,
-                       socket_timeout=2, retry=Retry(NoBackoff(), 0))  # fmt: skip
+def redis_client(cluster: LocalCluster, password: str = BROKER_TEST_PASSWORD) -> redis.Redis:
+    """Connect from the test process to the broker Service; no retries hide failures."""
+    return redis.Redis(
+        port=cluster.host_port("broker", "redis"),
+        password=password,
+        socket_timeout=2,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def obj(kind: str, name: str, spec: dict | None = None, api: str = "v1", **extra: object) -> dict:
-    """A Kubernetes object in the test namespace."""
+    """Build a Kubernetes object in the test namespace."""
     manifest = {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": NS}}
     if spec is not None:
         manifest["spec"] = spec
@@ -65,86 +70,161 @@ def obj(kind: str, name: str, spec: dict | None = None, api: str = "v1", **extra
 
 
 def pod_template(containers: list[dict], labels: dict, **spec: object) -> dict:
-    """A pod template with a short grace period (tests should not wait 30s to delete)."""
-    return {"metadata": {"labels": labels},
-            "spec": {"terminationGracePeriodSeconds": 1, "containers": containers, **spec}}  # fmt: skip
+    """Build a pod template with a short grace period (tests should not wait 30s to delete)."""
+    return {
+        "metadata": {"labels": labels},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": containers, **spec},
+    }
 
 
 def deployment(name: str, containers: list[dict], replicas: int = 1, **spec: object) -> dict:
-    """A Deployment selecting app=name."""
+    """Build a Deployment selecting app=name."""
     labels = {"app": name}
-    return obj("Deployment", name, {"replicas": replicas, "selector": {"matchLabels": labels},
-                                    "template": pod_template(containers, labels, **spec)},
-               api="apps/v1")  # fmt: skip
+    return obj(
+        "Deployment",
+        name,
+        {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": pod_template(containers, labels, **spec),
+        },
+        api="apps/v1",
+    )
 
 
 def job(name: str, command: list[str], **spec: object) -> dict:
-    """A Job running one shell command."""
+    """Build a Job running one command, restartPolicy Never."""
     container = {"name": "main", "image": "debian:12", "command": command}
     template = pod_template([container], {"app": name}, restartPolicy="Never")
     return obj("Job", name, {"template": template, **spec}, api="batch/v1")
 
 
 def sleeper(name: str = "main", **fields: object) -> dict:
-    """A container that sleeps (PID 1 without a SIGTERM handler, like many real ones)."""
+    """Build a container that sleeps (PID 1 without a SIGTERM handler, like many real ones)."""
     return {"name": name, "image": "debian:12", "command": ["sleep", "infinity"], **fields}
 
 
 def redis_manifests(replicas: int = 1) -> list[dict]:
-    """A broker-like StatefulSet: redis-server as uid 999, read-only root, claim at /data."""
+    """Build a broker-like StatefulSet: redis-server as uid 999, read-only root, claim /data."""
     redis_conf = "port 6379\nbind 127.0.0.1\ndir /data\nappendonly yes\nappendfsync always\n"
-    liveness = {"exec": {"command": ["sh", "-c", 'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping | grep -q PONG']},
-                "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2}  # fmt: skip
+    liveness = {
+        "exec": {
+            "command": [
+                "sh",
+                "-c",
+                'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping | grep -q PONG',
+            ]
+        },
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "failureThreshold": 2,
+    }
     container = {
-        "name": "redis", "image": "redis:7.2.4",
+        "name": "redis",
+        "image": "redis:7.2.4",
         "args": ["/etc/redis/redis.conf", "--requirepass", "$(REDIS_PASSWORD)"],
-        "env": [{"name": "REDIS_PASSWORD",
-                 "valueFrom": {"secretKeyRef": {"name": "broker-auth", "key": "password"}}}],
+        "env": [
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "broker-auth", "key": "password"}},
+            }
+        ],
         "ports": [{"name": "redis", "containerPort": 6379}],
-        "securityContext": {"runAsUser": 999, "runAsGroup": 999, "runAsNonRoot": True,
-                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "config", "mountPath": "/etc/redis"},
-                         {"name": "data", "mountPath": "/data"},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {
+            "runAsUser": 999,
+            "runAsGroup": 999,
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/redis"},
+            {"name": "data", "mountPath": "/data"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
         "readinessProbe": {**liveness, "failureThreshold": 1},
         "livenessProbe": liveness,
-    }  # fmt: skip
-    template = pod_template([container], {"app": "broker"}, securityContext={"fsGroup": 999},
-                            volumes=[{"name": "config", "configMap": {"name": "broker-config"}},
-                                     {"name": "tmp", "emptyDir": {}}])  # fmt: skip
-    claim = {"metadata": {"name": "data"},
-             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
+    }
+    template = pod_template(
+        [container],
+        {"app": "broker"},
+        securityContext={"fsGroup": 999},
+        volumes=[
+            {"name": "config", "configMap": {"name": "broker-config"}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    )
+    claim = {
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
     return [
         obj("ConfigMap", "broker-config", data={"redis.conf": redis_conf}),
-        obj("Secret", "broker-auth", type="Opaque",
-            stringData={"password": REDIS_PASSWORD_PLACEHOLDER,
-                        "url": f"redis://:{REDIS_PASSWORD_PLACEHOLDER}@broker:6379/0"}),
-        obj("Service", "broker-headless", {"clusterIP": "None", "selector": {"app": "broker"},
-                                           "ports": [{"name": "redis", "port": 6379}]}),
-        obj("Service", "broker", {"selector": {"app": "broker"},
-                                  "ports": [{"name": "redis", "port": 6379, "targetPort": "redis"}]}),
-        obj("StatefulSet", "broker", {
-            "serviceName": "broker-headless", "replicas": replicas,
-            "selector": {"matchLabels": {"app": "broker"}}, "template": template,
-            "volumeClaimTemplates": [claim]}, api="apps/v1"),
-    ]  # fmt: skip
+        obj(
+            "Secret",
+            "broker-auth",
+            type="Opaque",
+            stringData={
+                "password": REDIS_PASSWORD_PLACEHOLDER,
+                "url": f"redis://:{REDIS_PASSWORD_PLACEHOLDER}@broker:6379/0",
+            },
+        ),
+        obj(
+            "Service",
+            "broker-headless",
+            {
+                "clusterIP": "None",
+                "selector": {"app": "broker"},
+                "ports": [{"name": "redis", "port": 6379}],
+            },
+        ),
+        obj(
+            "Service",
+            "broker",
+            {
+                "selector": {"app": "broker"},
+                "ports": [{"name": "redis", "port": 6379, "targetPort": "redis"}],
+            },
+        ),
+        obj(
+            "StatefulSet",
+            "broker",
+            {
+                "serviceName": "broker-headless",
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "broker"}},
+                "template": template,
+                "volumeClaimTemplates": [claim],
+            },
+            api="apps/v1",
+        ),
+    ]
 
 
 def write_manifest_dir(directory: Path, objects: list[dict]) -> Path:
     """One object per YAML file, as `brokerctl render --out DIR` writes them."""
     directory.mkdir(parents=True, exist_ok=True)
     for index, manifest in enumerate(objects):
-        path = directory / f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
+        path = (
+            directory
+            / f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
+        )
         path.write_text(yaml.safe_dump(manifest))
     return directory
 
 
-def redis_cluster(tmp_path: Path, password: str = "s3cret-test", **kwargs: object) -> LocalCluster:
-    """The broker StatefulSet, loaded from a manifest directory."""
-    return LocalCluster(write_manifest_dir(tmp_path / "manifests", redis_manifests()),
-                        images=IMAGES, secret_values={REDIS_PASSWORD_PLACEHOLDER: password},
-                        backoff=FAST, **kwargs)  # type: ignore[arg-type]  # fmt: skip
+def redis_cluster(
+    tmp_path: Path, password: str = BROKER_TEST_PASSWORD, **kwargs: object
+) -> LocalCluster:
+    """Build a cluster of the broker StatefulSet, loaded from a manifest directory."""
+    return LocalCluster(
+        write_manifest_dir(tmp_path / "manifests", redis_manifests()),
+        images=IMAGES,
+        secret_values={REDIS_PASSWORD_PLACEHOLDER: password},
+        backoff=FAST,
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 # -- $(VAR) expansion: a pure function, checked against Kubernetes' documented cases ---------
@@ -171,18 +251,31 @@ def test_expansion_follows_kubernetes_rules(text: str, expected: str) -> None:
     ("change", "field"),
     [
         (lambda s: s.update(hostNetwork=True), "spec.template.spec.hostNetwork"),
-        (lambda s: s.update(shareProcessNamespace=True), "spec.template.spec.shareProcessNamespace"),
-        (lambda s: s.update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
-         "spec.template.spec.volumes[0].hostPath"),
-        (lambda s: s["containers"][0].update(lifecycle={"postStart": {"exec": {"command": ["true"]}}}),
-         "spec.template.spec.containers[0].lifecycle.postStart"),
-        (lambda s: s["containers"][0].update(livenessProbe={"grpc": {"port": 1}}),
-         "spec.template.spec.containers[0].livenessProbe.grpc"),
-        (lambda s: s["containers"][0].update(frobnicate=1),
-         "spec.template.spec.containers[0].frobnicate"),
+        (
+            lambda s: s.update(shareProcessNamespace=True),
+            "spec.template.spec.shareProcessNamespace",
+        ),
+        (
+            lambda s: s.update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+            "spec.template.spec.volumes[0].hostPath",
+        ),
+        (
+            lambda s: s["containers"][0].update(
+                lifecycle={"postStart": {"exec": {"command": ["true"]}}}
+            ),
+            "spec.template.spec.containers[0].lifecycle.postStart",
+        ),
+        (
+            lambda s: s["containers"][0].update(livenessProbe={"grpc": {"port": 1}}),
+            "spec.template.spec.containers[0].livenessProbe.grpc",
+        ),
+        (
+            lambda s: s["containers"][0].update(frobnicate=1),
+            "spec.template.spec.containers[0].frobnicate",
+        ),
     ],
-)  # fmt: skip
-def test_unsupported_fields_are_errors_naming_object_and_field(change, field: str) -> None:  # noqa: ANN001
+)
+def test_unsupported_fields_are_errors_naming_object_and_field(change, field: str) -> None:
     manifest = deployment("web", [sleeper()])
     change(manifest["spec"]["template"]["spec"])
     with pytest.raises(UnsupportedManifest) as raised:
@@ -191,7 +284,7 @@ def test_unsupported_fields_are_errors_naming_object_and_field(change, field: st
 
 
 def test_unknown_kind_is_an_error() -> None:
-    with pytest.raises(UnsupportedManifest, match="networking.k8s.io/v1/Ingress is unknown"):
+    with pytest.raises(UnsupportedManifest, match=r"networking\.k8s\.io/v1/Ingress is unknown"):
         LocalCluster([obj("Ingress", "web", {}, api="networking.k8s.io/v1")], images=IMAGES)
 
 
@@ -207,8 +300,14 @@ def test_objects_without_runtime_effect_are_listed_as_not_enforced() -> None:
     ]
     cluster = LocalCluster(objects, images=IMAGES)
     notes = "\n".join(cluster.not_enforced)
-    for kind in ("Namespace", "PodDisruptionBudget", "NetworkPolicy", "HorizontalPodAutoscaler",
-                 "ScaledObject", "TriggerAuthentication"):  # fmt: skip
+    for kind in (
+        "Namespace",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "ScaledObject",
+        "TriggerAuthentication",
+    ):
         assert re.search(rf"^{kind} \S+: not enforced: .+", notes, re.M), notes
     assert "containers[0].resources: not enforced: no cgroups" in notes, notes
 
@@ -217,7 +316,9 @@ def test_images_must_be_in_the_table_with_a_known_entrypoint() -> None:
     manifest = deployment("web", [{"name": "main", "image": "ghcr.io/acme/tools:1"}])
     with pytest.raises(ManifestError, match=r"containers\[0\]: no `command` and the image table"):
         LocalCluster([manifest], images={"ghcr.io/acme/*": LocalImage()})
-    with pytest.raises(ManifestError, match="image 'ghcr.io/acme/tools:1' is not in the image table"):
+    with pytest.raises(
+        ManifestError, match=r"image 'ghcr\.io/acme/tools:1' is not in the image table"
+    ):
         LocalCluster([manifest], images=IMAGES)
 
 
@@ -226,10 +327,18 @@ def test_service_names_resolve_in_pods_and_tests_reach_services(tmp_path: Path) 
     with redis_cluster(tmp_path) as cluster:
         cluster.start()
         (broker,) = cluster.wait_ready("StatefulSet", "broker", timeout=20)
-        names = ["broker", f"broker.{NS}", f"broker.{NS}.svc", f"broker.{NS}.svc.cluster.local",
-                 f"broker-0.broker-headless.{NS}.svc.cluster.local", "broker-0.broker-headless"]  # fmt: skip
+        names = [
+            "broker",
+            f"broker.{NS}",
+            f"broker.{NS}.svc",
+            f"broker.{NS}.svc.cluster.local",
+            f"broker-0.broker-headless.{NS}.svc.cluster.local",
+            "broker-0.broker-headless",
+        ]
         for name in names:
-            result = broker.exec(["redis-cli", "-h", name, "-a", "s3cret-test", "--no-auth-warning", "ping"])
+            result = broker.exec(
+                ["redis-cli", "-h", name, "-a", BROKER_TEST_PASSWORD, "--no-auth-warning", "ping"]
+            )
             assert result.stdout.strip() == "PONG", f"{name}: {result}"
         assert broker.exec(["hostname"]).stdout.strip() == "broker-0"
         assert redis_client(cluster).ping()
@@ -240,8 +349,12 @@ def test_service_names_resolve_in_pods_and_tests_reach_services(tmp_path: Path) 
 
 
 def test_volumes_modes_ownership_and_read_only_root(tmp_path: Path) -> None:
-    secret = obj("Secret", "creds", data={"token": base64.b64encode(b"abc").decode()},
-                 stringData={"extra": "x"})  # fmt: skip
+    secret = obj(
+        "Secret",
+        "creds",
+        data={"token": base64.b64encode(b"abc").decode()},
+        stringData={"extra": "x"},
+    )
     config = obj("ConfigMap", "cfg", data={"app.conf": "a=1\n", "other": "o"})
     container = sleeper(
         securityContext={"runAsUser": 10001, "runAsGroup": 10001, "readOnlyRootFilesystem": True},
@@ -251,13 +364,19 @@ def test_volumes_modes_ownership_and_read_only_root(tmp_path: Path) -> None:
             {"name": "scratch", "mountPath": "/scratch"},
             {"name": "scratch", "mountPath": "/also-scratch", "readOnly": True},
         ],
-    )  # fmt: skip
+    )
     volumes = [
-        {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400,
-                                     "items": [{"key": "token", "path": "nested/token"}]}},
+        {
+            "name": "creds",
+            "secret": {
+                "secretName": "creds",
+                "defaultMode": 0o400,
+                "items": [{"key": "token", "path": "nested/token"}],
+            },
+        },
         {"name": "cfg", "configMap": {"name": "cfg"}},
         {"name": "scratch", "emptyDir": {}},
-    ]  # fmt: skip
+    ]
     manifest = deployment("files", [container], volumes=volumes, securityContext={"fsGroup": 3000})
     with LocalCluster([secret, config, manifest], images=IMAGES) as cluster:
         cluster.start()
@@ -267,11 +386,15 @@ def test_volumes_modes_ownership_and_read_only_root(tmp_path: Path) -> None:
             result = pod.exec(["sh", "-c", script])
             return f"{result.returncode}|{result.stdout.strip()}|{result.stderr.strip()}"
 
-        assert run("stat -c '%a %u %g' /etc/creds/nested/token") == "0|440 0 3000|", "fsGroup makes 0400 0440"
+        assert run("stat -c '%a %u %g' /etc/creds/nested/token") == "0|440 0 3000|", (
+            "fsGroup makes 0400 0440"
+        )
         assert run("cat /etc/creds/nested/token") == "0|abc|"
         assert run("ls /etc/creds/nested") == "0|token|", "items select keys"
         assert run("cat /etc/app/app.conf; ls /etc/app") == "0|a=1\napp.conf|"
-        assert run("stat -c '%a %g' /scratch") == "0|2777 3000|", "emptyDir is 0777 + setgid fsGroup"
+        assert run("stat -c '%a %g' /scratch") == "0|2777 3000|", (
+            "emptyDir is 0777 + setgid fsGroup"
+        )
         assert run("touch /scratch/f && ls /also-scratch") == "0|f|"
         assert run("touch /also-scratch/g").startswith("1|"), "readOnly mount"
         assert "Read-only file system" in run("touch /root-file; touch /tmp/x")
@@ -289,26 +412,42 @@ def test_environment_resolution_and_command_expansion(tmp_path: Path) -> None:
         {"name": "A", "value": "alpha"},
         {"name": "B", "value": "$(A)-beta-$$(A)-$(NOPE)"},
         {"name": "URL", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "url"}}},
-        {"name": "GONE", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "x", "optional": True}}},
+        {
+            "name": "GONE",
+            "valueFrom": {"secretKeyRef": {"name": "creds", "key": "x", "optional": True}},
+        },
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-    ]  # fmt: skip
+        {
+            "name": "MEM",
+            "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+        },
+    ]
     container = {
-        "name": "main", "image": "debian", "env": env,
+        "name": "main",
+        "image": "debian",
+        "env": env,
         "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
         "resources": {"limits": {"memory": "64Mi"}},
-        "command": ["sh", "-c", "printf '%s|' '$(B)' '$(CFG_MODE)' \"$$HOME\" > /tmp/argv; sleep infinity"],
+        "command": [
+            "sh",
+            "-c",
+            "printf '%s|' '$(B)' '$(CFG_MODE)' \"$$HOME\" > /tmp/argv; sleep infinity",
+        ],
         "volumeMounts": [{"name": "t", "mountPath": "/tmp"}],
-    }  # fmt: skip
+    }
     objects.append(deployment("envs", [container], volumes=[{"name": "t", "emptyDir": {}}]))
     with LocalCluster(objects, images=IMAGES, secret_values={"<pw>": "hunter2"}) as cluster:
         cluster.start()
         (pod,) = cluster.wait_ready("Deployment", "envs", timeout=10)
-        env_seen = dict(line.split("=", 1) for line in pod.exec(["env"]).stdout.splitlines() if "=" in line)
+        env_seen = dict(
+            line.split("=", 1) for line in pod.exec(["env"]).stdout.splitlines() if "=" in line
+        )
         assert env_seen["B"] == "alpha-beta-$(A)-$(NOPE)"
-        assert env_seen["URL"] == "redis://u:hunter2@broker:6379/0", "placeholder substituted inside"
+        assert env_seen["URL"] == "redis://u:hunter2@broker:6379/0", (
+            "placeholder substituted inside"
+        )
         assert "GONE" not in env_seen, "optional missing key leaves the variable unset"
         assert env_seen["POD"] == pod.name and env_seen["POD_NS"] == NS
         assert env_seen["POD_IP"] == "127.0.0.1"
@@ -318,7 +457,9 @@ def test_environment_resolution_and_command_expansion(tmp_path: Path) -> None:
         assert env_seen["BROKER_PORT"] == "tcp://127.0.0.1:6379"
         assert env_seen["PATH"].startswith("/usr/local/sbin"), "image ENV (default PATH)"
         argv = pod.exec(["cat", "/tmp/argv"]).stdout.strip()
-        assert argv == "alpha-beta-$(A)-$(NOPE)|fast|/root|", "command expansion; $$ leaves $HOME to sh"
+        assert argv == "alpha-beta-$(A)-$(NOPE)|fast|/root|", (
+            "command expansion; $$ leaves $HOME to sh"
+        )
 
 
 def test_missing_secret_key_fails_the_pod_and_overrides_change_values(tmp_path: Path) -> None:
@@ -327,7 +468,9 @@ def test_missing_secret_key_fails_the_pod_and_overrides_change_values(tmp_path: 
         with pytest.raises(PodFailed, match="CreateContainerConfigError") as raised:
             cluster.wait_ready("StatefulSet", "broker", timeout=10)
         assert "key 'password' not found in Secret" in str(raised.value)
-    with redis_cluster(tmp_path, secret_overrides={f"{NS}/broker-auth": {"password": "other"}}) as cluster:
+    with redis_cluster(
+        tmp_path, secret_overrides={f"{NS}/broker-auth": {"password": "other"}}
+    ) as cluster:
         cluster.start()
         cluster.wait_ready("StatefulSet", "broker", timeout=10)
         with pytest.raises(redis.AuthenticationError):
@@ -337,10 +480,16 @@ def test_missing_secret_key_fails_the_pod_and_overrides_change_values(tmp_path: 
 # -- probes, restarts, termination ----------------------------------------------------------
 def test_readiness_and_liveness_probes_gate_and_restart(tmp_path: Path) -> None:
     ready_when_file = {"exec": {"command": ["test", "-f", "/work/ready"]}, "periodSeconds": 1}
-    alive_when_no_file = {"exec": {"command": ["sh", "-c", "! test -f /work/die"]},
-                          "periodSeconds": 1, "failureThreshold": 2}  # fmt: skip
-    container = sleeper(readinessProbe=ready_when_file, livenessProbe=alive_when_no_file,
-                        volumeMounts=[{"name": "work", "mountPath": "/work"}])  # fmt: skip
+    alive_when_no_file = {
+        "exec": {"command": ["sh", "-c", "! test -f /work/die"]},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    container = sleeper(
+        readinessProbe=ready_when_file,
+        livenessProbe=alive_when_no_file,
+        volumeMounts=[{"name": "work", "mountPath": "/work"}],
+    )
     manifest = deployment("probed", [container], volumes=[{"name": "work", "emptyDir": {}}])
     with LocalCluster([manifest], images=IMAGES, backoff=FAST, time_scale=QUICK_PROBES) as cluster:
         cluster.start()
@@ -359,11 +508,14 @@ def test_readiness_and_liveness_probes_gate_and_restart(tmp_path: Path) -> None:
 
 def test_startup_probe_gates_liveness(tmp_path: Path) -> None:
     container = sleeper(
-        startupProbe={"exec": {"command": ["test", "-f", "/tmp/started"]}, "periodSeconds": 1,
-                      "failureThreshold": 30},
+        startupProbe={
+            "exec": {"command": ["test", "-f", "/tmp/started"]},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
         livenessProbe={"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1},
         volumeMounts=[{"name": "t", "mountPath": "/tmp"}],
-    )  # fmt: skip
+    )
     manifest = deployment("slow", [container], volumes=[{"name": "t", "emptyDir": {}}])
     with LocalCluster([manifest], images=IMAGES, backoff=FAST, time_scale=QUICK_PROBES) as cluster:
         cluster.start()
@@ -403,13 +555,23 @@ def test_claim_survives_pod_deletion_and_statefulset_recreates_pod(tmp_path: Pat
 
 def test_delete_runs_pre_stop_then_sigterm_then_sigkill_after_grace(tmp_path: Path) -> None:
     trap = "trap 'echo got-term >> /shared/log; exit 0' TERM; while :; do sleep 0.1; done"
-    graceful = {"name": "graceful", "image": "debian", "command": ["sh", "-c", trap],
-                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop >> /shared/log"]}}},
-                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}  # fmt: skip
+    graceful = {
+        "name": "graceful",
+        "image": "debian",
+        "command": ["sh", "-c", trap],
+        "lifecycle": {
+            "preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop >> /shared/log"]}}
+        },
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+    }
     stubborn = sleeper("stubborn")
     claim = obj("PersistentVolumeClaim", "shared", {"accessModes": ["ReadWriteOnce"]})
-    manifest = deployment("term", [graceful, stubborn], terminationGracePeriodSeconds=2,
-                          volumes=[{"name": "shared", "persistentVolumeClaim": {"claimName": "shared"}}])  # fmt: skip
+    manifest = deployment(
+        "term",
+        [graceful, stubborn],
+        terminationGracePeriodSeconds=2,
+        volumes=[{"name": "shared", "persistentVolumeClaim": {"claimName": "shared"}}],
+    )
     with LocalCluster([claim, manifest], images=IMAGES) as cluster:
         cluster.start()
         (pod,) = cluster.wait_ready("Deployment", "term", timeout=10)
@@ -425,10 +587,19 @@ def test_delete_runs_pre_stop_then_sigterm_then_sigkill_after_grace(tmp_path: Pa
 
 
 def test_init_containers_run_in_order_before_app(tmp_path: Path) -> None:
-    init = [{"name": f"init-{n}", "image": "debian", "command": ["sh", "-c", f"echo {n} >> /w/order"],
-             "volumeMounts": [{"name": "w", "mountPath": "/w"}]} for n in (1, 2)]  # fmt: skip
+    init = [
+        {
+            "name": f"init-{n}",
+            "image": "debian",
+            "command": ["sh", "-c", f"echo {n} >> /w/order"],
+            "volumeMounts": [{"name": "w", "mountPath": "/w"}],
+        }
+        for n in (1, 2)
+    ]
     app = sleeper(volumeMounts=[{"name": "w", "mountPath": "/w"}])
-    manifest = deployment("inits", [app], initContainers=init, volumes=[{"name": "w", "emptyDir": {}}])
+    manifest = deployment(
+        "inits", [app], initContainers=init, volumes=[{"name": "w", "emptyDir": {}}]
+    )
     with LocalCluster([manifest], images=IMAGES) as cluster:
         cluster.start()
         (pod,) = cluster.wait_ready("Deployment", "inits", timeout=10)
@@ -436,10 +607,16 @@ def test_init_containers_run_in_order_before_app(tmp_path: Path) -> None:
 
 
 def test_image_binds_let_a_non_root_pod_run_a_host_venv(tmp_path: Path) -> None:
-    container = {"name": "app", "image": "python:3.11-slim",
-                 "args": ["-c", "import sys, yaml; print(sys.prefix, yaml.__name__, flush=True); "
-                                "import time; time.sleep(60)"],
-                 "securityContext": {"runAsUser": 10001, "runAsNonRoot": True}}  # fmt: skip
+    container = {
+        "name": "app",
+        "image": "python:3.11-slim",
+        "args": [
+            "-c",
+            "import sys, yaml; print(sys.prefix, yaml.__name__, flush=True); "
+            "import time; time.sleep(60)",
+        ],
+        "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
+    }
     with LocalCluster([deployment("venv", [container])], images=IMAGES) as cluster:
         cluster.start()
         (pod,) = cluster.wait_ready("Deployment", "venv", timeout=10)
@@ -493,10 +670,14 @@ def test_parallel_clusters_do_not_collide_and_cleanup_leaves_nothing(tmp_path: P
         state_dirs = [str(first.state_dir), str(second.state_dir)]
         pids = [pod_a.container().current.process.pid, pod_b.container().current.process.pid]
         assert processes_in_netns(netns_inode), "pods run inside the cluster's namespace"
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert not any(name in listed for name in names), listed
     mounts = Path("/proc/mounts").read_text()
-    assert not any(name in mounts or state in mounts for name, state in zip(names, state_dirs, strict=True))
+    assert not any(
+        name in mounts or state in mounts for name, state in zip(names, state_dirs, strict=True)
+    )
     assert not any(Path(d).exists() for d in state_dirs), "state directories removed"
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "container processes gone"
     assert processes_in_netns(netns_inode) == [], "no process left in the cluster namespace"

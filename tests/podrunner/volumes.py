@@ -44,15 +44,17 @@ class PodVolume:
     creates_sub_paths: bool
 
 
-def write_key_files(directory: Path, data: dict[str, bytes], source: dict, default_mode: int,
-                    where: str) -> None:  # fmt: skip
+def write_key_files(
+    directory: Path, data: dict[str, bytes], source: dict, default_mode: int, where: str
+) -> None:
     """Write ConfigMap/Secret keys as files, honouring `items` (key, path, mode)."""
     items = source.get("items") or [{"key": key, "path": key} for key in sorted(data)]
     for item in items:
         if item["key"] not in data:
             if source.get("optional", False):
                 continue
-            raise ContainerConfigError(f"{where}: key {item['key']!r} not found (items)")
+            msg = f"{where}: key {item['key']!r} not found (items)"
+            raise ContainerConfigError(msg)
         target = directory / safe_relative(item["path"], f"{where}.items")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data[item["key"]])
@@ -62,23 +64,27 @@ def write_key_files(directory: Path, data: dict[str, bytes], source: dict, defau
 def safe_relative(path: str, where: str) -> str:
     """Refuse absolute paths and `..` in volume item paths and subPaths, as the API server does."""
     if path.startswith("/") or ".." in Path(path).parts:
-        raise UnsupportedManifest(f"{where}: path {path!r} must be relative without '..'")
+        msg = f"{where}: path {path!r} must be relative without '..'"
+        raise UnsupportedManifest(msg)
     return path
 
 
-def key_source_data(store: ConfigStore, namespace: str, kind: str, source: dict, where: str
-                    ) -> dict[str, bytes] | None:  # fmt: skip
+def key_source_data(
+    store: ConfigStore, namespace: str, kind: str, source: dict, where: str
+) -> dict[str, bytes] | None:
     """Fetch a ConfigMap/Secret for a volume; None if optional and absent (FailedMount if not)."""
     name = source.get("secretName") or source.get("name")
     lookup = store.secret_data if kind == "secret" else store.config_map_data
     data = lookup(namespace, name)
     if data is None and not source.get("optional", False):
-        raise ContainerConfigError(f"{where}: FailedMount: {kind} {namespace}/{name} not found")
+        msg = f"{where}: FailedMount: {kind} {namespace}/{name} not found"
+        raise ContainerConfigError(msg)
     return data
 
 
-def prepare_key_volume(directory: Path, volume: dict, store: ConfigStore, namespace: str,
-                       where: str) -> None:  # fmt: skip
+def prepare_key_volume(
+    directory: Path, volume: dict, store: ConfigStore, namespace: str, where: str
+) -> None:
     """Materialize a configMap, secret or projected volume into directory."""
     directory.mkdir(mode=0o755)
     if "projected" in volume:
@@ -120,8 +126,14 @@ def claim_path(claims_root: Path, namespace: str, claim: str) -> Path:
     return path
 
 
-def prepare_volume(volume: dict, volumes_dir: Path, store: ConfigStore, namespace: str,
-                   claim_dir: Callable[[str], Path], where: str) -> PodVolume:  # fmt: skip
+def prepare_volume(
+    volume: dict,
+    volumes_dir: Path,
+    store: ConfigStore,
+    namespace: str,
+    claim_dir: Callable[[str], Path],
+    where: str,
+) -> PodVolume:
     """Create one volume on the host and describe it."""
     if "persistentVolumeClaim" in volume:
         source = volume["persistentVolumeClaim"]
@@ -136,8 +148,14 @@ def prepare_volume(volume: dict, volumes_dir: Path, store: ConfigStore, namespac
     return PodVolume(path, read_only=True, creates_sub_paths=False)
 
 
-def prepare_pod_volumes(spec: dict, volumes_dir: Path, store: ConfigStore, namespace: str,
-                        claim_dir: Callable[[str], Path], where: str) -> dict[str, PodVolume]:  # fmt: skip
+def prepare_pod_volumes(
+    spec: dict,
+    volumes_dir: Path,
+    store: ConfigStore,
+    namespace: str,
+    claim_dir: Callable[[str], Path],
+    where: str,
+) -> dict[str, PodVolume]:
     """Create every volume of a pod spec; raise ContainerConfigError for missing sources."""
     volumes_dir.mkdir(parents=True, exist_ok=True)
     fs_group = spec.get("securityContext", {}).get("fsGroup")
@@ -161,14 +179,16 @@ def container_mounts(container: dict, volumes: dict[str, PodVolume], where: str)
         here = f"{where}.volumeMounts[{index}]"
         volume = volumes.get(volume_mount["name"])
         if volume is None:
-            raise UnsupportedManifest(f"{here}: no volume named {volume_mount['name']!r}")
+            msg = f"{here}: no volume named {volume_mount['name']!r}"
+            raise UnsupportedManifest(msg)
         source = volume.path
         if volume_mount.get("subPath"):
             source = source / safe_relative(volume_mount["subPath"], f"{here}.subPath")
             if not source.exists() and volume.creates_sub_paths:
                 source.mkdir(parents=True, mode=0o755)
             if not source.exists():
-                raise ContainerConfigError(f"{here}: subPath {volume_mount['subPath']!r} missing")
+                msg = f"{here}: subPath {volume_mount['subPath']!r} missing"
+                raise ContainerConfigError(msg)
         read_only = volume.read_only or volume_mount.get("readOnly", False)
         mounts.append(Mount(str(source), volume_mount["mountPath"], read_only))
     return mounts
