@@ -64,7 +64,7 @@ def _deadline_probe(python_bin: str, deadline_seconds: int) -> k8s.core.v1.Probe
     """
     code = f"import os,sys,time; sys.exit(time.time() - os.stat('/proc/1').st_mtime > {deadline_seconds})"
     return k8s.core.v1.ProbeArgs(
-        _exec=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
+        exec_=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
         period_seconds=30,
         timeout_seconds=5,
         failure_threshold=2,
@@ -75,7 +75,7 @@ def _script_present_probe(python_bin: str) -> k8s.core.v1.ProbeArgs:
     """Readiness: the check script is mounted where the command expects it."""
     code = f"import os,sys; sys.exit(not os.path.isfile('{SCRIPT_DIR}/brokercheck.py'))"
     return k8s.core.v1.ProbeArgs(
-        _exec=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
+        exec_=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
         period_seconds=10,
         timeout_seconds=5,
     )

@@ -228,7 +228,7 @@ class LocalCluster:
                     raise ManifestError(msg)
 
     def target_port(self, service: dict, port: dict) -> int | None:
-        """Return the container port a Service port reaches (named ports resolved from templates)."""
+        """Return the container port a Service port reaches (resolving named ports)."""
         target = port.get("targetPort", port["port"])
         if isinstance(target, int):
             return target
@@ -624,7 +624,7 @@ class LocalCluster:
         return self.store.find("Service", service, namespace)
 
     def host_port(self, service: str, port: int | str, namespace: str | None = None) -> int:
-        """Return a port on the test process's 127.0.0.1 forwarding to a Service port in the cluster.
+        """Return a port on the test process's 127.0.0.1 forwarding to a Service port inside.
 
         port is the Service's port number or name. Connections made before a pod listens fail
         like an unready Service; retry or wait_ready first.

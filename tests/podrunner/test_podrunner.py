@@ -449,10 +449,11 @@ def test_environment_resolution_and_command_expansion(tmp_path: Path) -> None:
             "placeholder substituted inside"
         )
         assert "GONE" not in env_seen, "optional missing key leaves the variable unset"
-        assert env_seen["POD"] == pod.name and env_seen["POD_NS"] == NS
+        assert env_seen["POD"] == pod.name
+        assert env_seen["POD_NS"] == NS
         assert env_seen["POD_IP"] == "127.0.0.1"
         assert env_seen["MEM"] == "64"
-        assert env_seen["CFG_MODE"] == "fast" and env_seen["CFG_LEVEL"] == "3"
+        assert (env_seen["CFG_MODE"], env_seen["CFG_LEVEL"]) == ("fast", "3"), "envFrom prefix"
         assert env_seen["BROKER_SERVICE_HOST"] == "127.0.0.1", "Service links (enableServiceLinks)"
         assert env_seen["BROKER_PORT"] == "tcp://127.0.0.1:6379"
         assert env_seen["PATH"].startswith("/usr/local/sbin"), "image ENV (default PATH)"
@@ -548,7 +549,8 @@ def test_claim_survives_pod_deletion_and_statefulset_recreates_pod(tmp_path: Pat
         assert listing == "2775 999", "fsGroup makes the fresh claim group-writable"
         first.delete()
         (second,) = cluster.wait_ready("StatefulSet", "broker", timeout=20)
-        assert second is not first and second.name == "broker-0"
+        assert second is not first, "a new pod replaced the deleted one"
+        assert second.name == "broker-0"
         assert redis_client(cluster).get("queued") == b"yes", "data on the claim outlives the pod"
         assert "Killing container redis: pod deleted" in "\n".join(first.events)
 
@@ -634,12 +636,13 @@ def test_jobs_complete_fail_after_backoff_limit_and_hit_deadline(tmp_path: Path)
     with LocalCluster(objects, images=IMAGES, backoff=FAST) as cluster:
         cluster.start()
         ok = cluster.run_job("ok", timeout=10)
-        assert ok.succeeded and ok.reason == "Complete" and ok.logs == "all good\n", ok
+        assert (ok.succeeded, ok.reason, ok.logs) == (True, "Complete", "all good\n"), ok
         bad = cluster.run_job("bad", timeout=10)
-        assert not bad.succeeded and bad.reason == "BackoffLimitExceeded", bad
-        assert bad.failed == 2 and [a.exit_code for a in bad.attempts] == [3, 3], bad
+        assert (bad.succeeded, bad.reason) == (False, "BackoffLimitExceeded"), bad
+        assert [a.exit_code for a in bad.attempts] == [3, 3], "backoffLimit 1: two attempts"
+        assert bad.failed == 2
         slow = cluster.run_job("slow", timeout=10)
-        assert not slow.succeeded and slow.reason == "DeadlineExceeded", slow
+        assert (slow.succeeded, slow.reason) == (False, "DeadlineExceeded"), slow
         assert 1 <= slow.seconds < 5, slow
 
 
