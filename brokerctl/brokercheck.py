@@ -702,8 +702,9 @@ def run_checks(config: CheckConfig) -> Report:
 def _run_all(config: CheckConfig, report: Report, deadline: Deadline) -> None:
     """Broker checks first; worker checks only when the broker answered and workers are expected."""
     try:
-        if check_broker(config, report, deadline) and config.expected_workers > 0:
-            check_workers(config, report, deadline)
+        state = check_broker(config, report, deadline)
+        if state is not None and config.expected_workers > 0:
+            check_workers(config, report, deadline, state.depths())
     except Exception as error:  # a bug or an unforeseen library error: report it, masked
         report.add(
             "internal",
@@ -730,6 +731,13 @@ class BrokerState:
     unacked_count: Any
     unacked_oldest: Any
 
+    def depths(self) -> dict[str, int]:
+        """Messages waiting per queue (all priorities); a refused LLEN counts as 0."""
+        return {
+            queue: sum(n for n in lengths if isinstance(n, int))
+            for queue, lengths in self.backlog.items()
+        }
+
 
 def _redis_client(url: str, timeout: float) -> Any:
     """Return a redis-py client whose every connect and read is bounded and never retried."""
@@ -748,11 +756,10 @@ def _redis_client(url: str, timeout: float) -> Any:
     )
 
 
-def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> bool:
-    """Run the broker checks; return whether the broker answered (later checks need it)."""
+def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> BrokerState | None:
+    """Run the broker checks; return what they read, or None when the broker did not answer."""
     user = urlsplit(config.broker_url).username or "default"
     expected = f"PONG within {config.timeout:g} s as user {user}"
-    client = None
     try:
         client = _redis_client(config.broker_url, deadline.step())
         started = time.monotonic()
@@ -761,16 +768,21 @@ def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> boo
     except Exception as error:
         measured, hint = _explain_connect_error(error, config.timeout)
         report.add("connect", FAIL, measured, expected, hint + "; later checks did not run")
-        return False
+        return None
+    report.add("connect", PASS, f"PONG in {round_trip_ms:.1f} ms as user {user}", expected)
     try:
-        report.add("connect", PASS, f"PONG in {round_trip_ms:.1f} ms as user {user}", expected)
         state = _read_broker_state(client, config.queues)
-        _check_persistence(report, state, config.expect_persistence)
-        _check_memory(report, state, config)
-        _check_backlog(report, state, config)
+    except Exception as error:
+        report.add("broker-state", FAIL, f"{type(error).__name__}: {error}",
+                   "INFO, CONFIG GET and queue lengths answered",
+                   "the broker answered PING, then stopped answering; later checks did not run")
+        return None
     finally:
         client.close()
-    return True
+    _check_persistence(report, state, config.expect_persistence)
+    _check_memory(report, state, config)
+    _check_backlog(report, state, config)
+    return state
 
 
 def _explain_connect_error(error: Exception, timeout: float) -> tuple[str, str]:
@@ -1060,8 +1072,13 @@ def _queue_names(queues: Any) -> set[str]:
     return {q.get("name") for q in queues if isinstance(q, dict)}
 
 
-def check_workers(config: CheckConfig, report: Report, deadline: Deadline) -> None:
-    """Workers answer a control ping, every pool's queues have consumers, canaries run."""
+def check_workers(
+    config: CheckConfig, report: Report, deadline: Deadline, depths: Mapping[str, int]
+) -> None:
+    """Workers answer a control ping, every pool's queues have consumers, canaries run.
+
+    `depths` (messages waiting per queue) tells a stuck canary from one queued behind tasks.
+    """
     with _without_celery_url_env():
         try:
             replies = _broadcast_ping_and_queues(config, deadline)
@@ -1076,7 +1093,7 @@ def check_workers(config: CheckConfig, report: Report, deadline: Deadline) -> No
             return
         _report_workers(report, config, replies)
         if config.canary and config.result_backend_url:
-            _run_canaries(report, config, replies, deadline)
+            _run_canaries(report, config, replies, deadline, depths)
 
 
 @contextmanager

@@ -1,8 +1,14 @@
-"""The Redis broker: credentials, Secrets, and (to come) config, StatefulSet, Services, policies.
+"""The Redis broker: credentials, Secrets, config, StatefulSet, Services, network rules, PDB.
 
 Passwords are Pulumi secrets: configured with `pulumi config set --secret`, or generated with
 pulumi-random and kept in state so they stay stable across updates. They reach Kubernetes only
-as Secrets; URLs that carry them are built here, once, for every client.
+as Secrets; URLs that carry them are built here, once, for every client. Inside the pod the
+start script hashes them into an ACL file (components/redis_config.py); redis.conf, in a
+ConfigMap, holds no secret.
+
+One replica: Celery's Redis transport has no use for replicas (kombu talks to one primary),
+so availability comes from a fast restart on the same volume, probes that tolerate a long
+AOF load, and a PodDisruptionBudget that stops a drain from taking the broker silently.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.naming import labels, object_name
+from components import redis_config
+from components.naming import broker_client_labels, labels, object_name, selector_labels
+from components.pods import hardened_container, hardened_pod_spec
 from components.settings import StackSettings
 
 COMPONENT = "redis"
@@ -28,8 +36,17 @@ RESULT_BACKEND_KEY = "CELERY_RESULT_BACKEND"
 CHECK_URL_KEY = "BROKER_CHECK_URL"
 
 # Keys of the server Secret, mounted as files into the broker pod.
-CELERY_PASSWORD_KEY = "celery-password"
-PROBE_PASSWORD_KEY = "probe-password"
+CELERY_PASSWORD_KEY = redis_config.CELERY_PASSWORD_FILE
+PROBE_PASSWORD_KEY = redis_config.PROBE_PASSWORD_FILE
+
+CONTAINER = "redis"
+PORT_NAME = "redis"
+DATA_VOLUME = "data"
+CONFIG_VOLUME = "config"
+USERS_VOLUME = "users"
+ACL_VOLUME = "acl"
+CONFIG_CHECKSUM_ANNOTATION = "celery-redis/config-sha256"
+SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by redis-server, not by others
 
 
 def redis_url(user: str, password: str, host: str, port: int, db: int, scheme: str = "redis") -> str:
