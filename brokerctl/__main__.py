@@ -3,29 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from types import ModuleType
 
-from brokerctl import check, render, settings_cmd
 from brokerctl.errors import EXIT_USAGE, CommandError
 
-COMMANDS = (render, settings_cmd, check)
+COMMANDS = {
+    "render": "brokerctl.render",
+    "settings": "brokerctl.settings_cmd",
+    "check": "brokerctl.check",
+}
+"""Command name -> module with `register(subparsers)`. Only the chosen command's module is
+imported: `check` must not pay for Pulumi's imports, nor `render` for Celery's."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules(argv: list[str]) -> list[ModuleType]:
+    chosen = [argv[0]] if argv and argv[0] in COMMANDS else list(COMMANDS)
+    return [importlib.import_module(COMMANDS[name]) for name in chosen]
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Build the top-level parser; each command module registers its own sub-parser."""
     parser = argparse.ArgumentParser(
         prog="python -m brokerctl",
         description="Render, inspect and check the Celery-on-Redis stacks of this project.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(subparsers)
+    for module in _modules(list(argv or [])):
+        module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code (0 ok, 1 check failed, 2 usage/settings error)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import math
 
-from components.settings import StackSettings
 from components.quantities import memory_bytes
+from components.settings import StackSettings
 
 CONFIG_KEY = "redis.conf"
 CONFIG_DIR = "/etc/redis"
@@ -32,8 +32,8 @@ ENV_ACL_FILE = "REDIS_ACL_FILE"
 ENV_DATA_DIR = "REDIS_DATA_DIR"
 ENV_PORT = "REDIS_PORT"
 
-CELERY_PASSWORD_FILE = "celery-password"
-PROBE_PASSWORD_FILE = "probe-password"
+CELERY_PASSWORD_FILE = "celery-password"  # noqa: S105 - a file name, not a password
+PROBE_PASSWORD_FILE = "probe-password"  # noqa: S105 - a file name, not a password
 
 # The celery user's commands, found by running a real Celery 5.7 / kombu 5.7 / redis-py 8.1
 # worker, producer, result backend, `celery inspect` / `celery control` / `celery status` /
@@ -52,8 +52,18 @@ CELERY_COMMANDS: dict[str, tuple[str, ...]] = {
     # Ack emulation: a delivered message waits in the `unacked` hash, indexed by time in the
     # `unacked_index` sorted set, inside MULTI/EXEC; restore_visible scans that index.
     "unacked": (
-        "multi", "exec", "discard", "watch", "unwatch",
-        "hset", "hget", "hdel", "zadd", "zrem", "zrange", "zrangebyscore",
+        "multi",
+        "exec",
+        "discard",
+        "watch",
+        "unwatch",
+        "hset",
+        "hget",
+        "hdel",
+        "zadd",
+        "zrem",
+        "zrange",
+        "zrangebyscore",
     ),
     # Exchange bindings (`_kombu.binding.*` sets); kombu 5.7 refreshes and sweeps them with
     # Lua scripts that call TIME and EXISTS; PEXPIRE for queues with x-expires (code).
@@ -93,7 +103,9 @@ BYTES_PER_MB = 1_000_000
 
 def acl_commands(groups: dict[str, tuple[str, ...]]) -> str:
     """ACL command rules that deny everything, then allow exactly the listed commands."""
-    return " ".join(["-@all", *(f"+{command}" for commands in groups.values() for command in commands)])
+    return " ".join(
+        ["-@all", *(f"+{command}" for commands in groups.values() for command in commands)]
+    )
 
 
 def acl_user_rules() -> dict[str, str]:
@@ -107,7 +119,7 @@ def acl_user_rules() -> dict[str, str]:
 
 
 def persistence_lines(settings: StackSettings) -> list[str]:
-    """The persistence section of redis.conf for the stack's mode."""
+    """Return the persistence section of redis.conf for the stack's mode."""
     broker = settings.broker
     if broker.persistence == "rdb":
         return [
@@ -146,7 +158,7 @@ def persistence_lines(settings: StackSettings) -> list[str]:
 
 
 def redis_conf(settings: StackSettings) -> str:
-    """The broker's redis.conf: memory, connections, persistence; no users, paths or secrets.
+    """Return the broker's redis.conf: memory, connections, persistence; no users or secrets.
 
     Users come from the ACL file and `dir` from the start script's arguments, so this text
     can be reviewed and shared as is and still loads in a plain `redis-server redis.conf`.
@@ -221,18 +233,23 @@ def start_script() -> str:
             f'  echo "user probe #$probe_hash {rules["probe"]}$since_7_2"',
             f'}} > "${ENV_ACL_FILE}.new"',
             f'mv "${ENV_ACL_FILE}.new" "${ENV_ACL_FILE}"',
-            f'exec redis-server "${ENV_CONFIG}" --aclfile "${ENV_ACL_FILE}" --dir "${ENV_DATA_DIR}" "$@"',
+            f'exec redis-server "${ENV_CONFIG}" --aclfile "${ENV_ACL_FILE}" \\',
+            f'  --dir "${ENV_DATA_DIR}" "$@"',
             "",
         ]
     )
 
 
-def _probe_cli(command: str) -> str:
-    """A redis-cli call as the probe user; the password travels in REDISCLI_AUTH, not argv."""
-    return (
-        f'REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{PROBE_PASSWORD_FILE}")" '
-        f'redis-cli --no-auth-warning --user probe -h 127.0.0.1 -p "${ENV_PORT}" {command}'
-    )
+PROBE_PRELUDE = (
+    # The password travels in the environment (REDISCLI_AUTH), never in redis-cli's argv.
+    f'export REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{PROBE_PASSWORD_FILE}")"\n'
+    f'cli() {{ redis-cli --no-auth-warning --user probe -h 127.0.0.1 -p "${ENV_PORT}" "$@"; }}'
+)
+
+
+def _probe(*lines: str) -> list[str]:
+    """Return a probe's exec command: the prelude (probe user and password), then `lines`."""
+    return ["sh", "-c", "\n".join([PROBE_PRELUDE, *lines])]
 
 
 def liveness_command() -> list[str]:
@@ -240,29 +257,22 @@ def liveness_command() -> list[str]:
 
     Restarting a loading broker would only start the replay again, forever.
     """
-    script = "\n".join(
-        [
-            f'reply="$({_probe_cli("ping")})"',
-            'case "$reply" in',
-            "  PONG | LOADING*) exit 0 ;;",
-            '  *) echo "liveness: $reply"; exit 1 ;;',
-            "esac",
-        ]
+    return _probe(
+        'reply="$(cli ping)"',
+        'case "$reply" in',
+        "  PONG | LOADING*) exit 0 ;;",
+        '  *) echo "liveness: $reply"; exit 1 ;;',
+        "esac",
     )
-    return ["sh", "-c", script]
 
 
 def readiness_command() -> list[str]:
     """Ready only when Redis answers PONG and has finished loading its data (loading:0)."""
-    script = "\n".join(
-        [
-            f'reply="$({_probe_cli("ping")})"',
-            '[ "$reply" = PONG ] || { echo "readiness: $reply"; exit 1; }',
-            f"{_probe_cli('info persistence')} | grep -q '^loading:0' \\",
-            '  || { echo "readiness: still loading"; exit 1; }',
-        ]
+    return _probe(
+        'reply="$(cli ping)"',
+        '[ "$reply" = PONG ] || { echo "not ready: $reply"; exit 1; }',
+        "cli info persistence | grep -q '^loading:0' || { echo \"not ready: loading\"; exit 1; }",
     )
-    return ["sh", "-c", script]
 
 
 def startup_failure_threshold(settings: StackSettings) -> int:

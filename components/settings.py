@@ -305,14 +305,21 @@ class Autoscaling(Section):
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
+        problems = Problems()
         if self.min_replicas > self.max_replicas:
-            problems = Problems()
             problems.add(
                 ("min_replicas",),
                 self.min_replicas,
                 f"must not exceed max_replicas ({self.max_replicas})",
             )
-            problems.raise_if_any()
+        if self.engine == "hpa" and self.min_replicas < 1:
+            problems.add(
+                ("min_replicas",),
+                self.min_replicas,
+                "a CPU HPA cannot scale to zero (an idle pool has no CPU to measure); allowed: >= 1, "
+                "or engine keda",
+            )
+        problems.raise_if_any()
         return self
 
 
@@ -389,7 +396,20 @@ class PoolSettings(Section):
         ge=10,
         description="A worker whose heartbeat file is older than this is restarted (consumer stuck or cut off).",
     )
+    startup_seconds: int = Field(
+        300,
+        ge=10,
+        description="Time a starting worker gets to import its app and reach the broker before it is restarted.",
+    )
     run_as_user: int = Field(10001, ge=1, description="Non-root uid of the worker (the app image's user).")
+    alert_queue_depth: int = Field(
+        100, ge=1, description="Alert when this many tasks wait in one of the pool's queues (priorities summed)."
+    )
+    alert_oldest_unacked_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Alert when a delivered task stays unacknowledged this long; unset: the hard time limit.",
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(memory_request="512Mi", memory_limit="1Gi"),
         description="Requests and limits of one worker container.",
@@ -452,6 +472,11 @@ class BeatSettings(Section):
         default_factory=lambda: Resources(memory_request="128Mi", memory_limit="256Mi"),
         description="Requests and limits of the beat container.",
     )
+    liveness_stale_seconds: int = Field(
+        120,
+        ge=20,
+        description="Beat is restarted when its scheduler has not ticked for this long (it ticks 4x as often).",
+    )
 
 
 def _default_pools() -> list[PoolSettings]:
@@ -511,6 +536,72 @@ class ChecksSettings(Section):
         return self
 
 
+class TlsSettings(Section):
+    """TLS for every connection to the broker (opt-in; prod turns it on)."""
+
+    enabled: bool = Field(False, description="Redis serves TLS only (port 0, tls-port); clients get rediss:// URLs.")
+    secret_name: str | None = Field(
+        None, description="An existing kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) to serve."
+    )
+    cert_manager_issuer: str | None = Field(
+        None, description="Or: a cert-manager issuer that a Certificate object requests the pair from."
+    )
+    cert_manager_issuer_kind: Literal["Issuer", "ClusterIssuer"] = Field(
+        "ClusterIssuer", description="Kind of that issuer."
+    )
+    certificate_duration_hours: int = Field(
+        2160, ge=24, description="Lifetime cert-manager gives the certificate (90 days)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TlsSettings:
+        if self.enabled and (self.secret_name is None) == (self.cert_manager_issuer is None):
+            problems = Problems()
+            problems.add(
+                ("secret_name",),
+                self.secret_name,
+                "with enabled: true set exactly one of secret_name or cert_manager_issuer",
+            )
+            problems.raise_if_any()
+        return self
+
+
+class MetricsSettings(Section):
+    """The redis_exporter sidecar and, with the Prometheus Operator, its scrape config and alerts."""
+
+    exporter_enabled: bool = Field(False, description="Run redis_exporter beside Redis, as the read-only user.")
+    exporter_image: str = Field(
+        "docker.io/oliver006/redis_exporter:v1.67.0", description="redis_exporter image, pinned."
+    )
+    exporter_port: int = Field(9121, ge=1, le=65535, description="Port Prometheus scrapes.")
+    prometheus_operator: bool = Field(
+        False, description="Create a ServiceMonitor and a PrometheusRule (needs the operator's CRDs)."
+    )
+    scrape_interval_seconds: int = Field(30, ge=5, description="How often Prometheus scrapes the exporter.")
+    rule_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels the Prometheus instance selects rules and monitors by."
+    )
+    memory_alert_ratio: float = Field(
+        0.8, gt=0, lt=1, description="Alert when used memory passes this share of maxmemory."
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(cpu_request="20m", memory_request="32Mi", memory_limit="64Mi"),
+        description="Requests and limits of the exporter container.",
+    )
+
+    @model_validator(mode="after")
+    def _operator_needs_exporter(self) -> MetricsSettings:
+        if self.prometheus_operator and not self.exporter_enabled:
+            problems = Problems()
+            problems.add(
+                ("prometheus_operator",),
+                True,
+                "needs exporter_enabled: true (the ServiceMonitor scrapes the exporter)",
+            )
+            problems.raise_if_any()
+        return self
+
+
 class StackSettings(Section):
     """Everything one stack (environment) decides."""
 
@@ -530,6 +621,8 @@ class StackSettings(Section):
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The Redis broker.")
     workers: WorkersSettings = Field(default_factory=WorkersSettings, description="The Celery worker pools.")
     checks: ChecksSettings = Field(default_factory=ChecksSettings, description="The post-deploy checks.")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS to the broker.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Exporter, scraping and alerts.")
 
     @property
     def longest_task_seconds(self) -> int:
@@ -570,7 +663,7 @@ class StackSettings(Section):
         return self
 
 
-SECRET_KEYS = ("broker_password", "probe_password")
+SECRET_KEYS = ("broker_password", "broker_password_previous", "probe_password")
 """Config keys that hold credentials: set with `pulumi config set --secret`, never in plain text."""
 
 NAMESPACED_SETTINGS = tuple(StackSettings.model_fields)

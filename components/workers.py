@@ -1,23 +1,476 @@
-"""Celery worker pools (placeholder until the workers component lands)."""
+"""Celery worker pools: one Deployment per pool, its wiring ConfigMap, PDB and autoscaler; beat.
+
+A pool's pods run the user's image unchanged. What Celery must know arrives three ways:
+broker and result-backend URLs from the broker's Secret (env, never literals), the platform's
+settings and health bootstep in a wiring module from a ConfigMap (components/celery_config),
+and the pool's shape as `celery worker` flags. SIGTERM is remapped to Celery's cold shutdown
+with a soft-shutdown window, so stopping a pod (rollout, drain, scale-in) finishes or hands back
+every running task before terminationGracePeriodSeconds ends.
+
+Autoscaling is opt-in per pool: KEDA on the length of the pool's Redis lists (with kombu's
+priority sub-lists, summed), or a CPU HPA. Then the Deployment leaves `replicas` to the scaler.
+"""
 
 from __future__ import annotations
 
-import pulumi
+import hashlib
+import re
+from typing import Any
 
-from components.broker import RedisBroker
-from components.settings import StackSettings
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import celery_config
+from components.broker import BROKER_URL_KEY, PROBE_USER, RESULT_BACKEND_KEY, RedisBroker
+from components.naming import broker_client_labels, labels, object_name, selector_labels
+from components.pods import hardened_container, hardened_pod_spec, spread_across_nodes_and_zones
+from components.settings import Autoscaling, Placement, PoolSettings, StackSettings
+
+WORKER = "worker"
+BEAT = "beat"
+WIRING_VOLUME = "celery-wiring"
+CHECKSUM_ANNOTATION = "celery-redis/wiring-sha256"
+"""Pod annotation holding the wiring module's hash: a changed module rolls the pods."""
+
+KEDA_API = "keda.sh/v1alpha1"
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+"""kombu.transport.redis.PRIORITY_STEPS: a queue is one Redis list per step."""
+KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+"""kombu's separator between a queue name and its priority step (`celery\\x06\\x163`)."""
+KEDA_USERNAME_KEY = "username"
+KEDA_PASSWORD_KEY = "password"
+
+
+def priority_lists(queue: str) -> list[tuple[int, str]]:
+    """The Redis lists kombu keeps for one queue: the plain name for step 0, then one per step."""
+    return [
+        (step, queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{step}")
+        for step in KOMBU_PRIORITY_STEPS
+    ]
+
+
+def trigger_name(index: int, queue: str, step: int) -> str:
+    """A KEDA trigger name usable in a scaling formula (an identifier), unique per list."""
+    return f"q{index}_{re.sub(r'[^A-Za-z0-9]', '_', queue)}_p{step}"
+
+
+def keda_triggers(
+    settings: StackSettings, pool: PoolSettings, broker_address: str, auth_name: str
+) -> list[dict[str, Any]]:
+    """One `redis` trigger per list of each queue; all metadata values are strings (KEDA's type)."""
+    triggers = []
+    for index, queue in enumerate(pool.queues):
+        for step, list_name in priority_lists(queue):
+            triggers.append(
+                {
+                    "type": "redis",
+                    "name": trigger_name(index, queue, step),
+                    "metadata": {
+                        "address": broker_address,
+                        "listName": list_name,
+                        "listLength": str(pool.autoscaling.queue_length_per_replica),
+                        "databaseIndex": str(settings.broker.broker_db),
+                    },
+                    "authenticationRef": {"name": auth_name},
+                }
+            )
+    return triggers
+
+
+def scale_down_behavior(autoscaling: Autoscaling) -> dict[str, Any]:
+    """HPA behaviour: wait the cool-down before scaling in, then one pod a minute (no flapping).
+
+    KEDA's `cooldownPeriod` only governs the last step to zero; between 1 and N replicas the
+    HPA's stabilization window is what stops a bursty queue from flapping the pool.
+    """
+    return {
+        "scaleDown": {
+            "stabilizationWindowSeconds": autoscaling.cooldown_seconds,
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+        }
+    }
+
+
+def scaled_object_spec(
+    settings: StackSettings,
+    pool: PoolSettings,
+    deployment: str,
+    broker_address: str,
+    auth_name: str,
+) -> dict[str, Any]:
+    """KEDA ScaledObject spec: the pool's lists summed by a formula, target tasks per replica."""
+    scaling = pool.autoscaling
+    triggers = keda_triggers(settings, pool, broker_address, auth_name)
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+        "minReplicaCount": scaling.min_replicas,
+        "maxReplicaCount": scaling.max_replicas,
+        "pollingInterval": scaling.polling_seconds,
+        "cooldownPeriod": scaling.cooldown_seconds,
+        "triggers": triggers,
+        "advanced": {
+            # KEDA takes the max over triggers; the backlog is their sum (KEDA >= 2.12).
+            "scalingModifiers": {
+                "formula": " + ".join(t["name"] for t in triggers),
+                "target": str(scaling.queue_length_per_replica),
+                "activationTarget": "0",
+                "metricType": "AverageValue",
+            },
+            "horizontalPodAutoscalerConfig": {"behavior": scale_down_behavior(scaling)},
+        },
+    }
+
+
+def guaranteed_replicas(pool: PoolSettings) -> int:
+    """Workers the pool always has: the fixed count, or the autoscaler's minimum."""
+    return pool.autoscaling.min_replicas if pool.autoscaling.enabled else pool.replicas
+
+
+def checksum(text: str) -> str:
+    """Short content hash for the pod annotation that rolls pods when their config changes."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def secret_env(name: str, secret_name: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarArgs:
+    """An environment variable taken from a Secret key (never a literal)."""
+    return k8s.core.v1.EnvVarArgs(
+        name=name,
+        value_from=k8s.core.v1.EnvVarSourceArgs(
+            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret_name, key=key)
+        ),
+    )
+
+
+def celery_env(pool: PoolSettings, secret_name: pulumi.Input[str]) -> list[k8s.core.v1.EnvVarArgs]:
+    """Worker/beat environment: broker URLs (and aliases) from the Secret, wiring first on the path."""
+    plain = {
+        **pool.env,
+        # The pod's env replaces the image's, so the image's own PYTHONPATH is repeated after ours.
+        "PYTHONPATH": f"{celery_config.CONFIG_DIR}:{pool.pythonpath}",
+        "REMAP_SIGTERM": celery_config.REMAP_SIGTERM,  # SIGTERM -> cold shutdown with soft window
+        "PYTHONUNBUFFERED": "1",  # logs reach the container runtime as they happen
+        "PYTHONDONTWRITEBYTECODE": "1",  # read-only root and ConfigMap: no .pyc to write
+    }
+    return [
+        secret_env(BROKER_URL_KEY, secret_name, BROKER_URL_KEY),
+        secret_env(RESULT_BACKEND_KEY, secret_name, RESULT_BACKEND_KEY),
+        *[secret_env(alias, secret_name, BROKER_URL_KEY) for alias in pool.broker_url_aliases],
+        *[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(plain.items())],
+    ]
+
+
+def exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.ProbeArgs:
+    """An exec probe with a bounded run time (the commands only stat a file)."""
+    return k8s.core.v1.ProbeArgs(
+        exec_=k8s.core.v1.ExecActionArgs(command=command),
+        period_seconds=period,
+        failure_threshold=failures,
+        timeout_seconds=5,
+    )
+
+
+def health_probes(
+    window: int, heartbeat: int, startup_seconds: int
+) -> dict[str, k8s.core.v1.ProbeArgs]:
+    """Startup, liveness and readiness probes over the wiring module's health files."""
+    alive = celery_config.liveness_command(window)
+    return {
+        "startup_probe": exec_probe(alive, period=5, failures=max(startup_seconds // 5, 1)),
+        "liveness_probe": exec_probe(alive, period=heartbeat, failures=2),
+        "readiness_probe": exec_probe(celery_config.readiness_command(), period=5, failures=2),
+    }
+
+
+def wiring_volume(config_map: pulumi.Input[str]) -> k8s.core.v1.VolumeArgs:
+    """The ConfigMap holding the wiring module, read-only for everyone."""
+    return k8s.core.v1.VolumeArgs(
+        name=WIRING_VOLUME,
+        config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map, default_mode=0o444),
+    )
+
+
+def wiring_mount() -> k8s.core.v1.VolumeMountArgs:
+    """Where the wiring module appears in the container (first entry of PYTHONPATH)."""
+    return k8s.core.v1.VolumeMountArgs(
+        name=WIRING_VOLUME, mount_path=celery_config.CONFIG_DIR, read_only=True
+    )
 
 
 class WorkerPools(pulumi.ComponentResource):
-    """One Deployment per pool."""
+    """The Celery fleet a platform engineer names: every worker pool, their scalers, and beat."""
 
     def __init__(
-        self, name: str, settings: StackSettings, broker: RedisBroker, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        settings: StackSettings,
+        broker: RedisBroker,
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("celery-redis:index:WorkerPools", name, None, opts)
+        self.settings = settings
+        self.broker = broker
+        self._name = name
+        self._child = pulumi.ResourceOptions(parent=self, depends_on=broker.ready)
+        pools = settings.workers.pools
+        keda_auth = self._keda_auth() if any(_uses(p, "keda") for p in pools) else None
+        self.deployments: dict[str, k8s.apps.v1.Deployment] = {}
+        for pool in pools:
+            self.deployments[pool.name] = self._pool(pool, keda_auth)
+        self.beat = self._beat() if settings.workers.beat.enabled else None
+
         self.summary = [
-            {"name": p.name, "queues": list(p.queues), "replicas": p.replicas} for p in settings.workers.pools
+            {"name": p.name, "queues": list(p.queues), "replicas": guaranteed_replicas(p)}
+            for p in pools
         ]
-        self.expected_workers = sum(p.replicas for p in settings.workers.pools)
-        self.ready: list[pulumi.Resource] = []
-        self.register_outputs({"pools": self.summary})
+        self.expected_workers = sum(guaranteed_replicas(p) for p in pools)
+        self.ready: list[pulumi.Resource] = list(self.deployments.values())
+        self.register_outputs(
+            {
+                "pools": self.summary,
+                "expected_workers": self.expected_workers,
+                "deployments": {n: d.metadata.name for n, d in self.deployments.items()},
+                "beat": self.beat.metadata.name if self.beat else None,
+            }
+        )
+
+    def _metadata(
+        self, name: str, component: str, instance: str | None
+    ) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(
+            name=name,
+            namespace=self.settings.namespace,
+            labels=labels(self.settings, component, instance),
+        )
+
+    def _pool(self, pool: PoolSettings, keda_auth: str | None) -> k8s.apps.v1.Deployment:
+        """ConfigMap, Deployment, PodDisruptionBudget and (optional) autoscaler of one pool."""
+        settings = self.settings
+        deployment_name = object_name(settings.name_prefix, WORKER, pool.name)
+        wiring = celery_config.celery_wiring_module(settings, pool)
+        config_map = self._wiring_config_map(
+            f"{self._name}-{pool.name}", deployment_name, WORKER, pool.name, wiring
+        )
+        container = hardened_container(
+            name=WORKER,
+            image=pool.image,
+            command=celery_config.worker_command(settings, pool),
+            resources=pool.resources,
+            env=celery_env(pool, self.broker.client_secret_name),
+            volume_mounts=[wiring_mount()],
+            **health_probes(
+                celery_config.liveness_window_seconds(pool),
+                celery_config.heartbeat_seconds(pool.liveness_stale_seconds),
+                pool.startup_seconds,
+            ),
+        )
+        deployment = self._deployment(
+            f"{self._name}-{pool.name}",
+            deployment_name,
+            component=WORKER,
+            instance=pool.name,
+            container=container,
+            config_map=config_map,
+            wiring=wiring,
+            run_as_user=pool.run_as_user,
+            placement=pool.placement,
+            grace_period_seconds=pool.grace_period_seconds,
+            replicas=None if pool.autoscaling.enabled else pool.replicas,
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                type="RollingUpdate",
+                # New workers start before old ones hand their tasks back: capacity never drops.
+                rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                    max_surge=1, max_unavailable=0
+                ),
+            ),
+        )
+        self._disruption_budget(f"{self._name}-{pool.name}", deployment_name, pool.name)
+        if _uses(pool, "keda") and keda_auth is not None:
+            self._scaled_object(f"{self._name}-{pool.name}", deployment_name, pool, keda_auth)
+        elif _uses(pool, "hpa"):
+            self._cpu_autoscaler(f"{self._name}-{pool.name}", deployment_name, pool)
+        return deployment
+
+    def _wiring_config_map(
+        self, resource: str, name: str, component: str, instance: str, wiring: str
+    ) -> k8s.core.v1.ConfigMap:
+        return k8s.core.v1.ConfigMap(
+            f"{resource}-wiring",
+            metadata=self._metadata(object_name(name, "wiring"), component, instance),
+            data={celery_config.WIRING_FILE: wiring},
+            opts=self._child,
+        )
+
+    def _deployment(
+        self,
+        resource: str,
+        name: str,
+        *,
+        component: str,
+        instance: str,
+        container: k8s.core.v1.ContainerArgs,
+        config_map: k8s.core.v1.ConfigMap,
+        wiring: str,
+        run_as_user: int,
+        placement: Placement,
+        grace_period_seconds: int,
+        replicas: int | None,
+        strategy: k8s.apps.v1.DeploymentStrategyArgs,
+    ) -> k8s.apps.v1.Deployment:
+        """A Deployment of hardened, spread, broker-client pods running one container."""
+        settings = self.settings
+        selector = selector_labels(settings, component, instance)
+        pod_labels = {**labels(settings, component, instance), **broker_client_labels(settings)}
+        return k8s.apps.v1.Deployment(
+            resource,
+            metadata=self._metadata(name, component, instance),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=replicas,  # None when a scaler owns it: the Deployment must not fight it
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                strategy=strategy,
+                revision_history_limit=5,
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=pod_labels, annotations={CHECKSUM_ANNOTATION: checksum(wiring)}
+                    ),
+                    spec=hardened_pod_spec(
+                        containers=[container],
+                        run_as_user=run_as_user,
+                        placement=placement,
+                        grace_period_seconds=grace_period_seconds,
+                        volumes=[wiring_volume(config_map.metadata.name)],
+                        topology_spread=spread_across_nodes_and_zones(selector),
+                    ),
+                ),
+            ),
+            opts=self._child,
+        )
+
+    def _disruption_budget(self, resource: str, name: str, instance: str) -> None:
+        """Drains evict one worker at a time; each hands its tasks back on the way out."""
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{resource}-pdb",
+            metadata=self._metadata(name, WORKER, instance),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                max_unavailable=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels=selector_labels(self.settings, WORKER, instance)
+                ),
+                # A worker stuck unready (broker down) must not block a node drain.
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+            ),
+            opts=self._child,
+        )
+
+    def _keda_auth(self) -> str:
+        """Secret with the read-only probe user's credentials and the TriggerAuthentication using it.
+
+        KEDA only needs LLEN, which the broker's `probe` user may run; its password travels in a
+        Secret referenced by the TriggerAuthentication, never in a ScaledObject's metadata.
+        """
+        settings = self.settings
+        name = object_name(settings.name_prefix, "workers-keda-redis")
+        secret = k8s.core.v1.Secret(
+            f"{self._name}-keda-redis",
+            metadata=self._metadata(name, "autoscaler", "workers"),
+            type="Opaque",
+            string_data={
+                KEDA_USERNAME_KEY: PROBE_USER,
+                KEDA_PASSWORD_KEY: pulumi.Output.secret(self.broker.probe_password),
+            },
+            opts=self._child,
+        )
+        k8s.apiextensions.CustomResource(
+            f"{self._name}-keda-auth",
+            api_version=KEDA_API,
+            kind="TriggerAuthentication",
+            metadata=self._metadata(name, "autoscaler", "workers"),
+            spec={
+                "secretTargetRef": [
+                    {"parameter": parameter, "name": secret.metadata.name, "key": parameter}
+                    for parameter in (KEDA_USERNAME_KEY, KEDA_PASSWORD_KEY)
+                ]
+            },
+            opts=self._child,
+        )
+        return name
+
+    def _scaled_object(
+        self, resource: str, deployment: str, pool: PoolSettings, auth_name: str
+    ) -> None:
+        k8s.apiextensions.CustomResource(
+            f"{resource}-scaler",
+            api_version=KEDA_API,
+            kind="ScaledObject",
+            metadata=self._metadata(deployment, WORKER, pool.name),
+            spec=scaled_object_spec(
+                self.settings, pool, deployment, f"{self.broker.host}:{self.broker.port}", auth_name
+            ),
+            opts=self._child,
+        )
+
+    def _cpu_autoscaler(self, resource: str, deployment: str, pool: PoolSettings) -> None:
+        scaling = pool.autoscaling
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{resource}-hpa",
+            metadata=self._metadata(deployment, WORKER, pool.name),
+            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                    api_version="apps/v1", kind="Deployment", name=deployment
+                ),
+                min_replicas=scaling.min_replicas,
+                max_replicas=scaling.max_replicas,
+                metrics=[
+                    k8s.autoscaling.v2.MetricSpecArgs(
+                        type="Resource",
+                        resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                            name="cpu",
+                            target=k8s.autoscaling.v2.MetricTargetArgs(
+                                type="Utilization", average_utilization=scaling.cpu_target_percent
+                            ),
+                        ),
+                    )
+                ],
+                behavior=scale_down_behavior(scaling),
+            ),
+            opts=self._child,
+        )
+
+    def _beat(self) -> k8s.apps.v1.Deployment:
+        """At most one scheduler ever: one replica, Recreate (the old pod stops before a new one)."""
+        settings = self.settings
+        beat = settings.workers.beat
+        pool = celery_config.beat_pool(settings)
+        name = object_name(settings.name_prefix, BEAT)
+        wiring = celery_config.beat_wiring_module(settings)
+        config_map = self._wiring_config_map(f"{self._name}-beat", name, BEAT, BEAT, wiring)
+        container = hardened_container(
+            name=BEAT,
+            image=pool.image,
+            command=celery_config.beat_command(settings),
+            resources=beat.resources,
+            env=celery_env(pool, self.broker.client_secret_name),
+            volume_mounts=[wiring_mount()],
+            **health_probes(
+                beat.liveness_stale_seconds,
+                celery_config.heartbeat_seconds(beat.liveness_stale_seconds),
+                pool.startup_seconds,
+            ),
+        )
+        return self._deployment(
+            f"{self._name}-beat",
+            name,
+            component=BEAT,
+            instance=BEAT,
+            container=container,
+            config_map=config_map,
+            wiring=wiring,
+            run_as_user=pool.run_as_user,
+            placement=pool.placement,
+            grace_period_seconds=30,
+            replicas=1,
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+        )
+
+
+def _uses(pool: PoolSettings, engine: str) -> bool:
+    return pool.autoscaling.enabled and pool.autoscaling.engine == engine

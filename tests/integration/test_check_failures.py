@@ -6,11 +6,14 @@ Unreachable brokers (refused password, dead port, silent endpoint) end the run w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 from tests.support.celery_worker import running_worker, worker_argv, worker_env
 from tests.support.check_cli import CheckRun, CheckUrls, check_urls, run_check
@@ -169,3 +172,34 @@ def test_brokerctl_check_fails_on_dead_port_without_printing_the_password() -> N
     assert run.returncode == 1, run.output
     assert "connect" in run.stdout, run.stdout
     assert_no_password(run)
+
+
+def test_canary_queued_behind_a_backlog_warns_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+    with running_redis(broker_config()) as server:
+        urls = check_urls(server)
+        env = worker_env(urls.celery, urls.result_backend)
+        argv = worker_argv(concurrency=1, extra=["--prefetch-multiplier", "1"])
+        with running_worker(argv, env=env):
+            client = Celery("test-client", broker=urls.celery, backend=urls.result_backend)
+            record = tmp_path / "executions.txt"
+            for label in ("busy", "waiting"):
+                client.send_task("src.tasks.record_execution", args=[str(record), label, 4.0])
+            wait_for_file(record)
+            run = run_check(*urls.args(), "--expect-workers", "1", "--timeout", "2", "--json")
+            client.close()
+
+    assert run.returncode == 0, f"a backlog must not fail the check:\n{run.output}"
+    assert run.check("canary:celery")["status"] == "warn", run.stdout
+    assert run.check("backlog:celery")["measured"].startswith("1 waiting"), run.stdout
+
+
+def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    """Wait until a task wrote its first line to `path`."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"no task started within {timeout} s"

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .environment import service_link_variables
 from .errors import ContainerConfigError, ManifestError, PodFailed, WaitTimeout
 from .images import LocalImage, container_argv, find_image
 from .kubelet import Backoff, Pod, wait_until
@@ -44,6 +45,7 @@ from .runtime import (
     kill_session,
     sweep_stale_clusters,
 )
+from .volumes import claim_path
 
 CONTROLLER_INTERVAL = 0.05
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Pod")
@@ -134,7 +136,7 @@ class LocalCluster:
         self.store.add(obj)
 
     def check_images(self, obj: dict) -> None:
-        """Every container's image is in the image table and has something to run."""
+        """Refuse a workload whose images are not in the image table or have nothing to run."""
         if obj["kind"] not in (*WORKLOAD_KINDS, "Job"):
             return
         spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
@@ -271,8 +273,6 @@ class LocalCluster:
 
     def service_links(self, namespace: str) -> dict[str, str]:
         """Service link variables of a namespace (kubelet.Node)."""
-        from .environment import service_link_variables
-
         return service_link_variables(
             [s for s in self.store.of_kind("Service") if s["metadata"]["namespace"] == namespace]
         )
@@ -326,8 +326,6 @@ class LocalCluster:
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """Host directory of a claim (a PVC object or a StatefulSet claim), kept across pods."""
-        from .volumes import claim_path
-
         generated = any(
             claim.startswith(f"{template['metadata']['name']}-{sts['metadata']['name']}-")
             for sts in self.store.of_kind("StatefulSet")
@@ -619,17 +617,13 @@ class LocalCluster:
                 raise WaitTimeout(msg)
             time.sleep(CONTROLLER_INTERVAL)
 
-    def find_service(self, service: str, namespace: str | None) -> dict:
-        """Return a Service by name."""
-        return self.store.find("Service", service, namespace)
-
     def host_port(self, service: str, port: int | str, namespace: str | None = None) -> int:
         """Return a port on the test process's 127.0.0.1 forwarding to a Service port inside.
 
         port is the Service's port number or name. Connections made before a pod listens fail
         like an unready Service; retry or wait_ready first.
         """
-        obj = self.find_service(service, namespace)
+        obj = self.store.find("Service", service, namespace)
         for declared in obj["spec"].get("ports", []):
             if port in (declared["port"], declared.get("name")):
                 target = self.target_port(obj, declared) or declared["port"]

@@ -315,7 +315,6 @@ class Container:
         self.failed_runs = 0
         self.runs: list[ContainerRun] = []
         self.current: ContainerRun | None = None
-        self.thread: threading.Thread | None = None
 
     @property
     def ready(self) -> bool:
@@ -323,6 +322,11 @@ class Container:
         if self.state != "running" or not self.started:
             return False
         return self.probe_ready if "readinessProbe" in self.spec else True
+
+    @property
+    def read_only_root(self) -> bool:
+        """securityContext.readOnlyRootFilesystem: the container's / is mounted read-only."""
+        return bool(self.spec.get("securityContext", {}).get("readOnlyRootFilesystem"))
 
     def set_state(self, state: str, reason: str, message: str = "") -> None:
         """Record the container state the way `kubectl describe` shows it."""
@@ -362,7 +366,6 @@ class Container:
 
     def mounts(self) -> list[Mount]:
         """Image binds, volume mounts and the pod's /etc files."""
-        read_only_root = bool(self.spec.get("securityContext", {}).get("readOnlyRootFilesystem"))
         image_binds = []
         for target, host in self.image.binds.items():
             source = Path(host).resolve()
@@ -371,7 +374,7 @@ class Container:
                 raise ManifestError(msg)
             image_binds.append(Mount(str(source), target, read_only=True))
         etc = [
-            Mount(str(self.pod.dir / name), f"/etc/{name}", read_only_root)
+            Mount(str(self.pod.dir / name), f"/etc/{name}", self.read_only_root)
             for name in ("hosts", "hostname", "resolv.conf")
         ]
         volumes = container_mounts(self.spec, self.pod.volumes, self.where)
@@ -395,9 +398,7 @@ class Container:
                 scratch=self.pod.dir / "roots" / f"{self.name}-{number}",
                 hostname=self.pod.hostname,
                 mounts=[m.__dict__ for m in mounts],
-                read_only_root=bool(
-                    self.spec.get("securityContext", {}).get("readOnlyRootFilesystem")
-                ),
+                read_only_root=self.read_only_root,
                 log_path=log_path,
                 spec_path=self.pod.dir / f"{self.name}-{number}.json",
                 what=self.where,

@@ -341,6 +341,15 @@ def test_service_names_resolve_in_pods_and_tests_reach_services(tmp_path: Path) 
             )
             assert result.stdout.strip() == "PONG", f"{name}: {result}"
         assert broker.exec(["hostname"]).stdout.strip() == "broker-0"
+        status = broker.exec(["grep", "-E", "^(NoNewPrivs|CapBnd|CapEff)", "/proc/self/status"])
+        assert status.stdout.split() == [
+            "CapEff:",
+            "0000000000000000",
+            "CapBnd:",
+            "0000000000000000",
+            "NoNewPrivs:",
+            "1",
+        ], "drop ALL and allowPrivilegeEscalation=false reach the exec'd probe process too"
         assert redis_client(cluster).ping()
         in_netns = cluster.run_in_netns(["getent", "hosts", f"broker.{NS}.svc.cluster.local"])
         assert in_netns.stdout.startswith("127.0.0.1"), in_netns
@@ -542,7 +551,7 @@ def test_sigstopped_redis_is_restarted_by_liveness_and_data_survives(tmp_path: P
 
 def test_claim_survives_pod_deletion_and_statefulset_recreates_pod(tmp_path: Path) -> None:
     with redis_cluster(tmp_path) as cluster:
-        cluster.start()
+        cluster.start(only=[("StatefulSet", "broker")])
         (first,) = cluster.wait_ready("StatefulSet", "broker", timeout=20)
         redis_client(cluster).set("queued", "yes")
         listing = first.exec(["stat", "-c", "%a %g", "/data"]).stdout.strip()
@@ -615,9 +624,14 @@ def test_image_binds_let_a_non_root_pod_run_a_host_venv(tmp_path: Path) -> None:
         "args": [
             "-c",
             "import sys, yaml; print(sys.prefix, yaml.__name__, flush=True); "
-            "import time; time.sleep(60)",
+            "import http.server as h; "
+            "h.ThreadingHTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()",
         ],
+        "workingDir": "/opt/venv",
+        "ports": [{"name": "http", "containerPort": 8080}],
         "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
+        "readinessProbe": {"httpGet": {"path": "/pyvenv.cfg", "port": "http"}, "periodSeconds": 1},
+        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
     }
     with LocalCluster([deployment("venv", [container])], images=IMAGES) as cluster:
         cluster.start()
@@ -632,7 +646,9 @@ def test_jobs_complete_fail_after_backoff_limit_and_hit_deadline(tmp_path: Path)
         job("ok", ["sh", "-c", "echo all good"]),
         job("bad", ["sh", "-c", "echo failing; exit 3"], backoffLimit=1),
         job("slow", ["sleep", "infinity"], activeDeadlineSeconds=1),
+        job("retry", ["sh", "-c", "echo try; exit 3"], backoffLimit=1),
     ]
+    objects[-1]["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
     with LocalCluster(objects, images=IMAGES, backoff=FAST) as cluster:
         cluster.start()
         ok = cluster.run_job("ok", timeout=10)
@@ -644,6 +660,10 @@ def test_jobs_complete_fail_after_backoff_limit_and_hit_deadline(tmp_path: Path)
         slow = cluster.run_job("slow", timeout=10)
         assert (slow.succeeded, slow.reason) == (False, "DeadlineExceeded"), slow
         assert 1 <= slow.seconds < 5, slow
+        retry = cluster.run_job("retry", timeout=10)
+        assert (retry.succeeded, retry.reason) == (False, "BackoffLimitExceeded"), retry
+        assert len(retry.attempts) == 1, "OnFailure restarts the container in the same pod"
+        assert retry.logs.count("try") >= 2, retry
 
 
 # -- isolation and cleanup ------------------------------------------------------------------

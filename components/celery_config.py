@@ -1,0 +1,439 @@
+"""What a Celery worker (or beat) must know, rendered as pure data: command, settings, probes.
+
+The user's image is never changed. Everything reaches the worker through one small Python
+module shipped in a ConfigMap and put first on PYTHONPATH (`celery -A <wiring module>`):
+
+* it imports the user's app exactly as `celery -A <pool.app>` would (celery.app.utils.find_app);
+* it applies the platform's settings with `app.conf.update(...)`. Updates made before the app is
+  configured land in Celery's "pre-configuration", which wins over `config_from_object(...)`
+  (read `Celery._load_config`: `detect_settings(loader.conf, self._preconf)`), and updates
+  after configuration change the live settings; either way they win over the app's own values.
+  CELERY_CONFIG_MODULE would not do: Celery ignores it once the app calls config_from_object;
+* it adds a consumer bootstep that maintains the health files the pod's probes read.
+
+The broker URL and result backend are not here: Celery reads CELERY_BROKER_URL and
+CELERY_RESULT_BACKEND from the environment before any configuration (celery/app/utils.py), and
+the pod takes them from the broker's Secret. Broker URL query parameters are not transport
+options, so transport options are settings here, never URL parameters.
+"""
+
+from __future__ import annotations
+
+import pprint
+from typing import NamedTuple
+
+from components.settings import PoolSettings, StackSettings
+
+WIRING_MODULE = "celery_platform_wiring"
+"""Module name `celery -A` loads; unlikely to shadow anything in a user's image."""
+
+WIRING_FILE = f"{WIRING_MODULE}.py"
+CONFIG_DIR = "/etc/celery-platform"
+"""Where the ConfigMap holding the wiring module is mounted (read-only)."""
+
+HEALTH_DIR = "/tmp/celery-health"  # noqa: S108 - the pod's private emptyDir, not the host's /tmp
+ALIVE_FILE = f"{HEALTH_DIR}/alive"
+"""Touched by the heartbeat while the consumer runs and the broker answers a PING."""
+READY_FILE = f"{HEALTH_DIR}/ready"
+"""Present while the consumer is connected; removed when it stops, restarts or loses the broker."""
+
+BEAT_SCHEDULE_FILE = "/tmp/celerybeat-schedule"  # noqa: S108 - the root filesystem is read-only
+
+REMAP_SIGTERM = "SIGQUIT"
+"""Kubernetes stops a pod with SIGTERM, which Celery treats as a *warm* shutdown: it waits for
+every running task, however long, and SIGKILL at the end of the grace period leaves acks_late
+messages hidden until the visibility timeout. Remapped to SIGQUIT, SIGTERM starts the *cold*
+shutdown instead, which (Celery 5.5+) first waits `worker_soft_shutdown_timeout` for running
+tasks and then cancels the rest and hands their messages back to the queue at once."""
+
+BROKER_SOCKET_TIMEOUT = 30
+"""Seconds a synchronous broker command (publish, ack, restore) may wait: a broker that vanished
+without closing the connection must not hang the worker. Generous for 16 MiB messages."""
+BROKER_CONNECT_TIMEOUT = 5
+BROKER_HEALTH_CHECK_INTERVAL = 25
+"""kombu's default, stated: redis-py PINGs idle connections, kombu 5.7 also checks BRPOP's."""
+
+
+class CelerySetting(NamedTuple):
+    """One Celery setting, its value, and why the platform sets it (rendered as a comment)."""
+
+    name: str
+    value: object
+    reason: str
+
+
+def heartbeat_seconds(stale_seconds: int) -> int:
+    """How often the heartbeat runs: four chances per liveness window, so one slow PING is fine."""
+    return max(stale_seconds // 4, 1)
+
+
+def broker_ping_timeout(stale_seconds: int) -> float:
+    """Bound on the heartbeat's PING: a blackholed broker must not stall the event loop long."""
+    return float(min(5, max(heartbeat_seconds(stale_seconds) // 2, 1)))
+
+
+def liveness_window_seconds(pool: PoolSettings) -> int:
+    """Heartbeat age at which the worker counts as stuck.
+
+    The `solo` pool runs tasks inside the event loop that drives the heartbeat, so a task
+    legitimately silences it for up to `time_limit`: the window must cover that.
+    """
+    if pool.pool == "solo":
+        return max(
+            pool.liveness_stale_seconds,
+            pool.time_limit + 2 * heartbeat_seconds(pool.liveness_stale_seconds),
+        )
+    return pool.liveness_stale_seconds
+
+
+def liveness_command(window_seconds: int) -> list[str]:
+    """Exec probe: the heartbeat file exists and is younger than the window (no Python, no I/O)."""
+    age = f'$(( $(date +%s) - $(stat -c %Y "{ALIVE_FILE}") ))'
+    return ["sh", "-c", f'test -f "{ALIVE_FILE}" && test {age} -lt {window_seconds}']
+
+
+def readiness_command() -> list[str]:
+    """Exec probe: the consumer is connected (the file exists only while it is)."""
+    return ["sh", "-c", f'test -f "{READY_FILE}"']
+
+
+def broker_transport_options(settings: StackSettings) -> dict[str, object]:
+    """kombu Redis transport options, identical for every pool (all share one unacked hash)."""
+    return {
+        # Redelivery after this many seconds unacknowledged; derived from the longest time
+        # limit plus ETA of any pool: every consumer restores *every* pool's stale messages.
+        "visibility_timeout": settings.visibility_timeout,
+        # A vanished broker (failover, NAT timeout) must not hang publish/ack forever.
+        "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
+        # Keepalives let the kernel notice a dead peer on idle connections.
+        "socket_keepalive": True,
+        # PING idle connections before use; kombu 5.7 also drops a BRPOP that never answers.
+        "health_check_interval": BROKER_HEALTH_CHECK_INTERVAL,
+    }
+
+
+def client_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
+    """Settings every Celery process of the stack needs to talk to the broker and backend."""
+    return [
+        CelerySetting(
+            "broker_transport_options",
+            broker_transport_options(settings),
+            "Redis transport options (not URL parameters: kombu ignores those)",
+        ),
+        CelerySetting(
+            "broker_connection_retry_on_startup",
+            True,
+            "a broker that is still starting is retried, not fatal (and no 5.3+ warning)",
+        ),
+        CelerySetting("broker_connection_retry", True, "reconnect after losing the broker"),
+        CelerySetting(
+            "broker_connection_max_retries",
+            None,
+            "retry forever: the liveness probe, not a retry budget, decides when to restart",
+        ),
+        CelerySetting(
+            "broker_connection_timeout", BROKER_CONNECT_TIMEOUT, "bounded connect to the broker"
+        ),
+        CelerySetting(
+            "result_expires", pool.result_expires, "results do not fill the broker's Redis"
+        ),
+        CelerySetting(
+            "result_backend_always_retry",
+            True,
+            "a broker blip while storing a result is retried instead of failing the task",
+        ),
+        CelerySetting("result_backend_max_retries", 10, "bounded: a long outage still surfaces"),
+        CelerySetting(
+            "redis_socket_timeout", BROKER_SOCKET_TIMEOUT, "result reads/writes never hang forever"
+        ),
+        CelerySetting(
+            "redis_socket_connect_timeout", BROKER_CONNECT_TIMEOUT, "bounded connect to the backend"
+        ),
+        CelerySetting("redis_socket_keepalive", True, "notice a dead backend connection"),
+        CelerySetting(
+            "redis_backend_health_check_interval",
+            BROKER_HEALTH_CHECK_INTERVAL,
+            "PING an idle backend connection before reusing it",
+        ),
+        CelerySetting("redis_retry_on_timeout", True, "one retry of a timed-out backend command"),
+    ]
+
+
+def worker_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
+    """Everything a pool's workers must run with, each with the reason it is set."""
+    optional = [
+        CelerySetting(
+            "worker_max_tasks_per_child",
+            pool.max_tasks_per_child,
+            "recycle a pool process after this many tasks (bounds leaks)",
+        ),
+        CelerySetting(
+            "worker_max_memory_per_child",
+            pool.max_memory_per_child_kib,
+            "recycle a pool process above this RSS in KiB, before the container limit kills all",
+        ),
+    ]
+    return [
+        *client_settings(settings, pool),
+        CelerySetting(
+            "task_acks_late", pool.acks_late, "ack after the task ran: a crash redelivers it"
+        ),
+        CelerySetting(
+            "task_reject_on_worker_lost",
+            pool.reject_on_worker_lost,
+            "a task whose process died (OOM, cancelled on shutdown) is requeued, not acked",
+        ),
+        CelerySetting(
+            "task_acks_on_failure_or_timeout",
+            True,
+            "a task that raised or hit its time limit is done: redelivering a poison task loops",
+        ),
+        CelerySetting(
+            "worker_prefetch_multiplier",
+            pool.prefetch_multiplier,
+            "messages reserved per process; 1 keeps long tasks from queueing behind each other",
+        ),
+        CelerySetting(
+            "task_soft_time_limit", pool.soft_time_limit, "SoftTimeLimitExceeded: clean up"
+        ),
+        CelerySetting(
+            "task_time_limit",
+            pool.time_limit,
+            "hard kill; with max_eta_seconds it bounds visibility_timeout",
+        ),
+        *[setting for setting in optional if setting.value is not None],
+        CelerySetting(
+            "worker_soft_shutdown_timeout",
+            float(pool.soft_shutdown_seconds),
+            "5.5+: on SIGTERM (remapped to a cold shutdown) running tasks get this long, then "
+            "are cancelled and handed back; terminationGracePeriodSeconds covers it",
+        ),
+        CelerySetting(
+            "worker_enable_soft_shutdown_on_idle",
+            pool.max_eta_seconds > 0,
+            "wait the soft shutdown even when idle only if ETA tasks may be reserved: gives "
+            "those coming due a chance to run before they are handed back",
+        ),
+        CelerySetting(
+            "worker_cancel_long_running_tasks_on_connection_loss",
+            False,
+            "Redis keeps unacked messages server-side, so a task can still ack after a "
+            "reconnect; cancelling would redo finished work",
+        ),
+    ]
+
+
+def beat_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
+    """Settings of the beat scheduler: the client ones plus a bounded loop for its heartbeat."""
+    stale = settings.workers.beat.liveness_stale_seconds
+    return [
+        *client_settings(settings, pool),
+        CelerySetting(
+            "beat_max_loop_interval",
+            heartbeat_seconds(stale),
+            "beat ticks (and touches its heartbeat) at least this often",
+        ),
+    ]
+
+
+def worker_command(settings: StackSettings, pool: PoolSettings) -> list[str]:
+    """The worker container's command: the wiring module as the app, the pool's shape as flags."""
+    del settings  # the command depends on the pool only; the signature matches the module's
+    return [
+        pool.celery_bin,
+        *("-A", WIRING_MODULE, "worker", "--loglevel", "INFO"),
+        *("-Q", ",".join(pool.queues)),  # only this pool's queues
+        *("-c", str(pool.concurrency), "-P", pool.pool),
+        *("-n", f"{pool.name}@%h"),  # %h is the pod name: unique, and names the pool
+        "--without-gossip",  # no subscription to every other worker's events: less broker load
+        "--without-mingle",  # no start-up round trip to all workers: faster, quieter scale-out
+    ]
+
+
+def beat_command(settings: StackSettings) -> list[str]:
+    """The beat container's command; its schedule lives in the writable /tmp."""
+    pool = beat_pool(settings)
+    return [
+        pool.celery_bin,
+        "-A",
+        WIRING_MODULE,
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        BEAT_SCHEDULE_FILE,
+    ]
+
+
+def beat_pool(settings: StackSettings) -> PoolSettings:
+    """The pool beat borrows its image, interpreter and app from (the first, unless overridden)."""
+    first = settings.workers.pools[0]
+    beat = settings.workers.beat
+    overrides = {"image": beat.image, "app": beat.app}
+    return first.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def render_settings(rendered: list[CelerySetting]) -> str:
+    """The SETTINGS literal of the wiring module, one line per setting with its reason."""
+    lines = ["SETTINGS = {"]
+    for setting in rendered:
+        value = pprint.pformat(setting.value, width=200, sort_dicts=True)
+        lines.append(f"    {setting.name!r}: {value},  # {setting.reason}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def celery_wiring_module(settings: StackSettings, pool: PoolSettings) -> str:
+    """The wiring module of one worker pool, as the ConfigMap carries it."""
+    stale = liveness_window_seconds(pool)
+    return _module(
+        title=f"worker pool {pool.name!r}",
+        role="worker",
+        app=pool.app,
+        rendered=worker_settings(settings, pool),
+        heartbeat=heartbeat_seconds(pool.liveness_stale_seconds),
+        ping_timeout=broker_ping_timeout(stale),
+    )
+
+
+def beat_wiring_module(settings: StackSettings) -> str:
+    """The wiring module of the beat scheduler."""
+    pool = beat_pool(settings)
+    stale = settings.workers.beat.liveness_stale_seconds
+    return _module(
+        title="celery beat",
+        role="beat",
+        app=pool.app,
+        rendered=beat_settings(settings, pool),
+        heartbeat=heartbeat_seconds(stale),
+        ping_timeout=broker_ping_timeout(stale),
+    )
+
+
+def _module(
+    *,
+    title: str,
+    role: str,
+    app: str,
+    rendered: list[CelerySetting],
+    heartbeat: int,
+    ping_timeout: float,
+) -> str:
+    header = (
+        f'"""Celery wiring of {title}, rendered by celery-redis (components/celery_config.py).\n\n'
+        "Do not edit: imports the application's app, applies the platform's settings over the\n"
+        'app\'s own, and keeps the health files the pod\'s probes read."""\n'
+    )
+    constants = "\n".join(
+        [
+            f"ROLE = {role!r}",
+            f"APP = {app!r}",
+            f"HEALTH_DIR = {HEALTH_DIR!r}",
+            f"HEARTBEAT_SECONDS = {heartbeat!r}",
+            f"BROKER_PING_TIMEOUT = {ping_timeout!r}",
+        ]
+    )
+    return f"{header}\n{constants}\n\n{render_settings(rendered)}\n{_RUNTIME}"
+
+
+_RUNTIME = '''
+import os
+import time
+
+from celery import bootsteps
+from celery.app.utils import find_app
+from celery.utils.log import get_logger
+
+logger = get_logger(__name__)
+alive_file = os.path.join(HEALTH_DIR, "alive")
+ready_file = os.path.join(HEALTH_DIR, "ready")
+
+
+def touch(path):
+    with open(path, "a"):
+        os.utime(path)
+
+
+def remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def broker_answers(connection):
+    """PING the broker on a fresh, tightly bounded connection (kombu's Redis channel PINGs)."""
+    options = dict(connection.transport_options or {})
+    options.update(socket_timeout=BROKER_PING_TIMEOUT, socket_connect_timeout=BROKER_PING_TIMEOUT)
+    probe = connection.clone(transport_options=options, connect_timeout=BROKER_PING_TIMEOUT)
+    try:
+        probe.ensure_connection(max_retries=0, timeout=2 * BROKER_PING_TIMEOUT)
+        return True
+    except Exception as error:  # any failure means "not healthy"; the probe decides what to do
+        logger.warning("health: broker did not answer: %r", error)
+        return False
+    finally:
+        probe.release()
+
+
+class HealthFiles(bootsteps.StartStopStep):
+    """Keeps `ready` while the consumer runs, and touches `alive` while the broker answers.
+
+    Started after the task consumer, stopped whenever the consumer stops or restarts (lost
+    broker), so a stuck, stopped or cut-off worker stops refreshing `alive`.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.timer_entry = None
+
+    def start(self, parent):
+        self.beat(parent)
+        self.timer_entry = parent.timer.call_repeatedly(HEARTBEAT_SECONDS, self.beat, (parent,), priority=10)
+
+    def beat(self, parent):
+        if broker_answers(parent.connection):
+            touch(alive_file)
+            touch(ready_file)
+        else:
+            remove(ready_file)
+
+    def stop(self, parent):
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+        remove(ready_file)
+
+    shutdown = stop
+
+
+def heartbeat_scheduler(app):
+    """The configured beat scheduler, touching the health files on every tick."""
+    from kombu.utils.imports import symbol_by_name
+
+    base = symbol_by_name(app.conf.beat_scheduler, aliases={"default": "celery.beat:PersistentScheduler"})
+
+    class HeartbeatScheduler(base):
+        def tick(self, *args, **kwargs):
+            interval = super().tick(*args, **kwargs)
+            touch(alive_file)
+            touch(ready_file)
+            return interval
+
+    return HeartbeatScheduler
+
+
+os.makedirs(HEALTH_DIR, exist_ok=True)
+remove(alive_file)  # /tmp outlives a container restart: never trust an earlier process's files
+remove(ready_file)
+
+app = find_app(APP)
+app.conf.update(SETTINGS)
+if ROLE == "worker":
+    app.steps["consumer"].add(HealthFiles)
+else:
+    app.conf.beat_scheduler = heartbeat_scheduler(app)
+'''

@@ -1,0 +1,256 @@
+"""Boot a real redis-server from a stack's rendered broker objects, as the kubelet would.
+
+    broker = rendered_broker("prod")
+    with booted_broker(broker) as server:
+        admin = server.client(ADMIN_USER, ADMIN_PASSWORD)
+        result = server.run_probe("readiness")
+
+What is rendered runs unchanged: the StatefulSet container's command (the start script that
+hashes the users Secret into an ACL file and execs redis-server), its environment, the
+ConfigMap's redis.conf and the Secret's values. Only what a pod gets from its node is
+redirected: every volume mount path becomes a folder of a temporary directory (the env
+values that point into mounts follow), the placeholders of the Secret become test
+passwords, and `--port N` is appended to the command's arguments (the script passes "$@" to
+redis-server). A `redis-server` shim first on PATH adds an admin user to the ACL file the
+script wrote and binds to loopback, then execs the real server: tests need an admin for
+CONFIG GET and ACL LOG, and the rendered users deliberately have no such rights.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brokerctl import render
+from components import redis_config
+from tests.support.redis_server import (
+    CELERY_PASSWORD,
+    PROBE_PASSWORD,
+    REDIS_SERVER,
+    RedisServer,
+    RedisServerError,
+    free_port,
+)
+
+ADMIN_USER = "test-admin"
+ADMIN_PASSWORD = "admin-Pa55-Qz81"
+PLACEHOLDER_PASSWORDS = {
+    "redacted-broker-celery-password": CELERY_PASSWORD,
+    "redacted-broker-probe-password": PROBE_PASSWORD,
+}
+"""Render's stand-ins for generated passwords, and the test values that replace them."""
+
+SHIM = """#!/bin/sh
+# Test shim for redis-server: admin user and loopback only, then the real server.
+case "$1" in --version) exec {real} "$@" ;; esac
+printf 'user {user} on >%s ~* &* +@all\\n' "$TEST_ADMIN_PASSWORD" >> "$REDIS_ACL_FILE"
+exec {real} "$@" --bind 127.0.0.1
+"""
+
+
+@dataclass(frozen=True)
+class RenderedBroker:
+    """The broker objects of one rendered stack."""
+
+    stack: str
+    objects: tuple[dict[str, Any], ...]
+
+    def find(self, kind: str, name_suffix: str) -> dict[str, Any]:
+        """Return the one object of `kind` whose name ends with `name_suffix`."""
+        found = [
+            obj
+            for obj in self.objects
+            if obj["kind"] == kind and obj["metadata"]["name"].endswith(name_suffix)
+        ]
+        assert len(found) == 1, (
+            f"stack {self.stack}: expected one {kind} *{name_suffix}, got {len(found)}"
+        )
+        return found[0]
+
+    @property
+    def statefulset(self) -> dict[str, Any]:
+        """The broker StatefulSet."""
+        return self.find("StatefulSet", "-broker")
+
+    @property
+    def container(self) -> dict[str, Any]:
+        """The redis container of the StatefulSet's pod template."""
+        return self.statefulset["spec"]["template"]["spec"]["containers"][0]
+
+    @property
+    def redis_conf(self) -> str:
+        """redis.conf exactly as the ConfigMap carries it."""
+        return self.find("ConfigMap", "-broker-config")["data"][redis_config.CONFIG_KEY]
+
+    @property
+    def users(self) -> dict[str, str]:
+        """The users Secret's files, placeholders replaced by the test passwords."""
+        data = self.find("Secret", "-broker-users")["stringData"]
+        unknown = set(data.values()) - set(PLACEHOLDER_PASSWORDS)
+        assert not unknown, f"stack {self.stack}: unexpected Secret values {unknown}"
+        return {key: PLACEHOLDER_PASSWORDS[value] for key, value in data.items()}
+
+    def probe(self, kind: str) -> list[str]:
+        """Return the exec command of the container's `kind` probe (startup, liveness, readiness)."""
+        return list(self.container[f"{kind}Probe"]["exec"]["command"])
+
+
+@functools.cache
+def rendered_broker(stack: str) -> RenderedBroker:
+    """Render `stack` with the real program under mocks (once per test session)."""
+    return RenderedBroker(stack, tuple(render.render_stack(stack)))
+
+
+@dataclass
+class BootedBroker(RedisServer):
+    """A redis-server booted from rendered objects, with the pod's (redirected) environment."""
+
+    env: Mapping[str, str] | None = None
+    mounts: Mapping[str, Path] | None = None
+
+    def run_probe(self, broker: RenderedBroker, kind: str) -> subprocess.CompletedProcess[str]:
+        """Run the rendered probe command as the kubelet would: same argv, the pod's env."""
+        return subprocess.run(
+            broker.probe(kind), env=dict(self.env or {}), capture_output=True, text=True, timeout=10
+        )
+
+    def admin(self, db: int = 0) -> Any:
+        """Return a client as the test admin (CONFIG GET, ACL LOG: refused to rendered users)."""
+        return self.client(ADMIN_USER, ADMIN_PASSWORD, db=db)
+
+
+def _mount_dirs(broker: RenderedBroker, root: Path) -> dict[str, Path]:
+    """Make a folder under `root` for every volume mount of the container, keyed by mount path."""
+    dirs = {}
+    for mount in broker.container["volumeMounts"]:
+        folder = root / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        dirs[mount["mountPath"]] = folder
+    return dirs
+
+
+def _redirect(value: str, mounts: Mapping[str, Path]) -> str:
+    """Point a path inside a mount to the matching test folder; leave other values alone."""
+    for mount_path, folder in mounts.items():
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return str(folder) + value[len(mount_path) :]
+    return value
+
+
+def pod_env(
+    broker: RenderedBroker, mounts: Mapping[str, Path], port: int, shim_dir: Path
+) -> dict[str, str]:
+    """Return the container env, paths redirected, plus PATH (shim first) and the port."""
+    env = {item["name"]: _redirect(item["value"], mounts) for item in broker.container["env"]}
+    env[redis_config.ENV_PORT] = str(port)
+    env["PATH"] = f"{shim_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    env["TEST_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    return env
+
+
+def prepare_pod_files(
+    broker: RenderedBroker, root: Path, redis_conf: str | None = None
+) -> dict[str, Path]:
+    """Lay out the volumes: ConfigMap and Secret files as the kubelet projects them."""
+    mounts = _mount_dirs(broker, root / "volumes")
+    env = {item["name"]: item["value"] for item in broker.container["env"]}
+    config_path = Path(_redirect(env[redis_config.ENV_CONFIG], mounts))
+    config_path.write_text(broker.redis_conf if redis_conf is None else redis_conf)
+    users_dir = Path(_redirect(env[redis_config.ENV_USERS_DIR], mounts))
+    for key, value in broker.users.items():
+        (users_dir / key).write_text(value)
+    return mounts
+
+
+def _write_shim(folder: Path) -> None:
+    real = shutil.which(REDIS_SERVER)
+    if real is None:
+        msg = f"{REDIS_SERVER} is not on PATH: install Debian's redis-server package"
+        raise RedisServerError(msg)
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / REDIS_SERVER
+    shim.write_text(SHIM.format(real=real, user=ADMIN_USER))
+    shim.chmod(0o755)
+
+
+@contextmanager
+def booted_broker(
+    broker: RenderedBroker,
+    *,
+    root: Path | None = None,
+    redis_conf: str | None = None,
+    wait: str = "loaded",
+    ready_timeout: float = 15.0,
+) -> Iterator[BootedBroker]:
+    """Start the rendered broker; yield it once it answers (`wait`: loaded | started | none).
+
+    `root` keeps volumes between boots (restart on the same data); `redis_conf` replaces the
+    ConfigMap text (a test that needs a tiny maxmemory, say).
+    """
+    own_root = root is None
+    workdir = Path(tempfile.mkdtemp(prefix="broker-boot-")) if root is None else root
+    mounts = prepare_pod_files(broker, workdir, redis_conf)
+    _write_shim(workdir / "bin")
+    port = free_port()
+    env = pod_env(broker, mounts, port, workdir / "bin")
+    argv = [*broker.container["command"], *broker.container.get("args", []), "--port", str(port)]
+    with (workdir / "redis.log").open("ab") as log:
+        process = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    server = BootedBroker("127.0.0.1", port, workdir, process, env=env, mounts=mounts)
+    try:
+        if wait != "none":
+            wait_for(server, loaded=wait == "loaded", timeout=ready_timeout)
+        yield server
+    finally:
+        server.stop()
+        if own_root:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def admin_ping(server: RedisServer) -> bytes:
+    """Authenticate as the admin and PING on a raw socket: b"+PONG", b"-LOADING", or b"" if down.
+
+    Raw, because redis-py retries a LOADING reply with backoff and would blur the moment.
+    """
+    command = f"AUTH {ADMIN_USER} {ADMIN_PASSWORD}\r\nPING\r\n".encode()
+    try:
+        with socket.create_connection((server.host, server.port), timeout=1) as connection:
+            connection.sendall(command)
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = connection.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return b""
+    lines = reply.split(b"\r\n")
+    return lines[1] if len(lines) > 1 else b""
+
+
+def wait_for(server: BootedBroker, *, loaded: bool, timeout: float) -> None:
+    """Wait until the admin gets PONG (loaded) or any answer, LOADING included (started)."""
+    deadline = time.monotonic() + timeout
+    reply = b""
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            msg = f"broker exited with {server.process.returncode}:\n{server.log()}"
+            raise RedisServerError(msg)
+        reply = admin_ping(server)
+        if reply == b"+PONG" or (reply.startswith(b"-LOADING") and not loaded):
+            return
+        time.sleep(0.02)
+    msg = f"broker did not answer within {timeout} s (last reply {reply!r}):\n{server.log()}"
+    raise RedisServerError(msg)
