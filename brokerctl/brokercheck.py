@@ -9,8 +9,10 @@ Checks, one report entry each:
   memory-usage        used memory below the warning and failure shares of maxmemory
                       (a full noeviction broker refuses new tasks)
   backlog:QUEUE       messages waiting per queue, priority sub-queues included
-  unacked             messages delivered but not acknowledged, and the oldest one's age
-                      against visibility_timeout (near it, kombu redelivers: warning)
+  unacked             messages delivered but not acknowledged (all queues: kombu keeps one
+                      `unacked` hash, whose entries carry whole task bodies, so they are
+                      counted, never read) and the oldest delivery's age against
+                      visibility_timeout (near or past it, kombu redelivers: warning)
   workers             at least --expect-workers workers answer a control ping
   pool:NAME           every queue of the pool has a consumer; replicas serve all of them
   canary:QUEUE        Celery's built-in `celery.accumulate` task, sent to each consumed queue,
@@ -39,8 +41,10 @@ environment defaults) to keep passwords off the command line.
                "measured": str, "expected": str, "hint": str}]}
 Keys are only ever added to this schema, never renamed or removed.
 
-This file is self-contained (stdlib, redis, kombu and celery only) so the same code runs
-as `python -m brokerctl check` and, in the cluster, as `python brokercheck.py` in a Job.
+This file is self-contained (Python 3.10+, stdlib, redis, kombu and celery only) so the
+same code runs as `python -m brokerctl check` and, in the cluster, as `python brokercheck.py`
+in a Job in the workers' image. redis is imported only when checks run, kombu and celery only
+for the worker checks: --help and usage errors stay fast.
 """
 
 from __future__ import annotations
@@ -95,15 +99,16 @@ CELERY_URL_ENV = (
 
 SAFE_TRANSPORT_OPTIONS: dict[str, Any] = {
     # Without ack emulation kombu's Redis channel uses the virtual QoS: restore_visible is a
-    # no-op and nothing is written to (or restored from) the `unacked` hash. With it, every
-    # idle poll of our reply queue (maybe_restore_messages) and every channel close
-    # (restore_unacked_once) could requeue the messages that workers are running, judged
-    # by *our* visibility_timeout: a running acks_late task would be delivered twice.
+    # no-op and nothing is written to (or restored from) the `unacked` hash. With it, an idle
+    # poll of our reply queue (MultiChannelPoller.maybe_restore_messages) requeues every
+    # delivery older than *this connection's* visibility_timeout, including the tasks that
+    # workers are running: an acks_late task would run twice (tests/integration/
+    # test_check_safety.py proves both sides).
     "ack_emulation": False,
-    # BRPOP wait per poll: keeps the close of a polling channel short.
+    # BRPOP wait per poll (seconds): closing a channel reads its pending BRPOP reply first.
     "polling_interval": 0.1,
     "retry_on_timeout": False,
-    "max_retries": 0,
+    "max_retries": 0,  # Connection.default_channel (Celery's producer) retries no connect
 }
 
 

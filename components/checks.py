@@ -114,7 +114,9 @@ class BrokerCheck(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(
                 name=key,
                 value_from=k8s.core.v1.EnvVarSourceArgs(
-                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=broker.client_secret_name, key=key)
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                        name=broker.client_secret_name, key=key
+                    )
                 ),
             )
             for key in (CHECK_URL_KEY, BROKER_URL_KEY, RESULT_BACKEND_KEY)
@@ -127,7 +129,9 @@ class BrokerCheck(pulumi.ComponentResource):
             args=check_arguments(settings, pools.summary),
             env=[*env, k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1")],
             resources=checks.resources,
-            volume_mounts=[k8s.core.v1.VolumeMountArgs(name="script", mount_path=SCRIPT_DIR, read_only=True)],
+            volume_mounts=[
+                k8s.core.v1.VolumeMountArgs(name="script", mount_path=SCRIPT_DIR, read_only=True)
+            ],
             liveness_probe=_deadline_probe(checks.python_bin, checks.active_deadline_seconds),
             readiness_probe=_script_present_probe(checks.python_bin),
         )

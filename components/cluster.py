@@ -9,14 +9,16 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.naming import labels
+from components.naming import broker_client_labels, labels, object_name
 from components.settings import StackSettings
 
 
 class ClusterTarget(pulumi.ComponentResource):
     """The provider bound to the stack's kube context and namespace, plus the namespace itself."""
 
-    def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("celery-redis:index:ClusterTarget", name, None, opts)
         self.provider = k8s.Provider(
             f"{name}-provider",
@@ -26,15 +28,37 @@ class ClusterTarget(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.namespace_name: pulumi.Output[str] = pulumi.Output.from_input(settings.namespace)
+        self._namespace: list[pulumi.Resource] = []
         if settings.create_namespace:
             namespace = k8s.core.v1.Namespace(
                 f"{name}-namespace",
                 metadata=k8s.meta.v1.ObjectMetaArgs(
-                    name=settings.namespace, labels=labels(settings, "namespace", settings.namespace)
+                    name=settings.namespace,
+                    labels=labels(settings, "namespace", settings.namespace),
                 ),
                 opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
             )
             self.namespace_name = namespace.metadata.name
+            self._namespace = [namespace]
+        self.client_ingress_policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-clients-no-ingress",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=object_name(settings.name_prefix, "clients-no-ingress"),
+                namespace=settings.namespace,
+                labels=labels(settings, "network-policy"),
+            ),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                # Workers and check pods serve nothing: no inbound traffic at all. Their egress
+                # stays open, since tasks call whatever services the application needs.
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels=broker_client_labels(settings)
+                ),
+                policy_types=["Ingress"],
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=self.provider, depends_on=self._namespace
+            ),
+        )
         self.register_outputs({"namespace": self.namespace_name})
 
     def child_options(self) -> pulumi.ResourceOptions:

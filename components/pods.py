@@ -61,7 +61,7 @@ def hardened_container(
     return k8s.core.v1.ContainerArgs(
         name=name,
         image=image,
-        image_pull_policy="IfNotPresent",
+        image_pull_policy="Always",  # tags can move; a restart must not run a stale cached image
         command=list(command),
         args=list(args) if args else None,
         env=list(env) if env else None,
@@ -93,9 +93,7 @@ def hardened_pod_spec(
         name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="256Mi")
     )
     tolerations = [
-        k8s.core.v1.TolerationArgs(
-            key=t.key, operator=t.operator, value=t.value, effect=t.effect
-        )
+        k8s.core.v1.TolerationArgs(key=t.key, operator=t.operator, value=t.value, effect=t.effect)
         for t in placement.tolerations
     ]
     return k8s.core.v1.PodSpecArgs(

@@ -62,16 +62,19 @@ class Resources(Section):
     """Requests and limits of one container."""
 
     cpu_request: CpuQuantity = Field(
-        "100m", description="CPU the scheduler reserves; small, since both Redis and idle workers mostly wait."
+        "100m",
+        description="CPU the scheduler reserves; small, since both Redis and idle workers mostly wait.",
     )
     cpu_limit: CpuQuantity | None = Field(
-        None, description="CPU ceiling; unset by default because CFS throttling stalls Redis and heartbeats."
+        None,
+        description="CPU ceiling; unset by default because CFS throttling stalls Redis and heartbeats.",
     )
     memory_request: MemoryQuantity = Field(
         "256Mi", description="Memory the scheduler reserves for the container."
     )
     memory_limit: MemoryQuantity = Field(
-        "512Mi", description="Memory ceiling; the kernel kills the container above it, so size it with care."
+        "512Mi",
+        description="Memory ceiling; the kernel kills the container above it, so size it with care.",
     )
 
     @model_validator(mode="after")
@@ -113,7 +116,8 @@ class Storage(Section):
     """The broker's PersistentVolumeClaim (used whenever persistence is not `none`)."""
 
     size: MemoryQuantity = Field(
-        "8Gi", description="Volume size; bounds the largest AOF/RDB and so the startup probe budget."
+        "8Gi",
+        description="Volume size; bounds the largest AOF/RDB and so the startup probe budget.",
     )
     storage_class: str | None = Field(
         None, description="StorageClass of the claim; unset uses the cluster default."
@@ -156,7 +160,10 @@ class BrokerSettings(Section):
     port: int = Field(6379, ge=1, le=65535, description="Port clients and probes use.")
     broker_db: int = Field(0, ge=0, le=15, description="Redis database number of the task queues.")
     result_db: int = Field(
-        1, ge=0, le=15, description="Database of task results; apart from queues, as the research notes advise."
+        1,
+        ge=0,
+        le=15,
+        description="Database of task results; apart from queues, as the research notes advise.",
     )
     resources: Resources = Field(
         default_factory=lambda: Resources(memory_request="1Gi", memory_limit="1Gi"),
@@ -178,7 +185,8 @@ class BrokerSettings(Section):
         ),
     )
     client_buffer_reserve: MemoryQuantity = Field(
-        "64Mi", description="Memory kept free for client query/output buffers (large PDF messages pass through them)."
+        "64Mi",
+        description="Memory kept free for client query/output buffers (large PDF messages pass through them).",
     )
     max_message_bytes: MemoryQuantity = Field(
         "8Mi",
@@ -197,9 +205,13 @@ class BrokerSettings(Section):
             "longest hard time limit plus ETA of any pool, plus a margin."
         ),
     )
-    storage: Storage = Field(default_factory=Storage, description="The data volume (not used with persistence none).")
+    storage: Storage = Field(
+        default_factory=Storage, description="The data volume (not used with persistence none)."
+    )
     termination_grace_period_seconds: int = Field(
-        60, ge=10, description="Time Redis gets on SIGTERM to write its final AOF fsync / RDB before SIGKILL."
+        60,
+        ge=10,
+        description="Time Redis gets on SIGTERM to write its final AOF fsync / RDB before SIGKILL.",
     )
     aof_load_mb_per_second: float = Field(
         50.0,
@@ -207,13 +219,23 @@ class BrokerSettings(Section):
         description="Measured AOF load rate (bench/broker.py, cold cache), sizing the startup probe budget.",
     )
     tcp_keepalive: int = Field(
-        60, ge=0, description="Seconds between TCP keepalives, so dead worker connections are noticed."
+        60,
+        ge=0,
+        description="Seconds between TCP keepalives, so dead worker connections are noticed.",
     )
     client_idle_timeout: int = Field(
-        0, ge=0, description="Close idle clients after this many seconds; 0 because idle workers block on BRPOP."
+        0,
+        ge=0,
+        description="Close idle clients after this many seconds; 0 because idle workers block on BRPOP.",
     )
-    placement: Placement = Field(default_factory=Placement, description="Node selection for the broker pod.")
-    run_as_user: int = Field(999, ge=1, description="Non-root uid of redis-server (the official image's redis user).")
+    placement: Placement = Field(
+        default_factory=Placement, description="Node selection for the broker pod."
+    )
+    run_as_user: int = Field(
+        10999,
+        ge=1000,
+        description="Non-root uid of redis-server; high, so it matches no host user (volumes use fsGroup).",
+    )
 
     @property
     def persistent(self) -> bool:
@@ -288,17 +310,25 @@ def _max_maxmemory_mib(broker: BrokerSettings) -> int:
 class Autoscaling(Section):
     """Scaling of one pool: KEDA on queue length, or a plain CPU HPA when KEDA is off."""
 
-    enabled: bool = Field(False, description="Scale this pool automatically (otherwise `replicas` is fixed).")
+    enabled: bool = Field(
+        False, description="Scale this pool automatically (otherwise `replicas` is fixed)."
+    )
     engine: Literal["keda", "hpa"] = Field(
         "keda", description="keda scales on queue length (needs KEDA installed); hpa scales on CPU."
     )
-    min_replicas: int = Field(1, ge=0, description="Fewest workers; 0 lets KEDA scale an idle pool to zero.")
-    max_replicas: int = Field(5, ge=1, description="Most workers (bounded by broker connections and memory).")
+    min_replicas: int = Field(
+        1, ge=0, description="Fewest workers; 0 lets KEDA scale an idle pool to zero."
+    )
+    max_replicas: int = Field(
+        5, ge=1, description="Most workers (bounded by broker connections and memory)."
+    )
     queue_length_per_replica: int = Field(
         4, ge=1, description="KEDA target: waiting tasks per worker replica before scaling out."
     )
     cooldown_seconds: int = Field(
-        300, ge=30, description="Seconds of calm before scaling in, so a bursty queue does not flap."
+        300,
+        ge=30,
+        description="Seconds of calm before scaling in, so a bursty queue does not flap.",
     )
     polling_seconds: int = Field(15, ge=5, description="How often KEDA reads the queue length.")
     cpu_target_percent: int = Field(75, ge=10, le=100, description="HPA target CPU utilisation.")
@@ -338,25 +368,38 @@ class PoolSettings(Section):
         "registry.example.com/transcritor-pdf:latest",
         description="The application image (has Celery and the app); set it per stack.",
     )
-    app: str = Field("src.celery_app", description="Module (or module:attribute) of the Celery app.")
-    celery_bin: str = Field("celery", description="The celery executable inside the image (on its PATH).")
+    app: str = Field(
+        "src.celery_app", description="Module (or module:attribute) of the Celery app."
+    )
+    celery_bin: str = Field(
+        "celery", description="The celery executable inside the image (on its PATH)."
+    )
     pythonpath: str = Field(
         "/app",
         description="The image's own PYTHONPATH; repeated because the pod's env replaces the image's.",
     )
     replicas: int = Field(1, ge=0, description="Worker pods when autoscaling is off.")
-    concurrency: int = Field(2, ge=1, description="Tasks one pod runs at once (processes or threads).")
+    concurrency: int = Field(
+        2, ge=1, description="Tasks one pod runs at once (processes or threads)."
+    )
     pool: Literal["prefork", "threads", "solo"] = Field(
-        "prefork", description="Execution pool: prefork isolates tasks; threads for I/O; solo runs one."
+        "prefork",
+        description="Execution pool: prefork isolates tasks; threads for I/O; solo runs one.",
     )
     prefetch_multiplier: int = Field(
-        1, ge=1, description="Messages reserved per process; 1 so long tasks do not wait behind each other."
+        1,
+        ge=1,
+        description="Messages reserved per process; 1 so long tasks do not wait behind each other.",
     )
     max_tasks_per_child: int | None = Field(
-        100, ge=1, description="Recycle a process after this many tasks (bounds leaks); unset never."
+        100,
+        ge=1,
+        description="Recycle a process after this many tasks (bounds leaks); unset never.",
     )
     max_memory_per_child_kib: int | None = Field(
-        None, ge=1024, description="Recycle a process above this resident memory in KiB; unset never."
+        None,
+        ge=1024,
+        description="Recycle a process above this resident memory in KiB; unset never.",
     )
     soft_time_limit: int = Field(
         600, ge=1, description="Seconds before SoftTimeLimitExceeded is raised inside a task."
@@ -370,7 +413,8 @@ class PoolSettings(Section):
         description="Longest ETA/countdown the pool's tasks use; counts toward the visibility timeout.",
     )
     acks_late: bool = Field(
-        True, description="Acknowledge after the task ran, so a crash redelivers instead of losing it."
+        True,
+        description="Acknowledge after the task ran, so a crash redelivers instead of losing it.",
     )
     reject_on_worker_lost: bool = Field(
         True, description="Requeue a task whose process died (needs acks_late)."
@@ -401,9 +445,13 @@ class PoolSettings(Section):
         ge=10,
         description="Time a starting worker gets to import its app and reach the broker before it is restarted.",
     )
-    run_as_user: int = Field(10001, ge=1, description="Non-root uid of the worker (the app image's user).")
+    run_as_user: int = Field(
+        10001, ge=1, description="Non-root uid of the worker (the app image's user)."
+    )
     alert_queue_depth: int = Field(
-        100, ge=1, description="Alert when this many tasks wait in one of the pool's queues (priorities summed)."
+        100,
+        ge=1,
+        description="Alert when this many tasks wait in one of the pool's queues (priorities summed).",
     )
     alert_oldest_unacked_seconds: int | None = Field(
         None,
@@ -421,8 +469,12 @@ class PoolSettings(Section):
         default_factory=list,
         description="Extra variable names (e.g. REDIS_URL) that receive the broker URL from the Secret.",
     )
-    placement: Placement = Field(default_factory=Placement, description="Node selection for this pool.")
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Automatic scaling of this pool.")
+    placement: Placement = Field(
+        default_factory=Placement, description="Node selection for this pool."
+    )
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Automatic scaling of this pool."
+    )
 
     @property
     def grace_period_seconds(self) -> int:
@@ -457,7 +509,9 @@ class PoolSettings(Section):
             )
         for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
             if name in self.env:
-                problems.add(("env", name), "<set>", "comes from the broker Secret; remove it from env")
+                problems.add(
+                    ("env", name), "<set>", "comes from the broker Secret; remove it from env"
+                )
         problems.raise_if_any()
         return self
 
@@ -465,9 +519,15 @@ class PoolSettings(Section):
 class BeatSettings(Section):
     """The optional celery beat scheduler: at most one, ever."""
 
-    enabled: bool = Field(False, description="Run one celery beat (Recreate strategy, one replica).")
-    image: str | None = Field(None, description="Image for beat; unset uses the first pool's image.")
-    app: str | None = Field(None, description="Celery app module for beat; unset uses the first pool's app.")
+    enabled: bool = Field(
+        False, description="Run one celery beat (Recreate strategy, one replica)."
+    )
+    image: str | None = Field(
+        None, description="Image for beat; unset uses the first pool's image."
+    )
+    app: str | None = Field(
+        None, description="Celery app module for beat; unset uses the first pool's app."
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(memory_request="128Mi", memory_limit="256Mi"),
         description="Requests and limits of the beat container.",
@@ -487,7 +547,9 @@ class WorkersSettings(Section):
     """The Celery worker pools and the optional beat."""
 
     pools: list[PoolSettings] = Field(
-        default_factory=_default_pools, min_length=1, description="Worker pools, one Deployment each."
+        default_factory=_default_pools,
+        min_length=1,
+        description="Worker pools, one Deployment each.",
     )
     beat: BeatSettings = Field(default_factory=BeatSettings, description="The optional scheduler.")
 
@@ -506,17 +568,34 @@ class WorkersSettings(Section):
 class ChecksSettings(Section):
     """Post-deploy checks: the in-cluster Job that gates `pulumi up`, and its thresholds."""
 
-    gate_enabled: bool = Field(True, description="Run the check Job after every change and fail `pulumi up` if it fails.")
-    timeout_seconds: int = Field(10, ge=1, le=300, description="Bound on every network step of the check.")
-    memory_warn_ratio: float = Field(0.8, gt=0, lt=1, description="Warn when used memory passes this share of maxmemory.")
-    memory_fail_ratio: float = Field(0.95, gt=0, le=1, description="Fail when used memory passes this share of maxmemory.")
-    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of the check Job (a broker may still be starting).")
-    active_deadline_seconds: int = Field(300, ge=30, description="Hard bound on the check Job's whole run.")
-    ttl_seconds_after_finished: int = Field(3600, ge=0, description="Finished check Jobs are deleted after this.")
-    image: str | None = Field(
-        None, description="Image of the check Job; unset uses the first pool's (it has Celery and redis-py)."
+    gate_enabled: bool = Field(
+        True, description="Run the check Job after every change and fail `pulumi up` if it fails."
     )
-    python_bin: str = Field("python", description="Python executable inside that image (on its PATH).")
+    timeout_seconds: int = Field(
+        10, ge=1, le=300, description="Bound on every network step of the check."
+    )
+    memory_warn_ratio: float = Field(
+        0.8, gt=0, lt=1, description="Warn when used memory passes this share of maxmemory."
+    )
+    memory_fail_ratio: float = Field(
+        0.95, gt=0, le=1, description="Fail when used memory passes this share of maxmemory."
+    )
+    backoff_limit: int = Field(
+        2, ge=0, le=10, description="Retries of the check Job (a broker may still be starting)."
+    )
+    active_deadline_seconds: int = Field(
+        300, ge=30, description="Hard bound on the check Job's whole run."
+    )
+    ttl_seconds_after_finished: int = Field(
+        3600, ge=0, description="Finished check Jobs are deleted after this."
+    )
+    image: str | None = Field(
+        None,
+        description="Image of the check Job; unset uses the first pool's (it has Celery and redis-py).",
+    )
+    python_bin: str = Field(
+        "python", description="Python executable inside that image (on its PATH)."
+    )
     run_as_user: int = Field(10001, ge=1, description="Non-root uid of the check Job.")
     resources: Resources = Field(
         default_factory=lambda: Resources(memory_request="128Mi", memory_limit="256Mi"),
@@ -539,12 +618,16 @@ class ChecksSettings(Section):
 class TlsSettings(Section):
     """TLS for every connection to the broker (opt-in; prod turns it on)."""
 
-    enabled: bool = Field(False, description="Redis serves TLS only (port 0, tls-port); clients get rediss:// URLs.")
+    enabled: bool = Field(
+        False, description="Redis serves TLS only (port 0, tls-port); clients get rediss:// URLs."
+    )
     secret_name: str | None = Field(
-        None, description="An existing kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) to serve."
+        None,
+        description="An existing kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) to serve.",
     )
     cert_manager_issuer: str | None = Field(
-        None, description="Or: a cert-manager issuer that a Certificate object requests the pair from."
+        None,
+        description="Or: a cert-manager issuer that a Certificate object requests the pair from.",
     )
     cert_manager_issuer_kind: Literal["Issuer", "ClusterIssuer"] = Field(
         "ClusterIssuer", description="Kind of that issuer."
@@ -569,23 +652,31 @@ class TlsSettings(Section):
 class MetricsSettings(Section):
     """The redis_exporter sidecar and, with the Prometheus Operator, its scrape config and alerts."""
 
-    exporter_enabled: bool = Field(False, description="Run redis_exporter beside Redis, as the read-only user.")
+    exporter_enabled: bool = Field(
+        False, description="Run redis_exporter beside Redis, as the read-only user."
+    )
     exporter_image: str = Field(
         "docker.io/oliver006/redis_exporter:v1.67.0", description="redis_exporter image, pinned."
     )
     exporter_port: int = Field(9121, ge=1, le=65535, description="Port Prometheus scrapes.")
     prometheus_operator: bool = Field(
-        False, description="Create a ServiceMonitor and a PrometheusRule (needs the operator's CRDs)."
+        False,
+        description="Create a ServiceMonitor and a PrometheusRule (needs the operator's CRDs).",
     )
-    scrape_interval_seconds: int = Field(30, ge=5, description="How often Prometheus scrapes the exporter.")
+    scrape_interval_seconds: int = Field(
+        30, ge=5, description="How often Prometheus scrapes the exporter."
+    )
     rule_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels the Prometheus instance selects rules and monitors by."
+        default_factory=dict,
+        description="Labels the Prometheus instance selects rules and monitors by.",
     )
     memory_alert_ratio: float = Field(
         0.8, gt=0, lt=1, description="Alert when used memory passes this share of maxmemory."
     )
     resources: Resources = Field(
-        default_factory=lambda: Resources(cpu_request="20m", memory_request="32Mi", memory_limit="64Mi"),
+        default_factory=lambda: Resources(
+            cpu_request="20m", memory_request="32Mi", memory_limit="64Mi"
+        ),
         description="Requests and limits of the exporter container.",
     )
 
@@ -608,7 +699,9 @@ class StackSettings(Section):
     namespace: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
         "celery", description="Kubernetes namespace that holds every object of the stack."
     )
-    create_namespace: bool = Field(True, description="Create the namespace (false when it is managed elsewhere).")
+    create_namespace: bool = Field(
+        True, description="Create the namespace (false when it is managed elsewhere)."
+    )
     kube_context: str | None = Field(
         None, description="kubeconfig context to deploy to; unset uses the current context."
     )
@@ -616,13 +709,20 @@ class StackSettings(Section):
         "celery", description="Prefix of every object name, so two releases can share a namespace."
     )
     ephemeral: bool = Field(
-        False, description="Marks a throwaway stack: only then may the broker run without persistence."
+        False,
+        description="Marks a throwaway stack: only then may the broker run without persistence.",
     )
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The Redis broker.")
-    workers: WorkersSettings = Field(default_factory=WorkersSettings, description="The Celery worker pools.")
-    checks: ChecksSettings = Field(default_factory=ChecksSettings, description="The post-deploy checks.")
+    workers: WorkersSettings = Field(
+        default_factory=WorkersSettings, description="The Celery worker pools."
+    )
+    checks: ChecksSettings = Field(
+        default_factory=ChecksSettings, description="The post-deploy checks."
+    )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS to the broker.")
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Exporter, scraping and alerts.")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Exporter, scraping and alerts."
+    )
 
     @property
     def longest_task_seconds(self) -> int:

@@ -26,7 +26,7 @@ apt_install() {
 # non-root pod users, who cannot read /root.
 apt_install python3 python3-venv
 if [ $want_test -eq 1 ]; then
-  apt_install redis-server redis-tools iproute2 util-linux procps nodejs npm
+  apt_install redis-server redis-tools iproute2 util-linux procps nodejs npm prometheus
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -38,6 +38,15 @@ stamp=".venv/.installed-$(sha256sum "$requirements" requirements.txt | sha256sum
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r "$requirements"
   touch "$stamp"
+fi
+if [ $want_test -eq 1 ]; then
+  # checkov pins libraries that clash with pulumi's, so it gets a virtualenv of its own.
+  [ -x .venv-checkov/bin/python ] || /usr/bin/python3 -m venv .venv-checkov
+  cstamp=".venv-checkov/.installed-$(sha256sum requirements-checkov.txt | cut -c1-16)"
+  if [ ! -f "$cstamp" ]; then
+    .venv-checkov/bin/pip install -q --disable-pip-version-check -r requirements-checkov.txt
+    touch "$cstamp"
+  fi
 fi
 if [ $want_test -eq 1 ] && [ -x tests/support/install-node-tools.sh ]; then
   tests/support/install-node-tools.sh

@@ -271,6 +271,14 @@ class LocalCluster:
             raise ManifestError(msg)
         return self.netns
 
+    @property
+    def work_dir(self) -> Path:
+        """The state directory (pods, claims, logs); the cluster must be open."""
+        if self.state_dir is None:
+            msg = "the LocalCluster is not open: use it as a context manager"
+            raise ManifestError(msg)
+        return self.state_dir
+
     def service_links(self, namespace: str) -> dict[str, str]:
         """Service link variables of a namespace (kubelet.Node)."""
         return service_link_variables(
@@ -335,8 +343,7 @@ class LocalCluster:
         if not generated and self.store.get("PersistentVolumeClaim", namespace, claim) is None:
             msg = f"persistentvolumeclaim {namespace}/{claim} not found"
             raise ContainerConfigError(msg)
-        assert self.state_dir is not None
-        return claim_path(self.state_dir / "claims", namespace, claim)
+        return claim_path(self.work_dir / "claims", namespace, claim)
 
     def pod_gone(self, pod: Pod) -> None:
         """Free the name of a deleted pod that finished terminating (kubelet.Node)."""
@@ -456,8 +463,7 @@ class LocalCluster:
         metadata = template.setdefault("metadata", {})
         metadata.update(name=name, namespace=namespace)
         metadata["labels"] = {**metadata.get("labels", {}), **extra_labels}
-        assert self.state_dir is not None
-        pod_dir = self.state_dir / "pods" / f"{namespace}_{name}_{secrets.token_hex(4)}"
+        pod_dir = self.work_dir / "pods" / f"{namespace}_{name}_{secrets.token_hex(4)}"
         pod = Pod(self, template, pod_dir, owner)
         with self.lock:
             if self.stopping.is_set():
@@ -645,8 +651,7 @@ class LocalCluster:
         It sees the cluster's /etc/hosts: Service names qualified with their namespace always
         resolve; short names resolve for the given namespace.
         """
-        assert self.state_dir is not None
-        hosts = self.state_dir / f"client-hosts-{secrets.token_hex(4)}"
+        hosts = self.work_dir / f"client-hosts-{secrets.token_hex(4)}"
         hosts.write_text(self.hosts_file(namespace, None, None, []))
         hosts.chmod(0o644)
         spec_path = hosts.with_suffix(".json")

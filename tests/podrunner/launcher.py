@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -241,7 +242,7 @@ def supervise(child: int, parent: int) -> int:
         signal.sigtimedwait({signal.SIGCHLD}, WATCHDOG_SECONDS)
 
 
-def fork_and_supervise(spec: dict, child_main) -> None:
+def fork_and_supervise(spec: dict, child_main: Callable[[dict, int], None]) -> None:
     """Fork; the child runs child_main, this process reports the child's PID and waits."""
     parent = os.getppid()
     status_fd = spec["status_fd"]

@@ -94,9 +94,13 @@ class NetworkNamespace:
         worker = threading.Thread(target=connect_inside, name="podrunner-connect", daemon=True)
         worker.start()
         worker.join(timeout + 5)
-        if "socket" not in outcome:
-            raise outcome.get("error") or TimeoutError(f"connect to port {port} timed out")  # type: ignore[misc]
-        return outcome["socket"]  # type: ignore[return-value]
+        connection, error = outcome.get("socket"), outcome.get("error")
+        if isinstance(error, OSError):
+            raise error
+        if not isinstance(connection, socket.socket):
+            msg = f"connect to port {port} inside {self.name} timed out"
+            raise TimeoutError(msg)
+        return connection
 
     def delete(self) -> None:
         """Remove the namespace's mount under /run/netns (idempotent)."""

@@ -101,7 +101,7 @@ class RenderedBroker:
         return {key: PLACEHOLDER_PASSWORDS[value] for key, value in data.items()}
 
     def probe(self, kind: str) -> list[str]:
-        """Return the exec command of the container's `kind` probe (startup, liveness, readiness)."""
+        """Return the exec command of the `kind` probe (startup, liveness, readiness)."""
         return list(self.container[f"{kind}Probe"]["exec"]["command"])
 
 

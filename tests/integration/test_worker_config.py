@@ -1,0 +1,95 @@
+"""A rendered pool, run as its pod would run it, consumes its queues with the rendered settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.celery_config import BROKER_SOCKET_TIMEOUT
+from tests.integration.test_worker_harness import (
+    client_app,
+    executions,
+    pod_worker,
+    render_pool,
+    wait_for,
+)
+from tests.support.redis_server import broker_config, running_redis
+
+RECORD_TASK = "src.tasks.record_execution"
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with running_redis(broker_config()) as server:
+        yield server
+
+
+def test_worker_consumes_its_pools_queues_and_no_others(redis_server, tmp_path):
+    pool = render_pool(tmp_path / "stack", {"name": "mixed", "queues": ["alpha", "beta"]})
+    client = client_app(redis_server)
+    record = tmp_path / "record.txt"
+    with pod_worker(pool, redis_server):
+        for queue in ("alpha", "beta", "gamma"):
+            client.send_task(RECORD_TASK, args=[str(record), queue], queue=queue)
+        wait_for(lambda: {"alpha", "beta"} <= set(executions(record)), 20, "alpha and beta to run")
+        with redis_server.client("celery", "celery-Pa55-9f3Kq") as redis:
+            assert redis.llen("gamma") == 1, "the task for another pool's queue was taken"
+    assert "gamma" not in executions(record), "the worker ran a task from a queue not its own"
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        "src.celery_app",  # the user's app: configured by environment only
+        "src.self_configured_app",  # broker=, config_from_object and conf.update, all conflicting
+        "src.namespaced_app",  # Django style: config_from_object(..., namespace="CELERY")
+    ],
+)
+def test_rendered_settings_are_in_effect_in_the_running_worker(redis_server, tmp_path, app):
+    pool_settings = {
+        "name": "conf",
+        "queues": ["conf"],
+        "app": app,
+        "concurrency": 3,
+        "prefetch_multiplier": 2,
+        "soft_time_limit": 40,
+        "time_limit": 50,
+    }
+    pool = render_pool(tmp_path / "stack", pool_settings)
+    inspect = client_app(redis_server).control.inspect
+    with pod_worker(pool, redis_server) as pod:
+        replies = inspect(destination=[pod.nodename], timeout=5)
+        conf = (replies.conf(with_defaults=True) or {}).get(pod.nodename)
+        stats = (replies.stats() or {}).get(pod.nodename)
+    assert conf and stats, f"{app}: the worker {pod.nodename} did not answer conf/stats"
+    expected = {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 2,
+        "task_soft_time_limit": 40,
+        "task_time_limit": 50,
+    }
+    actual = {key: conf.get(key) for key in expected}
+    assert actual == expected, f"{app}: the running worker's settings differ from the rendered ones"
+    transport = conf["broker_transport_options"]
+    assert transport["visibility_timeout"] == 50 + 300, f"{app}: visibility_timeout {transport}"
+    assert transport["socket_timeout"] == BROKER_SOCKET_TIMEOUT, f"{app}: transport {transport}"
+    assert stats["prefetch_count"] == 3 * 2, f"{app}: the consumer's QoS is {stats['prefetch_count']}"
+    assert stats["broker"]["port"] == redis_server.port, (
+        f"{app}: the worker connected to {stats['broker']} instead of CELERY_BROKER_URL's broker"
+    )
+    assert stats["broker"]["transport_options"]["visibility_timeout"] == 350, (
+        f"{app}: the live connection does not carry the rendered transport options"
+    )
+
+
+def test_a_task_runs_through_the_rendered_worker_and_stores_its_result(redis_server, tmp_path):
+    pool = render_pool(tmp_path / "stack", {"name": "pdf", "queues": ["celery"]})
+    client = client_app(redis_server)
+    with pod_worker(pool, redis_server):
+        result = client.send_task(
+            "src.tasks.process_pdf_task", args=[b"%PDF-1.7 stand-in".decode(), "a.pdf"]
+        )
+        assert result.get(timeout=20) == len("%PDF-1.7 stand-in"), "the task did not run to the end"
+    assert Path(tmp_path).exists()

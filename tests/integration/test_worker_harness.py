@@ -1,0 +1,295 @@
+"""Run a worker pool as the rendered Deployment would, on this machine (no tests in this module).
+
+    pool = render_pool(tmp_path, {"name": "short", "queues": ["short"]})
+    with running_redis(broker_config()) as redis_server, pod_worker(pool, redis_server) as pod:
+        pod.probe("liveness")  # the rendered exec probe, run inside the worker's mount namespace
+
+`render_pool` runs the real program (`__main__.py`) under Pulumi's mocks for a stack holding
+that one pool, and keeps the pool's Deployment and wiring ConfigMap as rendered. `pod_worker`
+starts the container's command with `celery` mapped to this virtualenv's, its environment with
+the Secret references filled in for the local broker, the ConfigMap's files in a directory that
+replaces PYTHONPATH's first entry, and, like a pod, a private /tmp (its own mount namespace)
+and its own hostname (a UTS namespace: `%h` becomes the pod name). Probes run with nsenter in
+that mount namespace, as the kubelet execs them in the container.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from celery import Celery
+
+from brokerctl import mockrun, render
+from components.broker import BROKER_URL_KEY, RESULT_BACKEND_KEY
+from components.celery_config import CONFIG_DIR
+from tests.support.celery_worker import STANDIN_APP_DIR, CeleryWorker, celery_executable, running_worker
+from tests.support.redis_server import CELERY_PASSWORD, RedisServer
+
+SCRATCH = Path("/var/tmp")  # noqa: S108 - outside /tmp, which each worker replaces with its own
+_pod_numbers = itertools.count(1)
+
+
+@dataclass
+class RenderedPool:
+    """One pool's objects as `brokerctl render` writes them."""
+
+    name: str
+    deployment: dict[str, Any]
+    config_files: dict[str, str]
+
+    @property
+    def container(self) -> dict[str, Any]:
+        """The worker container of the pod template."""
+        return self.deployment["spec"]["template"]["spec"]["containers"][0]
+
+    @property
+    def grace_period_seconds(self) -> int:
+        """The pod's terminationGracePeriodSeconds."""
+        return int(self.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+
+    def probe_command(self, kind: str) -> list[str]:
+        """The exec command of the `liveness`, `readiness` or `startup` probe."""
+        return list(self.container[f"{kind}Probe"]["exec"]["command"])
+
+
+def render_pool(
+    workdir: Path, pool: dict[str, Any], stack: str = "workertest", **stack_settings: Any
+) -> RenderedPool:
+    """Render a stack holding this one pool through the real program; return its objects."""
+    stack_file = {
+        "config": {
+            "celery-redis:namespace": "workers-test",
+            "celery-redis:ephemeral": True,
+            "celery-redis:broker": {"persistence": "none"},
+            "celery-redis:workers": {"pools": [pool], **stack_settings},
+        }
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(stack_file))
+    config, secret_keys = mockrun.read_stack_config(stack, workdir)
+    run = mockrun.run_program(stack, config, secret_keys, workdir)
+    objects = [
+        render.manifest(r) for r in run.resources if render.is_kubernetes_object(r.type)
+    ]
+    deployment = _one(objects, "Deployment", f"worker-{pool['name']}")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
+    config_map = _one(objects, "ConfigMap", volume["configMap"]["name"])
+    return RenderedPool(pool["name"], deployment, dict(config_map["data"]))
+
+
+def _one(objects: list[dict[str, Any]], kind: str, name_part: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and name_part in o["metadata"]["name"]]
+    assert len(found) == 1, f"expected one {kind} named *{name_part}*, got {len(found)}"
+    return found[0]
+
+
+def pod_environment(
+    pool: RenderedPool, redis_server: RedisServer, config_dir: Path, celery_bin_dir: Path
+) -> dict[str, str]:
+    """The container's environment: Secret references resolved, ConfigMap dir and app dir local."""
+    secret = {
+        BROKER_URL_KEY: redis_server.url("celery", CELERY_PASSWORD, db=0),
+        RESULT_BACKEND_KEY: redis_server.url("celery", CELERY_PASSWORD, db=1),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PYTHON", "REMAP"))}
+    env["PATH"] = f"{celery_bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
+    for variable in pool.container.get("env", []):
+        if "valueFrom" in variable:
+            env[variable["name"]] = secret[variable["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            env[variable["name"]] = variable["value"]
+    first, _, _image_path = env["PYTHONPATH"].partition(":")
+    assert first == CONFIG_DIR, f"PYTHONPATH must start with the ConfigMap dir: {env['PYTHONPATH']}"
+    env["PYTHONPATH"] = f"{config_dir}:{STANDIN_APP_DIR}"  # the image's /app is the stand-in app
+    return env
+
+
+def pod_command(pool: RenderedPool, celery_bin: str) -> list[str]:
+    """The container's command with the image's `celery` replaced by a local executable."""
+    command = list(pool.container["command"])
+    assert command[0] == "celery", f"unexpected worker executable {command[0]}"
+    return [celery_bin, *command[1:]]
+
+
+@dataclass
+class PodWorker:
+    """A worker started like the pod's container; its private /tmp and its node name."""
+
+    worker: CeleryWorker
+    pool: RenderedPool
+    pod_name: str
+    private_tmp: Path
+
+    @property
+    def nodename(self) -> str:
+        """The Celery node name, `%h` expanded to the pod name as in the cluster."""
+        return self.pool.container["command"][self.pool.container["command"].index("-n") + 1].replace(
+            "%h", self.pod_name
+        )
+
+    @property
+    def pid(self) -> int:
+        """PID of the container's main process (the worker's MainProcess)."""
+        return self.worker.process.pid
+
+    def probe(self, kind: str) -> bool:
+        """Run the rendered probe in the worker's mount namespace; True when it passes."""
+        argv = ["nsenter", "-t", str(self.pid), "-m", *self.pool.probe_command(kind)]
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+
+    def terminate(self) -> None:
+        """What the kubelet does first: SIGTERM to the container's main process only."""
+        os.kill(self.pid, signal.SIGTERM)
+
+
+@contextmanager
+def pod_worker(
+    pool: RenderedPool,
+    redis_server: RedisServer,
+    *,
+    celery_bin: str | None = None,
+    ready_timeout: float = 30.0,
+) -> Iterator[PodWorker]:
+    """Start the pool's container command as a local process in its own mount and UTS namespace."""
+    celery = celery_bin or celery_executable()[0]
+    pod_name = f"{pool.name}-pod{next(_pod_numbers)}-{os.getpid()}"
+    config_dir = Path(tempfile.mkdtemp(prefix="configmap-", dir=SCRATCH))
+    private_tmp = Path(tempfile.mkdtemp(prefix="pod-tmp-", dir=SCRATCH))
+    for file_name, text in pool.config_files.items():
+        (config_dir / file_name).write_text(text)
+    env = pod_environment(pool, redis_server, config_dir, Path(celery).parent)
+    container = 'hostname "$1" && mount --bind "$0" /tmp && shift && exec "$@"'
+    argv = [
+        *("unshare", "--mount", "--uts", "--propagation", "private"),
+        *("sh", "-c", container, str(private_tmp), pod_name),
+        *pod_command(pool, celery),
+    ]
+    try:
+        with running_worker(
+            argv, env=env, cwd=STANDIN_APP_DIR, ready_timeout=ready_timeout, stop_timeout=60
+        ) as worker:
+            yield PodWorker(worker, pool, pod_name, private_tmp)
+    finally:
+        shutil.rmtree(config_dir, ignore_errors=True)
+        shutil.rmtree(private_tmp, ignore_errors=True)
+
+
+def client_app(redis_server: RedisServer) -> Celery:
+    """A producer/inspector app for tests, talking to the local broker as the celery user."""
+    return Celery(
+        "test-client",
+        broker=redis_server.url("celery", CELERY_PASSWORD, db=0),
+        backend=redis_server.url("celery", CELERY_PASSWORD, db=1),
+    )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    msg = f"timed out after {timeout} s waiting for {what}"
+    raise AssertionError(msg)
+
+
+def executions(record: Path) -> list[str]:
+    """Labels written by `src.tasks.record_execution`, one per run of the task."""
+    return [line.split()[0] for line in record.read_text().splitlines()] if record.exists() else []
+
+
+class SwitchableProxy:
+    """A TCP proxy in front of Redis that can start to blackhole: connections stay open, silent.
+
+    That is a broker cut off by a network partition or a dead node: no RST, no FIN, nothing.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.blackholed = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = [self.server]
+        self._start(self._accept)
+
+    def blackhole(self) -> None:
+        """From now on forward nothing, in either direction, on old and new connections."""
+        self.blackholed.set()
+
+    def close(self) -> None:
+        """Close every socket; the threads end with them."""
+        for sock in self._sockets:
+            sock.close()
+
+    def _start(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self.blackholed.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._sockets.append(upstream)
+            self._start(self._pipe, client, upstream)
+            self._start(self._pipe, upstream, client)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.blackholed.is_set():
+                continue  # swallow: the peer waits forever
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+
+@contextmanager
+def blackhole_proxy(redis_server: RedisServer) -> Iterator[SwitchableProxy]:
+    """A SwitchableProxy for the test's duration."""
+    proxy = SwitchableProxy(redis_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@dataclass
+class ProxiedRedis:
+    """A RedisServer look-alike whose URLs go through a proxy (for pod_environment)."""
+
+    server: RedisServer
+    port: int
+
+    def url(self, user: str | None = None, password: str | None = None, db: int = 0) -> str:
+        """The server's URL with the proxy's port."""
+        return self.server.url(user, password, db).replace(f":{self.server.port}/", f":{self.port}/")
