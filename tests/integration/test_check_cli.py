@@ -5,14 +5,16 @@ These need no broker: every case is refused before any network step.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from brokerctl.brokercheck import Masker
-from tests.support.check_cli import run_check
+from tests.support.check_cli import BROKERCHECK, run_check
 
 SECRET = "S3cret-Pa55-in-URL"
 VALID = ["--url", f"redis://probe:{SECRET}@127.0.0.1:6379/0"]
@@ -92,6 +94,20 @@ def test_help_is_the_module_documentation() -> None:
     assert run.returncode == 0, run.output
     for text in ("--expect-persistence", "brokercheck/v1", "canary:QUEUE", "--url-env"):
         assert text in run.stdout, f"help should mention {text}:\n{run.stdout}"
+
+
+def test_brokercheck_imports_only_stdlib_redis_kombu_celery() -> None:
+    """The workers' image has those and nothing else from this project (no pydantic, yaml)."""
+    tree = ast.parse(BROKERCHECK.read_text())
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    allowed = set(sys.stdlib_module_names) | {"__future__", "redis", "kombu", "celery"}
+
+    assert imported <= allowed, f"brokercheck.py imports {sorted(imported - allowed)}"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.celery_worker import CeleryWorker, running_worker, worker_argv, worker_env
-from tests.support.check_cli import CheckUrls, check_urls, run_check
+from tests.support.check_cli import BROKERCHECK, CheckUrls, check_urls, run_check
 from tests.support.redis_server import (
     CELERY_PASSWORD,
     PROBE_PASSWORD,
@@ -145,6 +145,21 @@ def test_check_leaves_no_key_behind(deployment: Deployment) -> None:
     assert after[0] == before[0], f"broker DB keys changed: {before[0] ^ after[0]}"
     assert after[1] == before[1], f"result DB keys left behind: {after[1] - before[1]}"
     assert after[2] == before[2], f"kombu bindings changed: {before[2]} -> {after[2]}"
+
+
+def test_brokercheck_file_runs_alone_from_any_directory(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The Job mounts only this file (from a ConfigMap) into the workers' image."""
+    alone = tmp_path / "brokercheck.py"
+    alone.write_text(BROKERCHECK.read_text())
+
+    run = run_check(
+        "--expect-workers", "1", "--json", env=deployment.urls.env(), script=alone, cwd=tmp_path
+    )
+
+    assert run.returncode == 0, f"brokercheck.py alone failed:\n{run.output}"
+    assert run.statuses() == dict.fromkeys(HEALTHY_CHECKS, "pass"), run.stdout
 
 
 def test_brokerctl_check_takes_urls_from_environment_not_argv(deployment: Deployment) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from components.celery_config import BROKER_SOCKET_TIMEOUT
@@ -12,6 +10,7 @@ from tests.integration.test_worker_harness import (
     executions,
     pod_worker,
     render_pool,
+    scratch,  # noqa: F401 - fixture
     wait_for,
 )
 from tests.support.redis_server import broker_config, running_redis
@@ -25,10 +24,10 @@ def redis_server():
         yield server
 
 
-def test_worker_consumes_its_pools_queues_and_no_others(redis_server, tmp_path):
+def test_worker_consumes_its_pools_queues_and_no_others(redis_server, tmp_path, scratch):
     pool = render_pool(tmp_path / "stack", {"name": "mixed", "queues": ["alpha", "beta"]})
     client = client_app(redis_server)
-    record = tmp_path / "record.txt"
+    record = scratch / "record.txt"
     with pod_worker(pool, redis_server):
         for queue in ("alpha", "beta", "gamma"):
             client.send_task(RECORD_TASK, args=[str(record), queue], queue=queue)
@@ -92,4 +91,3 @@ def test_a_task_runs_through_the_rendered_worker_and_stores_its_result(redis_ser
             "src.tasks.process_pdf_task", args=[b"%PDF-1.7 stand-in".decode(), "a.pdf"]
         )
         assert result.get(timeout=20) == len("%PDF-1.7 stand-in"), "the task did not run to the end"
-    assert Path(tmp_path).exists()

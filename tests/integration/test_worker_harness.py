@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from celery import Celery
 
@@ -41,6 +42,14 @@ from tests.support.redis_server import CELERY_PASSWORD, RedisServer
 
 SCRATCH = Path("/var/tmp")  # noqa: S108 - outside /tmp, which each worker replaces with its own
 _pod_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory both the test and its workers see (a worker's /tmp is its own)."""
+    path = Path(tempfile.mkdtemp(prefix="worker-test-", dir=SCRATCH))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass

@@ -66,15 +66,19 @@ def run_check(
     via_brokerctl: bool = False,
     timeout: float = 60.0,
     cwd: Path | None = None,
+    script: Path = BROKERCHECK,
 ) -> CheckRun:
-    """Run the check with `args` and return what it did; `timeout` guards the test only."""
+    """Run the check with `args` and return what it did; `timeout` guards the test only.
+
+    `script` runs another copy of brokercheck.py (the in-cluster Job runs it alone).
+    """
     child_env = {key: value for key, value in os.environ.items() if key not in BROKER_ENV}
     child_env.update(env or {})
     if via_brokerctl:
         command = [sys.executable, "-m", "brokerctl", "check", *args]
         workdir = cwd or REPO_ROOT
     else:
-        command = [sys.executable, str(BROKERCHECK), *args]
+        command = [sys.executable, str(script), *args]
         workdir = cwd or Path("/")
     started = time.monotonic()
     done = subprocess.run(
