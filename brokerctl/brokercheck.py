@@ -576,7 +576,8 @@ def _run_pulumi_stack_output(stack: str) -> dict[str, Any]:
         msg = f"--stack {stack}: `pulumi stack output` did not finish within 120 s"
         raise UsageError(msg) from None
     if done.returncode != 0:
-        detail = Masker()(done.stderr.strip().splitlines()[-1:] or ["no message"])
+        last_lines = done.stderr.strip().splitlines()
+        detail = Masker()(last_lines[-1] if last_lines else "no message")
         msg = f"--stack {stack}: `pulumi stack output` failed: {detail}"
         raise UsageError(msg)
     try:

@@ -86,15 +86,23 @@ def liveness_window_seconds(pool: PoolSettings) -> int:
     return pool.liveness_stale_seconds
 
 
+def _fresh_heartbeat(window_seconds: int) -> str:
+    age = f'$(( $(date +%s) - $(stat -c %Y "{ALIVE_FILE}") ))'
+    return f'test -f "{ALIVE_FILE}" && test {age} -lt {window_seconds}'
+
+
 def liveness_command(window_seconds: int) -> list[str]:
     """Exec probe: the heartbeat file exists and is younger than the window (no Python, no I/O)."""
-    age = f'$(( $(date +%s) - $(stat -c %Y "{ALIVE_FILE}") ))'
-    return ["sh", "-c", f'test -f "{ALIVE_FILE}" && test {age} -lt {window_seconds}']
+    return ["sh", "-c", _fresh_heartbeat(window_seconds)]
 
 
-def readiness_command() -> list[str]:
-    """Exec probe: the consumer is connected (the file exists only while it is)."""
-    return ["sh", "-c", f'test -f "{READY_FILE}"']
+def readiness_command(window_seconds: int) -> list[str]:
+    """Exec probe: the consumer is connected and its event loop still beats.
+
+    The `ready` file goes when the consumer stops or a PING fails; the heartbeat's age covers
+    an event loop blocked on a silent broker, where nothing runs to remove the file.
+    """
+    return ["sh", "-c", f'test -f "{READY_FILE}" && {_fresh_heartbeat(window_seconds)}']
 
 
 def broker_transport_options(settings: StackSettings) -> dict[str, object]:

@@ -177,7 +177,7 @@ def health_probes(
     return {
         "startup_probe": exec_probe(alive, period=5, failures=max(startup_seconds // 5, 1)),
         "liveness_probe": exec_probe(alive, period=heartbeat, failures=2),
-        "readiness_probe": exec_probe(celery_config.readiness_command(), period=5, failures=2),
+        "readiness_probe": exec_probe(celery_config.readiness_command(window), period=5, failures=2),
     }
 
 

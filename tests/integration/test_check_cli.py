@@ -15,6 +15,7 @@ import pytest
 
 from brokerctl.brokercheck import Masker
 from tests.support.check_cli import BROKERCHECK, run_check
+from tests.support.network import dead_port
 
 SECRET = "S3cret-Pa55-in-URL"
 VALID = ["--url", f"redis://probe:{SECRET}@127.0.0.1:6379/0"]
@@ -78,6 +79,24 @@ def test_stack_without_pulumi_cli_is_a_clear_usage_error() -> None:
     assert run.returncode == 2, run.output
     assert "pulumi CLI is not installed" in run.stderr, run.stderr
     assert "--outputs FILE" in run.stderr, "the message should say what to do instead"
+
+
+def test_stack_reads_outputs_from_the_pulumi_cli(tmp_path: Path) -> None:
+    outputs = {"check_url": f"redis://probe:{SECRET}@127.0.0.1:{dead_port()}/0"}
+    fake_pulumi = tmp_path / "pulumi"
+    fake_pulumi.write_text(
+        f"#!/bin/sh\necho \"$@\" > {tmp_path / 'argv'}\necho '{json.dumps(outputs)}'\n"
+    )
+    fake_pulumi.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+    run = run_check("--stack", "prod", "--timeout", "1", "--json", env=env)
+
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv == ["stack", "output", "--json", "--show-secrets", "--stack", "prod"], argv
+    assert run.returncode == 1, f"the dead check_url must fail the check:\n{run.output}"
+    assert run.statuses() == {"connect": "fail"}, run.stdout
+    assert SECRET not in run.output, "the password from the stack outputs was printed"
 
 
 def test_brokerctl_check_usage_error_exits_2() -> None:

@@ -160,6 +160,11 @@ class PodWorker:
         argv = ["nsenter", "-t", str(self.pid), "-m", *self.pool.probe_command(kind)]
         return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
 
+    def kill(self) -> None:
+        """SIGKILL the whole container (what the kubelet does when the grace period ends)."""
+        os.killpg(self.pid, signal.SIGCONT)
+        os.killpg(self.pid, signal.SIGKILL)
+
     def terminate(self) -> None:
         """What the kubelet does first: SIGTERM to the container's main process only."""
         os.kill(self.pid, signal.SIGTERM)

@@ -16,6 +16,7 @@ A missing redis-server is an error, never a skip: CI must not pass without a bro
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import socket
@@ -85,6 +86,7 @@ def broker_config(
     )
 
 
+@functools.cache
 def redis_server_version() -> tuple[int, ...]:
     """Return the installed redis-server's version, e.g. (7, 0, 15)."""
     executable = shutil.which(REDIS_SERVER)

@@ -1,0 +1,609 @@
+"""Broker metrics: the redis_exporter sidecar, its Service, scrape config and alert rules.
+
+Why a sidecar: it reaches Redis on localhost, so the broker port never opens to the monitoring
+namespace (the NetworkPolicy admits only the metrics port), and it lives and dies with the pod
+it describes. It authenticates as the read-only `probe` user (components/redis_config.py), so a
+leaked scrape credential writes nothing.
+
+What Prometheus can see through it, and so what the alerts can say:
+- INFO and CONFIG GET: up/down, memory against maxmemory, rejected connections, AOF/RDB status.
+- `--check-single-keys`: the length of every Redis list kombu keeps for each configured queue.
+  kombu stores priority `p` of queue `q` in its own list `q\\x06\\x16p` (steps 0, 3, 6, 9;
+  step 0 is the plain name), so a queue's depth is the sum of its lists. Keys missing from Redis
+  (an empty list is deleted) are exported as 0, so every queue always has a series.
+- The age of the oldest unacknowledged message needs a Lua script (`--script`): kombu keeps
+  delivered messages in the `unacked` hash and their delivery time in the `unacked_index`
+  sorted set, which no single read command turns into an age. The exporter runs scripts with
+  EVAL and reports any script error as `redis_up 0`, so the script (and its alert) is enabled
+  only when the probe user's ACL grants `eval`; see `probe_may_run_scripts`.
+- Consumers are invisible to Redis as such: a worker is one of many BRPOP clients, and
+  `_kombu.binding.*` sets outlive the workers that created them. The alert for a queue nobody
+  consumes is therefore behavioural: tasks waited for longer than the pool's hard time limit
+  and the queue never got shorter, which a live worker with prefetch 1 cannot allow.
+
+Everything here is a pure function of the settings except the two custom resources, which the
+broker component creates (with `parent=` itself) only with `metrics.prometheus_operator`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+import pulumi
+import pulumi_kubernetes as k8s
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+from components import redis_config
+from components.naming import labels, object_name
+from components.pods import hardened_container
+from components.settings import PoolSettings, StackSettings
+
+CONTAINER = "redis-exporter"
+COMPONENT = "redis-metrics"
+PORT_NAME = "metrics"
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/health"
+PROBE_USER = "probe"
+"""The read-only ACL user of components/redis_config.py (`acl_user_rules()["probe"]`)."""
+
+PASSWORD_MAP_KEY = "exporter-password-map.json"  # noqa: S105 - a Secret key name, not a password
+"""Key the broker adds to its users Secret: `exporter_password_map(...)`, a JSON object."""
+PASSWORD_VOLUME = "exporter-auth"  # noqa: S105 - a volume name
+PASSWORD_DIR = "/etc/redis-exporter-auth"  # noqa: S105 - a mount path
+SCRIPT_VOLUME = "exporter-script"
+SCRIPT_DIR = "/etc/redis-exporter-script"
+SCRIPT_KEY = "celery-unacked.lua"
+"""Key of the script in the ConfigMap the broker creates from `exporter_script_data(settings)`."""
+
+MONITORING_API = "monitoring.coreos.com/v1"
+KOMBU_UNACKED_INDEX = "unacked_index"
+"""kombu's sorted set of delivered, unacknowledged messages (score: delivery time)."""
+KOMBU_UNACKED = "unacked"
+"""kombu's hash of those messages: delivery tag -> JSON `[message, exchange, routing_key]`."""
+OLDEST_UNACKED_PREFIX = "oldest_unacked_delivered_at:"
+QUEUE_DEPTH_RECORD = "queue:redis_key_size:sum"
+"""Recorded series: a queue's waiting tasks, its priority lists summed, labelled `queue`."""
+SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by the pod's uid only
+
+
+# --- what the exporter reads -------------------------------------------------------------
+
+
+def queue_list_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue: the plain name, then one per priority step."""
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+
+
+def configured_queues(settings: StackSettings) -> list[str]:
+    """Every queue some pool consumes, once each, in the order the stack file names them."""
+    return list(dict.fromkeys(queue for pool in settings.workers.pools for queue in pool.queues))
+
+
+def check_single_keys(settings: StackSettings) -> str:
+    """`--check-single-keys`: every queue list plus kombu's unacked index, in the broker DB.
+
+    The exporter URL-unescapes each key, so kombu's control-character separator travels as
+    `%06%16` and the argument stays printable; commas and `=` delimit entries, so every key is
+    percent-encoded whole.
+    """
+    keys = [key for queue in configured_queues(settings) for key in queue_list_keys(queue)]
+    keys += [KOMBU_UNACKED_INDEX, KOMBU_UNACKED]
+    return ",".join(f"db{settings.broker.broker_db}={quote(key, safe='')}" for key in keys)
+
+
+def probe_may_run_scripts() -> bool:
+    """Whether the probe user's ACL grants EVAL, which the exporter's `--script` needs.
+
+    Without it every scrape would fail (the exporter turns a script error into `redis_up 0`),
+    so the oldest-unacked script and its alert appear only once redis_config grants `eval`.
+    """
+    granted = {command for commands in redis_config.PROBE_COMMANDS.values() for command in commands}
+    return "eval" in granted
+
+
+def unacked_script(settings: StackSettings) -> str:
+    """Lua for `--script`: the oldest unacknowledged message's delivery time and its queue.
+
+    `no-writes` lets Redis run it while the broker is full (OOM) and under a read-only user.
+    Only the tail of the oldest message is inspected for its routing key: a message can carry
+    a whole PDF, and copying every unacked message on each scrape would cost more than the
+    answer is worth. Celery routes a task to the queue named by its routing key.
+    """
+    return "\n".join(
+        [
+            "#!lua flags=no-writes",
+            "-- Rendered by components/metrics.py; run by redis_exporter as the probe user.",
+            f"redis.call('SELECT', '{settings.broker.broker_db}')",
+            f"local result = {{'unacked_messages', tostring(redis.call('ZCARD', '{KOMBU_UNACKED_INDEX}'))}}",
+            f"local oldest = redis.call('ZRANGE', '{KOMBU_UNACKED_INDEX}', 0, 0, 'WITHSCORES')",
+            "if #oldest == 2 then",
+            "  local queue = 'unknown'",
+            f"  local entry = redis.call('HGET', '{KOMBU_UNACKED}', oldest[1])",
+            "  if entry then",
+            "    queue = string.match(string.sub(entry, -1024), '\"([^\"]*)\"%s*%]%s*$') or queue",
+            "  end",
+            f"  table.insert(result, '{OLDEST_UNACKED_PREFIX}' .. queue)",
+            "  table.insert(result, oldest[2])",
+            "end",
+            "return result",
+            "",
+        ]
+    )
+
+
+def exporter_script_data(settings: StackSettings) -> dict[str, str]:
+    """ConfigMap data holding the script, or nothing when the probe user may not run scripts."""
+    return {SCRIPT_KEY: unacked_script(settings)} if probe_may_run_scripts() else {}
+
+
+# --- the sidecar --------------------------------------------------------------------------
+
+
+def exporter_redis_address(settings: StackSettings) -> str:
+    """Where the sidecar finds Redis: the same pod, so localhost (rediss:// with TLS on)."""
+    scheme = "rediss" if settings.tls.enabled else "redis"
+    return f"{scheme}://localhost:{settings.broker.port}"
+
+
+def exporter_password_map(
+    settings: StackSettings, probe_password: pulumi.Input[str]
+) -> pulumi.Output[str]:
+    """The `--redis.password-file` content: JSON mapping the Redis address to the password.
+
+    redis_exporter's password file is such a map, not a bare password. Its lookup key changed
+    between releases (with `--redis.user`, newer ones insert the user into the address), so
+    both spellings are listed and any pinned release finds its entry.
+    """
+    address = exporter_redis_address(settings)
+    with_user = address.replace("://", f"://{PROBE_USER}@", 1)
+    return pulumi.Output.secret(
+        pulumi.Output.from_input(probe_password).apply(
+            lambda password: json.dumps({address: password, with_user: password}, sort_keys=True)
+        )
+    )
+
+
+def scrape_timeout_seconds(settings: StackSettings) -> int:
+    """Prometheus's scrape timeout: its usual 10 s, never longer than the scrape interval."""
+    return min(10, settings.metrics.scrape_interval_seconds)
+
+
+def exporter_args(settings: StackSettings, tls_ca_file: str | None = None) -> list[str]:
+    """redis_exporter's flags; each one's reason is beside it. No credential is in argv."""
+    timeout = max(1, scrape_timeout_seconds(settings) // 2)
+    args = [
+        f"--redis.addr={exporter_redis_address(settings)}",
+        f"--redis.user={PROBE_USER}",
+        f"--redis.password-file={PASSWORD_DIR}/{PASSWORD_MAP_KEY}",
+        f"--web.listen-address=:{settings.metrics.exporter_port}",
+        f"--web.telemetry-path={METRICS_PATH}",
+        # A hung broker must become `redis_up 0` before Prometheus gives up on the scrape.
+        f"--connection-timeout={timeout}s",
+        f"--check-single-keys={check_single_keys(settings)}",
+        # Queue lists are not strings; never GET a value into a label.
+        "--disable-exporting-key-values",
+        # The probe user may not run CLIENT SETNAME or LATENCY HISTOGRAM: skip, not fail.
+        "--set-client-name=false",
+        "--exclude-latency-histogram-metrics",
+        # Only the broker's numbers; the exporter's Go runtime is not what anyone pages on.
+        "--redis-only-metrics",
+    ]
+    if probe_may_run_scripts():
+        args.append(f"--script={SCRIPT_DIR}/{SCRIPT_KEY}")
+    if settings.tls.enabled:
+        if tls_ca_file is None:
+            message = "exporter_args: TLS is enabled, pass tls_ca_file (the CA that signed the broker)"
+            raise ValueError(message)
+        args.append(f"--tls-ca-cert-file={tls_ca_file}")
+    return args
+
+
+def _http_probe(settings: StackSettings, period: int, failures: int) -> k8s.core.v1.ProbeArgs:
+    """`/health` answers while the exporter serves; it does not depend on Redis being up.
+
+    On purpose: the exporter shares the broker's pod, so a readiness tied to Redis would only
+    repeat the broker's own probe, and a broken exporter must not take the broker out of its
+    Service for longer than a restart takes.
+    """
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=HEALTH_PATH, port=PORT_NAME),
+        period_seconds=period,
+        timeout_seconds=3,
+        failure_threshold=failures,
+    )
+
+
+def exporter_container(
+    settings: StackSettings, tls_ca_file: str | None = None
+) -> k8s.core.v1.ContainerArgs:
+    """The redis_exporter sidecar for the broker pod.
+
+    The pod must also carry `exporter_volumes(...)`; `tls_ca_file` is the path of a CA file
+    already mounted into this container's pod when `tls.enabled` (the caller adds the mount).
+    """
+    metrics = settings.metrics
+    mounts = [
+        k8s.core.v1.VolumeMountArgs(name=PASSWORD_VOLUME, mount_path=PASSWORD_DIR, read_only=True)
+    ]
+    if probe_may_run_scripts():
+        mounts.append(
+            k8s.core.v1.VolumeMountArgs(name=SCRIPT_VOLUME, mount_path=SCRIPT_DIR, read_only=True)
+        )
+    return hardened_container(
+        name=CONTAINER,
+        image=metrics.exporter_image,
+        # The image's entrypoint is the binary; naming it keeps the spec self-describing.
+        command=["/redis_exporter"],
+        args=exporter_args(settings, tls_ca_file),
+        resources=metrics.resources,
+        volume_mounts=mounts,
+        ports=[
+            k8s.core.v1.ContainerPortArgs(
+                name=PORT_NAME, container_port=metrics.exporter_port, protocol="TCP"
+            )
+        ],
+        liveness_probe=_http_probe(settings, period=20, failures=3),
+        readiness_probe=_http_probe(settings, period=10, failures=3),
+    )
+
+
+def exporter_volumes(
+    users_secret_name: pulumi.Input[str], script_config_map_name: pulumi.Input[str] | None = None
+) -> list[k8s.core.v1.VolumeArgs]:
+    """The sidecar's volumes: only the password-map key of the users Secret, and the script.
+
+    Projecting the one key keeps the Celery user's password out of the exporter's filesystem.
+    `script_config_map_name` is the ConfigMap holding `exporter_script_data(settings)`; it is
+    needed only while `probe_may_run_scripts()`.
+    """
+    volumes = [
+        k8s.core.v1.VolumeArgs(
+            name=PASSWORD_VOLUME,
+            secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=users_secret_name,
+                items=[k8s.core.v1.KeyToPathArgs(key=PASSWORD_MAP_KEY, path=PASSWORD_MAP_KEY)],
+                default_mode=SECRET_FILE_MODE,
+            ),
+        )
+    ]
+    if probe_may_run_scripts():
+        if script_config_map_name is None:
+            message = "exporter_volumes: the probe user may run scripts; pass script_config_map_name"
+            raise ValueError(message)
+        volumes.append(
+            k8s.core.v1.VolumeArgs(
+                name=SCRIPT_VOLUME,
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=script_config_map_name),
+            )
+        )
+    return volumes
+
+
+# --- the Service Prometheus scrapes --------------------------------------------------------
+
+
+def metrics_service_name(settings: StackSettings) -> str:
+    """The metrics Service; Prometheus Operator names the scrape job after it (`job` label)."""
+    return object_name(settings.name_prefix, "broker-metrics")
+
+
+def metrics_labels(settings: StackSettings) -> dict[str, str]:
+    """Labels of the metrics Service, ServiceMonitor and PrometheusRule, plus `rule_labels`."""
+    return {**labels(settings, COMPONENT, "broker-metrics"), **settings.metrics.rule_labels}
+
+
+def metrics_service_spec(
+    settings: StackSettings, pod_selector: dict[str, str]
+) -> k8s.core.v1.ServiceSpecArgs:
+    """A ClusterIP Service on the exporter port only; `pod_selector` selects the broker pod.
+
+    Separate from the clients' Service so the ServiceMonitor can select it by label and the
+    scrape job gets a name of its own.
+    """
+    return k8s.core.v1.ServiceSpecArgs(
+        type="ClusterIP",
+        selector=pod_selector,
+        ports=[
+            k8s.core.v1.ServicePortArgs(
+                name=PORT_NAME,
+                port=settings.metrics.exporter_port,
+                target_port=PORT_NAME,
+                protocol="TCP",
+            )
+        ],
+    )
+
+
+def service_monitor_spec(settings: StackSettings) -> dict[str, Any]:
+    """The ServiceMonitor spec: scrape the metrics Service of this release in its namespace."""
+    return {
+        "selector": {"matchLabels": labels(settings, COMPONENT, "broker-metrics")},
+        "namespaceSelector": {"matchNames": [settings.namespace]},
+        "endpoints": [
+            {
+                "port": PORT_NAME,
+                "path": METRICS_PATH,
+                "interval": f"{settings.metrics.scrape_interval_seconds}s",
+                "scrapeTimeout": f"{scrape_timeout_seconds(settings)}s",
+            }
+        ],
+    }
+
+
+# --- alert rules ---------------------------------------------------------------------------
+
+
+def _selector(settings: StackSettings) -> str:
+    """Label matchers that pick this release's exporter out of everything Prometheus scrapes."""
+    matchers = {"job": metrics_service_name(settings), "namespace": settings.namespace}
+    return ",".join(f'{name}="{value}"' for name, value in matchers.items())
+
+
+def _alternatives(names: Iterable[str]) -> str:
+    """An RE2 alternation matching exactly the given names (queue names may contain dots).
+
+    Regexes go into PromQL as backtick strings, which PromQL passes to RE2 unescaped.
+    """
+    return "|".join(re.escape(name) for name in names)
+
+
+def _duration(seconds: float) -> str:
+    """A Prometheus duration in whole minutes, rounded up (range selectors need a unit)."""
+    return f"{max(1, math.ceil(seconds / 60))}m"
+
+
+PRIORITY_SUFFIX = r"(\x06\x16[0-9])?"
+"""RE2 for kombu's priority list suffix (separator, then the step digit)."""
+
+
+def oldest_unacked_threshold(pool: PoolSettings) -> int:
+    """Seconds a delivered task may stay unacknowledged: explicit, or the pool's hard limit."""
+    return pool.alert_oldest_unacked_seconds or pool.time_limit
+
+
+def _rule(
+    alert: str,
+    expr: str,
+    *,
+    duration: str | None,
+    severity: str,
+    summary: str,
+    runbook: str,
+    extra_labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One alerting rule with the annotations every alert carries (summary and runbook line)."""
+    rule: dict[str, Any] = {"alert": alert, "expr": expr}
+    if duration is not None:
+        rule["for"] = duration
+    rule["labels"] = {"severity": severity, **(extra_labels or {})}
+    rule["annotations"] = {"summary": summary, "runbook": runbook}
+    return rule
+
+
+def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
+    """Alerts about the broker itself: reachability, memory, connections, persistence."""
+    sel = _selector(settings)
+    ratio = settings.metrics.memory_alert_ratio
+    pending = _duration(3 * settings.metrics.scrape_interval_seconds)
+    rules = [
+        _rule(
+            "CeleryBrokerDown",
+            f"redis_up{{{sel}}} == 0 or absent(redis_up{{{sel}}})",
+            duration=pending,
+            severity="critical",
+            summary="The Celery broker (Redis) does not answer, or its exporter is not scraped.",
+            runbook=(
+                "kubectl -n NS get pod -l app.kubernetes.io/name=redis; check the redis "
+                "container's logs and probes, then the exporter's (wrong probe password, ACL)."
+            ),
+        ),
+        _rule(
+            "CeleryBrokerMemoryHigh",
+            (
+                f"redis_memory_used_bytes{{{sel}}} > {ratio} * redis_memory_max_bytes{{{sel}}}"
+                f" and redis_memory_max_bytes{{{sel}}} > 0"
+            ),
+            duration="5m",
+            severity="warning",
+            summary=f"Broker memory above {ratio:.0%} of maxmemory: when full it refuses new tasks.",
+            runbook=(
+                "Find the growing queue (queue:redis_key_size:sum); scale its workers or stop "
+                "its producer; raise broker.resources.memory_limit if the backlog is legitimate."
+            ),
+        ),
+        _rule(
+            "CeleryBrokerRejectingConnections",
+            f"increase(redis_rejected_connections_total{{{sel}}}[5m]) > 0",
+            duration=None,
+            severity="warning",
+            summary="The broker refused client connections (maxclients reached).",
+            runbook=(
+                "Count clients (INFO clients); look for a worker or producer leaking "
+                "connections; lower pool replicas or concurrency, or raise maxclients."
+            ),
+        ),
+    ]
+    return rules + persistence_rules(settings)
+
+
+def persistence_rules(settings: StackSettings) -> list[dict[str, Any]]:
+    """Alerts that persistence silently stopped: AOF writes/rewrites, or RDB snapshots."""
+    sel = _selector(settings)
+    broker = settings.broker
+    if broker.persistence == "rdb":
+        return [
+            _rule(
+                "CeleryBrokerSnapshotFailing",
+                f"redis_rdb_last_bgsave_status{{{sel}}} == 0",
+                duration=None,
+                severity="critical",
+                summary="The broker's last RDB snapshot failed; it refuses writes until one succeeds.",
+                runbook=(
+                    "Check the redis log for the BGSAVE error; usually a full volume (grow "
+                    "broker.storage.size) or a fork refused for memory (fork_headroom_ratio)."
+                ),
+            )
+        ]
+    if broker.persistent:
+        # Both statuses are 1 when fine, so their product is 0 when either failed.
+        return [
+            _rule(
+                "CeleryBrokerAofWriteFailing",
+                f"redis_aof_last_write_status{{{sel}}} * redis_aof_last_bgrewrite_status{{{sel}}} == 0",
+                duration=None,
+                severity="critical",
+                summary="The broker cannot write or rewrite its AOF: acknowledged tasks may be lost.",
+                runbook=(
+                    "Check the redis log for the AOF error; usually a full volume (grow "
+                    "broker.storage.size) or a failed rewrite fork (fork_headroom_ratio)."
+                ),
+            )
+        ]
+    return []
+
+
+def pool_rules(settings: StackSettings, pool: PoolSettings) -> list[dict[str, Any]]:
+    """Alerts about one pool's queues: backlog, nobody consuming, a task held too long."""
+    queues = _alternatives(pool.queues)
+    depth = f'{QUEUE_DEPTH_RECORD}{{{_selector(settings)},queue=~`{queues}`}}'
+    pool_label = {"pool": pool.name}
+    # A live worker with prefetch 1 takes a new task at the latest when its longest one ends.
+    window = _duration(pool.time_limit + 2 * settings.metrics.scrape_interval_seconds)
+    rules = [
+        _rule(
+            "CeleryQueueBacklog",
+            f"{depth} > {pool.alert_queue_depth}",
+            duration="5m",
+            severity="warning",
+            summary=f"Over {pool.alert_queue_depth} tasks wait in a queue of pool {pool.name}.",
+            runbook=(
+                "Check the pool's workers (kubectl get deploy, logs) and autoscaler; add "
+                "replicas or concurrency, or throttle producers; the broker memory alert follows."
+            ),
+            extra_labels=pool_label,
+        ),
+        _rule(
+            "CeleryQueueNotConsumed",
+            (
+                f"min_over_time({depth}[{window}]) > 0 and ({depth} offset {window}) > 0"
+                f" and min_over_time(({depth} - {depth} offset 1m)[{window}:1m]) >= 0"
+            ),
+            duration=None,
+            severity="critical",
+            summary=(
+                f"A queue of pool {pool.name} has had waiting tasks for {window} and never "
+                "got shorter: no worker consumes it."
+            ),
+            runbook=(
+                "Check the pool's pods exist and are ready, that KEDA/HPA scaled it up, and that "
+                "`celery inspect active_queues` lists the queue; run `brokerctl check`."
+            ),
+            extra_labels=pool_label,
+        ),
+    ]
+    if probe_may_run_scripts():
+        rules.append(oldest_unacked_rule(settings, pool))
+    return rules
+
+
+def oldest_unacked_rule(settings: StackSettings, pool: PoolSettings) -> dict[str, Any]:
+    """A delivered task of this pool unacknowledged for longer than its threshold."""
+    threshold = oldest_unacked_threshold(pool)
+    prefix = re.escape(OLDEST_UNACKED_PREFIX)
+    delivered = (
+        f'label_replace(redis_script_values{{{_selector(settings)},key=~`{prefix}({_alternatives(pool.queues)})`}},'
+        f' "queue", "$1", "key", `{prefix}(.+)`)'
+    )
+    return _rule(
+        "CeleryTaskUnackedTooLong",
+        f"time() - {delivered} > {threshold}",
+        duration=None,
+        severity="warning",
+        summary=(
+            f"A task of pool {pool.name} has been delivered but unacknowledged for over "
+            f"{threshold} s; at {settings.visibility_timeout} s Redis redelivers it (runs twice)."
+        ),
+        runbook=(
+            "Find the worker holding it (`celery inspect active`/`reserved`); a hung task needs "
+            "a time limit, a dead worker's tasks come back at the visibility timeout."
+        ),
+        extra_labels={"pool": pool.name},
+    )
+
+
+def recording_rules(settings: StackSettings) -> list[dict[str, Any]]:
+    """Each queue's depth with its priority lists summed, as one series labelled `queue`."""
+    sizes = (
+        f'redis_key_size{{{_selector(settings)},db="db{settings.broker.broker_db}",'
+        f'key=~`({_alternatives(configured_queues(settings))}){PRIORITY_SUFFIX}`}}'
+    )
+    return [
+        {
+            "record": QUEUE_DEPTH_RECORD,
+            "expr": (
+                f'sum without (key) (label_replace({sizes}, "queue", "$1", "key", '
+                f'`(.+?){PRIORITY_SUFFIX}`))'
+            ),
+        }
+    ]
+
+
+def alert_rules(settings: StackSettings) -> dict[str, Any]:
+    """The PrometheusRule spec (`{"groups": [...]}`), also a valid promtool rule file."""
+    release = settings.name_prefix
+    pool_alerts = [rule for pool in settings.workers.pools for rule in pool_rules(settings, pool)]
+    return {
+        "groups": [
+            {"name": f"{release}-celery-queues.records", "rules": recording_rules(settings)},
+            {"name": f"{release}-celery-broker.alerts", "rules": broker_rules(settings)},
+            {"name": f"{release}-celery-queues.alerts", "rules": pool_alerts},
+        ]
+    }
+
+
+# --- the custom resources ------------------------------------------------------------------
+
+
+def _metadata(settings: StackSettings, suffix: str) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=object_name(settings.name_prefix, suffix),
+        namespace=settings.namespace,
+        labels=metrics_labels(settings),
+    )
+
+
+def service_monitor(
+    settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
+) -> k8s.apiextensions.CustomResource | None:
+    """The ServiceMonitor, only with `metrics.prometheus_operator` (its CRD must exist)."""
+    if not settings.metrics.prometheus_operator:
+        return None
+    return k8s.apiextensions.CustomResource(
+        resource_name,
+        api_version=MONITORING_API,
+        kind="ServiceMonitor",
+        metadata=_metadata(settings, "broker-metrics"),
+        spec=service_monitor_spec(settings),
+        opts=opts,
+    )
+
+
+def prometheus_rule(
+    settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
+) -> k8s.apiextensions.CustomResource | None:
+    """The PrometheusRule holding `alert_rules(settings)`, only with the operator on."""
+    if not settings.metrics.prometheus_operator:
+        return None
+    return k8s.apiextensions.CustomResource(
+        resource_name,
+        api_version=MONITORING_API,
+        kind="PrometheusRule",
+        metadata=_metadata(settings, "broker-alerts"),
+        spec=alert_rules(settings),
+        opts=opts,
+    )
