@@ -159,13 +159,18 @@ def exporter_password_map(
     between releases (with `--redis.user`, newer ones insert the user into the address), so
     both spellings are listed and any pinned release finds its entry.
     """
-    address = exporter_redis_address(settings)
-    with_user = address.replace("://", f"://{PROBE_USER}@", 1)
     return pulumi.Output.secret(
         pulumi.Output.from_input(probe_password).apply(
-            lambda password: json.dumps({address: password, with_user: password}, sort_keys=True)
+            lambda password: password_map_json(settings, password)
         )
     )
+
+
+def password_map_json(settings: StackSettings, password: str) -> str:
+    """The password file's text for a resolved password (see `exporter_password_map`)."""
+    address = exporter_redis_address(settings)
+    with_user = address.replace("://", f"://{PROBE_USER}@", 1)
+    return json.dumps({address: password, with_user: password}, sort_keys=True)
 
 
 def scrape_timeout_seconds(settings: StackSettings) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def e2e_host() -> None:
 
 @pytest.fixture(scope="session")
 def images(e2e_host: None) -> Iterator[dict[str, LocalImage]]:
-    """The image table, with the stand-in venv built and the stand-in app copied for /app."""
+    """Return the image table, with the stand-in venv built and the app copied for /app."""
     ensure_standin_venv()
     app_dir = Path(tempfile.mkdtemp(prefix="celery-redis-e2e-app-"))
     try:
@@ -149,17 +150,17 @@ class RunningStack:
 
     # -- reaching the broker from the test process -----------------------------------------
     def port(self) -> int:
-        """The broker Service's port, forwarded to the test process's 127.0.0.1 (made once)."""
+        """Return the broker Service's port, forwarded to the test process's 127.0.0.1."""
         if self.broker_port is None:
             self.broker_port = self.cluster.host_port(self.broker_service, "redis")
         return self.broker_port
 
     def url(self, user: str = "celery", password: str = CELERY_PASSWORD, db: int = 0) -> str:
-        """A broker URL for the test process, with the test password."""
+        """Return a broker URL for the test process, with the test password."""
         return f"redis://{user}:{password}@127.0.0.1:{self.port()}/{db}"
 
     def redis(self, user: str = "probe", password: str = PROBE_PASSWORD) -> redis.Redis:
-        """A redis-py client as the read-only probe user (LLEN, HLEN, INFO are allowed to it)."""
+        """Open a redis-py client, by default as the read-only probe user (LLEN, HLEN, INFO)."""
         return redis.Redis.from_url(
             self.url(user, password), socket_timeout=5, socket_connect_timeout=5
         )
@@ -171,7 +172,7 @@ class RunningStack:
 
     @contextmanager
     def producer(self) -> Iterator[Celery]:
-        """A Celery client app sending as the workers' user, reading results from the backend."""
+        """Yield a Celery client sending as the workers' user and reading the result backend."""
         app = Celery(
             "e2e-producer",
             broker=self.url(db=0),
@@ -213,7 +214,7 @@ class RunningStack:
 
 
 def find_names(objects_dir: Path) -> dict[str, Any]:
-    """The broker, its Service, worker Deployments and check Job, found by kind and labels."""
+    """Find the broker, its Service, the worker Deployments and the check Job by kind."""
     import yaml
 
     objects = [yaml.safe_load(path.read_text()) for path in sorted(objects_dir.glob("*.yaml"))]
@@ -245,7 +246,7 @@ def find_names(objects_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def open_stack(images: dict[str, LocalImage]) -> Callable[..., Any]:
-    """Context manager factory: `with open_stack(dir, secret_overrides=...) as stack:`.
+    """Return a factory of running stacks, used as a context manager around a test.
 
     Every process, namespace and state directory of the cluster is gone when the block ends,
     whether the test passed or failed (LocalCluster's context manager).
@@ -269,3 +270,49 @@ def open_stack(images: dict[str, LocalImage]) -> Callable[..., Any]:
             yield RunningStack(cluster=cluster, **find_names(manifest_dir))
 
     return open_stack_cm
+
+
+# -- tasks the test process sends ----------------------------------------------------------------
+PDF_TASK = "src.tasks.process_pdf_task"
+RECORD_TASK = "src.tasks.record_execution"
+RECORD_FILE = "/tmp/e2e-executions.log"
+"""Where record_execution writes inside a worker pod (its /tmp emptyDir; read with pod.exec)."""
+
+ONE_MIB = 1024 * 1024
+
+
+def fake_pdf(size: int = ONE_MIB) -> bytes:
+    """Return a PDF-like payload that is not UTF-8: Celery's JSON carries it base64, as a PDF."""
+    return b"%PDF-1.7\n\xe2\xe3\xcf\xd3\n" + os.urandom(size - 15)
+
+
+def send_pdfs(app: Celery, count: int, queue: str = "celery", size: int = ONE_MIB) -> list:
+    """Send `count` process_pdf_task messages of `size` bytes; return their AsyncResults."""
+    return [
+        app.send_task(PDF_TASK, args=[fake_pdf(size), f"e2e-{index}.pdf"], queue=queue)
+        for index in range(count)
+    ]
+
+
+def collect(results: list, timeout: float = TASK_SECONDS) -> list:
+    """Every result's value within one bounded wait; fails naming the tasks still missing."""
+    deadline = time.monotonic() + timeout
+    values = []
+    for result in results:
+        remaining = deadline - time.monotonic()
+        try:
+            values.append(result.get(timeout=max(remaining, 0.1), interval=0.1))
+        except TimeoutError:
+            missing = [r.id for r in results if not r.ready()]
+            pytest.fail(
+                f"{len(missing)} of {len(results)} tasks got no result within {timeout}s "
+                f"(lost or never consumed): {missing[:5]}",
+                pytrace=False,
+            )
+    return values
+
+
+def records(pod: Pod) -> list[str]:
+    """Labels record_execution wrote in one worker pod (empty when it ran none there)."""
+    result = pod.exec(["cat", RECORD_FILE])
+    return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]

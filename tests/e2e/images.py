@@ -55,7 +55,7 @@ VENV_BUILD_TIMEOUT = 300
 
 
 def standin_requirements() -> list[str]:
-    """Requirement pins for the stand-in venv: the same versions as the project's own venv."""
+    """Pin the stand-in venv to the versions the project's own venv runs."""
     pins = []
     for requirement in PINNED_DISTRIBUTIONS:
         distribution = requirement.split("[", 1)[0]
@@ -87,7 +87,14 @@ def ensure_standin_venv() -> Path:
                 timeout=VENV_BUILD_TIMEOUT,
             )
             subprocess.run(
-                [str(STANDIN_VENV / "bin" / "python"), "-m", "pip", "install", "-q", *wanted.split()],
+                [
+                    str(STANDIN_VENV / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    *wanted.split(),
+                ],
                 check=True,
                 capture_output=True,
                 timeout=VENV_BUILD_TIMEOUT,

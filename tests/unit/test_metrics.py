@@ -1,0 +1,150 @@
+"""The exporter sidecar, the monitoring custom resources, and their schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pulumi
+import pytest
+
+from components import metrics, redis_config
+from components.settings import StackSettings
+from tests.support.crd_schema import CrdSchemaError, validate_custom_resources
+
+
+def stack(**overrides: Any) -> StackSettings:
+    """A stack with the exporter and the operator on, two pools, overrides on top."""
+    data: dict[str, Any] = {
+        "metrics": {"exporter_enabled": True, "prometheus_operator": True, "rule_labels": {"release": "kube-prom"}},
+        "workers": {"pools": [{"name": "pdf", "queues": ["celery", "pdf.high"]}, {"name": "mail", "queues": ["mail"]}]},
+    }
+    data.update(overrides)
+    return StackSettings.model_validate(data, strict=False)
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    return [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{flag}=")]
+
+
+def custom_resource(kind: str, settings: StackSettings, spec: dict[str, Any]) -> dict[str, Any]:
+    """A manifest as render writes it, from the same pieces the CustomResource is built of."""
+    meta = {"name": f"x-{kind.lower()}", "namespace": settings.namespace, "labels": metrics.metrics_labels(settings)}
+    return {"apiVersion": metrics.MONITORING_API, "kind": kind, "metadata": meta, "spec": spec}
+
+
+def test_exporter_checks_every_queue_list_including_priority_sub_queues() -> None:
+    args = metrics.exporter_args(stack())
+    checked = [unquote(entry.split("=", 1)[1]) for entry in flag_values(args, "--check-single-keys")[0].split(",")]
+    for queue in ("celery", "pdf.high", "mail"):
+        expected = [queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]
+        assert set(expected) <= set(checked), f"queue {queue!r}: lists missing from {checked!r}"
+    assert "unacked_index" in checked, "kombu's unacked index should be exported too"
+    assert all(entry.startswith("db0=") for entry in flag_values(args, "--check-single-keys")[0].split(","))
+
+
+def test_exporter_argv_is_printable_and_holds_no_password() -> None:
+    args = metrics.exporter_args(stack())
+    assert all(arg.isprintable() for arg in args), "control characters belong percent-encoded in argv"
+    assert flag_values(args, "--redis.user") == ["probe"]
+    assert flag_values(args, "--redis.password-file") == [f"{metrics.PASSWORD_DIR}/{metrics.PASSWORD_MAP_KEY}"]
+    assert not [arg for arg in args if arg.startswith("--redis.password=")], "password must not be in argv"
+
+
+def test_exporter_container_is_hardened_and_takes_the_password_only_from_a_file() -> None:
+    container = metrics.exporter_container(stack())
+    assert container.env is None, "no environment: the password comes from the mounted file"
+    assert container.security_context.run_as_non_root is True
+    assert container.security_context.allow_privilege_escalation is False
+    assert container.resources.limits["memory"] == "64Mi"
+    assert container.liveness_probe.http_get.path == "/health"
+    assert container.readiness_probe.http_get.port == metrics.PORT_NAME
+    mounts = {mount.name: mount for mount in container.volume_mounts}
+    assert mounts[metrics.PASSWORD_VOLUME].read_only is True
+
+
+def test_password_volume_projects_only_the_exporter_key_of_the_users_secret() -> None:
+    (volume,) = metrics.exporter_volumes("celery-broker-users")
+    assert [item.key for item in volume.secret.items] == [metrics.PASSWORD_MAP_KEY], (
+        "the celery user's password must stay out of the exporter's filesystem"
+    )
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_password_map_matches_the_address_with_and_without_user(tls: bool) -> None:
+    settings = stack(tls={"enabled": tls, "secret_name": "broker-tls"} if tls else {"enabled": False})
+    result = json.loads(metrics.password_map_json(settings, "s3cret"))
+    scheme = "rediss" if tls else "redis"
+    assert result == {f"{scheme}://localhost:6379": "s3cret", f"{scheme}://probe@localhost:6379": "s3cret"}
+
+
+def test_unacked_script_and_alert_appear_only_when_the_probe_may_eval(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = stack()
+    names = [rule.get("alert") for group in metrics.alert_rules(settings)["groups"] for rule in group["rules"]]
+    assert "CeleryTaskUnackedTooLong" not in names, "without +eval every scrape would fail"
+    assert not flag_values(metrics.exporter_args(settings), "--script")
+    monkeypatch.setitem(redis_config.PROBE_COMMANDS, "scripts", ("eval",))
+    names = [rule.get("alert") for group in metrics.alert_rules(settings)["groups"] for rule in group["rules"]]
+    assert names.count("CeleryTaskUnackedTooLong") == 2, "one unacked alert per pool"
+    assert flag_values(metrics.exporter_args(settings), "--script") == [f"{metrics.SCRIPT_DIR}/{metrics.SCRIPT_KEY}"]
+
+
+def test_every_alert_has_a_runbook_line_and_only_this_release_is_selected() -> None:
+    settings = stack()
+    for group in metrics.alert_rules(settings)["groups"]:
+        for rule in group["rules"]:
+            assert 'job="celery-broker-metrics",namespace="celery"' in rule["expr"], rule
+            if "alert" in rule:
+                assert rule["annotations"]["runbook"].strip(), f"{rule['alert']} has no runbook"
+
+
+def test_custom_resources_exist_only_with_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    off = stack(metrics={"exporter_enabled": True})
+    opts = pulumi.ResourceOptions()
+    assert metrics.service_monitor(off, "sm", opts) is None
+    assert metrics.prometheus_rule(off, "rule", opts) is None
+
+
+def test_monitoring_objects_carry_release_and_rule_labels() -> None:
+    labels = metrics.metrics_labels(stack())
+    assert labels["release"] == "kube-prom"
+    assert labels["app.kubernetes.io/part-of"] == "celery"
+
+
+def test_service_monitor_and_prometheus_rule_match_their_crd_schemas(tmp_path: Path) -> None:
+    settings = stack()
+    objects = [
+        custom_resource("ServiceMonitor", settings, metrics.service_monitor_spec(settings)),
+        custom_resource("PrometheusRule", settings, metrics.alert_rules(settings)),
+    ]
+    assert validate_custom_resources(objects, tmp_path) == []
+
+
+def test_crd_validator_rejects_a_wrong_object(tmp_path: Path) -> None:
+    settings = stack()
+    rules = metrics.alert_rules(settings)
+    del rules["groups"][0]["name"]
+    monitor = metrics.service_monitor_spec(settings)
+    monitor["endpoints"][0]["port"] = 9121  # a port *name* is a string
+    certificate = {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "broker"},
+        "spec": {"secretName": "broker-tls"},  # issuerRef is required
+    }
+    problems = validate_custom_resources(
+        [
+            custom_resource("PrometheusRule", settings, rules),
+            custom_resource("ServiceMonitor", settings, monitor),
+            certificate,
+        ],
+        tmp_path,
+    )
+    assert len(problems) == 3, f"each broken object should be reported: {problems}"
+
+
+def test_crd_validator_refuses_an_unknown_api_group(tmp_path: Path) -> None:
+    with pytest.raises(CrdSchemaError, match="no schema package"):
+        validate_custom_resources([{"apiVersion": "example.com/v1", "kind": "Thing"}], tmp_path)
