@@ -1,4 +1,4 @@
-"""Broker metrics: the redis_exporter sidecar, its Service, scrape config and alert rules.
+r"""Broker metrics: the redis_exporter sidecar, its Service, scrape config and alert rules.
 
 Why a sidecar: it reaches Redis on localhost, so the broker port never opens to the monitoring
 namespace (the NetworkPolicy admits only the metrics port), and it lives and dies with the pod
@@ -75,7 +75,7 @@ SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by the pod's uid
 
 
 def queue_list_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for one queue: the plain name, then one per priority step."""
+    """Return the Redis lists kombu keeps for a queue: its name, then one per priority step."""
     return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
 
 
@@ -119,13 +119,14 @@ def unacked_script(settings: StackSettings) -> str:
             "#!lua flags=no-writes",
             "-- Rendered by components/metrics.py; run by redis_exporter as the probe user.",
             f"redis.call('SELECT', '{settings.broker.broker_db}')",
-            f"local result = {{'unacked_messages', tostring(redis.call('ZCARD', '{KOMBU_UNACKED_INDEX}'))}}",
+            f"local count = redis.call('ZCARD', '{KOMBU_UNACKED_INDEX}')",
+            "local result = {'unacked_messages', tostring(count)}",
             f"local oldest = redis.call('ZRANGE', '{KOMBU_UNACKED_INDEX}', 0, 0, 'WITHSCORES')",
             "if #oldest == 2 then",
             "  local queue = 'unknown'",
             f"  local entry = redis.call('HGET', '{KOMBU_UNACKED}', oldest[1])",
             "  if entry then",
-            "    queue = string.match(string.sub(entry, -1024), '\"([^\"]*)\"%s*%]%s*$') or queue",
+            '    queue = string.match(string.sub(entry, -1024), \'"([^"]*)"%s*%]%s*$\') or queue',
             "  end",
             f"  table.insert(result, '{OLDEST_UNACKED_PREFIX}' .. queue)",
             "  table.insert(result, oldest[2])",
@@ -153,7 +154,7 @@ def exporter_redis_address(settings: StackSettings) -> str:
 def exporter_password_map(
     settings: StackSettings, probe_password: pulumi.Input[str]
 ) -> pulumi.Output[str]:
-    """The `--redis.password-file` content: JSON mapping the Redis address to the password.
+    """Return the `--redis.password-file` content: JSON mapping the Redis address to the password.
 
     redis_exporter's password file is such a map, not a bare password. Its lookup key changed
     between releases (with `--redis.user`, newer ones insert the user into the address), so
@@ -167,7 +168,7 @@ def exporter_password_map(
 
 
 def password_map_json(settings: StackSettings, password: str) -> str:
-    """The password file's text for a resolved password (see `exporter_password_map`)."""
+    """Return the password file's text for a resolved password (see `exporter_password_map`)."""
     address = exporter_redis_address(settings)
     with_user = address.replace("://", f"://{PROBE_USER}@", 1)
     return json.dumps({address: password, with_user: password}, sort_keys=True)
@@ -202,7 +203,9 @@ def exporter_args(settings: StackSettings, tls_ca_file: str | None = None) -> li
         args.append(f"--script={SCRIPT_DIR}/{SCRIPT_KEY}")
     if settings.tls.enabled:
         if tls_ca_file is None:
-            message = "exporter_args: TLS is enabled, pass tls_ca_file (the CA that signed the broker)"
+            message = (
+                "exporter_args: TLS is enabled, pass tls_ca_file (the CA that signed the broker)"
+            )
             raise ValueError(message)
         args.append(f"--tls-ca-cert-file={tls_ca_file}")
     return args
@@ -226,7 +229,7 @@ def _http_probe(settings: StackSettings, period: int, failures: int) -> k8s.core
 def exporter_container(
     settings: StackSettings, tls_ca_file: str | None = None
 ) -> k8s.core.v1.ContainerArgs:
-    """The redis_exporter sidecar for the broker pod.
+    """Return the redis_exporter sidecar for the broker pod.
 
     The pod must also carry `exporter_volumes(...)`; `tls_ca_file` is the path of a CA file
     already mounted into this container's pod when `tls.enabled` (the caller adds the mount).
@@ -260,7 +263,7 @@ def exporter_container(
 def exporter_volumes(
     users_secret_name: pulumi.Input[str], script_config_map_name: pulumi.Input[str] | None = None
 ) -> list[k8s.core.v1.VolumeArgs]:
-    """The sidecar's volumes: only the password-map key of the users Secret, and the script.
+    """Return the sidecar's volumes: only the password-map key of the users Secret, and the script.
 
     Projecting the one key keeps the Celery user's password out of the exporter's filesystem.
     `script_config_map_name` is the ConfigMap holding `exporter_script_data(settings)`; it is
@@ -278,7 +281,9 @@ def exporter_volumes(
     ]
     if probe_may_run_scripts():
         if script_config_map_name is None:
-            message = "exporter_volumes: the probe user may run scripts; pass script_config_map_name"
+            message = (
+                "exporter_volumes: the probe user may run scripts; pass script_config_map_name"
+            )
             raise ValueError(message)
         volumes.append(
             k8s.core.v1.VolumeArgs(
@@ -293,7 +298,7 @@ def exporter_volumes(
 
 
 def metrics_service_name(settings: StackSettings) -> str:
-    """The metrics Service; Prometheus Operator names the scrape job after it (`job` label)."""
+    """Return the metrics Service's name; the operator names the scrape job (`job`) after it."""
     return object_name(settings.name_prefix, "broker-metrics")
 
 
@@ -305,7 +310,7 @@ def metrics_labels(settings: StackSettings) -> dict[str, str]:
 def metrics_service_spec(
     settings: StackSettings, pod_selector: dict[str, str]
 ) -> k8s.core.v1.ServiceSpecArgs:
-    """A ClusterIP Service on the exporter port only; `pod_selector` selects the broker pod.
+    """Return a ClusterIP Service on the exporter port only; `pod_selector` selects the broker pod.
 
     Separate from the clients' Service so the ServiceMonitor can select it by label and the
     scrape job gets a name of its own.
@@ -325,7 +330,7 @@ def metrics_service_spec(
 
 
 def service_monitor_spec(settings: StackSettings) -> dict[str, Any]:
-    """The ServiceMonitor spec: scrape the metrics Service of this release in its namespace."""
+    """Return the ServiceMonitor spec: scrape this release's metrics Service in its namespace."""
     return {
         "selector": {"matchLabels": labels(settings, COMPONENT, "broker-metrics")},
         "namespaceSelector": {"matchNames": [settings.namespace]},
@@ -350,7 +355,7 @@ def _selector(settings: StackSettings) -> str:
 
 
 def _alternatives(names: Iterable[str]) -> str:
-    """An RE2 alternation matching exactly the given names (queue names may contain dots).
+    """Return an RE2 alternation matching exactly the given names (queue names may contain dots).
 
     Regexes go into PromQL as backtick strings, which PromQL passes to RE2 unescaped.
     """
@@ -358,7 +363,7 @@ def _alternatives(names: Iterable[str]) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """A Prometheus duration in whole minutes, rounded up (range selectors need a unit)."""
+    """Return a Prometheus duration in whole minutes, rounded up (range selectors need a unit)."""
     return f"{max(1, math.ceil(seconds / 60))}m"
 
 
@@ -415,7 +420,7 @@ def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
             ),
             duration="5m",
             severity="warning",
-            summary=f"Broker memory above {ratio:.0%} of maxmemory: when full it refuses new tasks.",
+            summary=f"Broker memory above {ratio:.0%} of maxmemory; when full it refuses tasks.",
             runbook=(
                 "Find the growing queue (queue:redis_key_size:sum); scale its workers or stop "
                 "its producer; raise broker.resources.memory_limit if the backlog is legitimate."
@@ -447,7 +452,7 @@ def persistence_rules(settings: StackSettings) -> list[dict[str, Any]]:
                 f"redis_rdb_last_bgsave_status{{{sel}}} == 0",
                 duration=None,
                 severity="critical",
-                summary="The broker's last RDB snapshot failed; it refuses writes until one succeeds.",
+                summary="The last RDB snapshot failed; the broker refuses writes until one works.",
                 runbook=(
                     "Check the redis log for the BGSAVE error; usually a full volume (grow "
                     "broker.storage.size) or a fork refused for memory (fork_headroom_ratio)."
@@ -459,10 +464,11 @@ def persistence_rules(settings: StackSettings) -> list[dict[str, Any]]:
         return [
             _rule(
                 "CeleryBrokerAofWriteFailing",
-                f"redis_aof_last_write_status{{{sel}}} * redis_aof_last_bgrewrite_status{{{sel}}} == 0",
+                f"redis_aof_last_write_status{{{sel}}}"
+                f" * redis_aof_last_bgrewrite_status{{{sel}}} == 0",
                 duration=None,
                 severity="critical",
-                summary="The broker cannot write or rewrite its AOF: acknowledged tasks may be lost.",
+                summary="The broker cannot write or rewrite its AOF; acked tasks may be lost.",
                 runbook=(
                     "Check the redis log for the AOF error; usually a full volume (grow "
                     "broker.storage.size) or a failed rewrite fork (fork_headroom_ratio)."
@@ -475,7 +481,7 @@ def persistence_rules(settings: StackSettings) -> list[dict[str, Any]]:
 def pool_rules(settings: StackSettings, pool: PoolSettings) -> list[dict[str, Any]]:
     """Alerts about one pool's queues: backlog, nobody consuming, a task held too long."""
     queues = _alternatives(pool.queues)
-    depth = f'{QUEUE_DEPTH_RECORD}{{{_selector(settings)},queue=~`{queues}`}}'
+    depth = f"{QUEUE_DEPTH_RECORD}{{{_selector(settings)},queue=~`{queues}`}}"
     pool_label = {"pool": pool.name}
     # A live worker with prefetch 1 takes a new task at the latest when its longest one ends.
     window = _duration(pool.time_limit + 2 * settings.metrics.scrape_interval_seconds)
@@ -517,11 +523,11 @@ def pool_rules(settings: StackSettings, pool: PoolSettings) -> list[dict[str, An
 
 
 def oldest_unacked_rule(settings: StackSettings, pool: PoolSettings) -> dict[str, Any]:
-    """A delivered task of this pool unacknowledged for longer than its threshold."""
+    """Return a delivered task of this pool unacknowledged for longer than its threshold."""
     threshold = oldest_unacked_threshold(pool)
     prefix = re.escape(OLDEST_UNACKED_PREFIX)
     delivered = (
-        f'label_replace(redis_script_values{{{_selector(settings)},key=~`{prefix}({_alternatives(pool.queues)})`}},'
+        f"label_replace(redis_script_values{{{_selector(settings)},key=~`{prefix}({_alternatives(pool.queues)})`}},"
         f' "queue", "$1", "key", `{prefix}(.+)`)'
     )
     return _rule(
@@ -545,21 +551,21 @@ def recording_rules(settings: StackSettings) -> list[dict[str, Any]]:
     """Each queue's depth with its priority lists summed, as one series labelled `queue`."""
     sizes = (
         f'redis_key_size{{{_selector(settings)},db="db{settings.broker.broker_db}",'
-        f'key=~`({_alternatives(configured_queues(settings))}){PRIORITY_SUFFIX}`}}'
+        f"key=~`({_alternatives(configured_queues(settings))}){PRIORITY_SUFFIX}`}}"
     )
     return [
         {
             "record": QUEUE_DEPTH_RECORD,
             "expr": (
                 f'sum without (key) (label_replace({sizes}, "queue", "$1", "key", '
-                f'`(.+?){PRIORITY_SUFFIX}`))'
+                f"`(.+?){PRIORITY_SUFFIX}`))"
             ),
         }
     ]
 
 
 def alert_rules(settings: StackSettings) -> dict[str, Any]:
-    """The PrometheusRule spec (`{"groups": [...]}`), also a valid promtool rule file."""
+    """Return the PrometheusRule spec (`{"groups": [...]}`), also a valid promtool rule file."""
     release = settings.name_prefix
     pool_alerts = [rule for pool in settings.workers.pools for rule in pool_rules(settings, pool)]
     return {
@@ -585,7 +591,7 @@ def _metadata(settings: StackSettings, suffix: str) -> k8s.meta.v1.ObjectMetaArg
 def service_monitor(
     settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
 ) -> k8s.apiextensions.CustomResource | None:
-    """The ServiceMonitor, only with `metrics.prometheus_operator` (its CRD must exist)."""
+    """Return the ServiceMonitor, only with `metrics.prometheus_operator` (its CRD must exist)."""
     if not settings.metrics.prometheus_operator:
         return None
     return k8s.apiextensions.CustomResource(
@@ -601,7 +607,7 @@ def service_monitor(
 def prometheus_rule(
     settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
 ) -> k8s.apiextensions.CustomResource | None:
-    """The PrometheusRule holding `alert_rules(settings)`, only with the operator on."""
+    """Return the PrometheusRule holding `alert_rules(settings)`, only with the operator on."""
     if not settings.metrics.prometheus_operator:
         return None
     return k8s.apiextensions.CustomResource(

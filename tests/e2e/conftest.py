@@ -128,9 +128,14 @@ class RunningStack:
 
     def start_workers(self, *pools: str) -> list[Pod]:
         """Start worker pools (all by default) and wait until every replica is ready."""
+        names = self.start_workers_without_waiting(*pools)
+        return self.wait_workers_ready(*names)
+
+    def start_workers_without_waiting(self, *pools: str) -> list[str]:
+        """Start worker pools (all by default); return their Deployment names."""
         names = [self.worker_pools[pool] for pool in pools or self.worker_pools]
         self.cluster.start(only=[("Deployment", name) for name in names])
-        return self.wait_workers_ready(*names)
+        return names
 
     def wait_workers_ready(self, *deployments: str) -> list[Pod]:
         """Wait for every replica of the given Deployments (all pools by default)."""
@@ -283,7 +288,8 @@ ONE_MIB = 1024 * 1024
 
 def fake_pdf(size: int = ONE_MIB) -> bytes:
     """Return a PDF-like payload that is not UTF-8: Celery's JSON carries it base64, as a PDF."""
-    return b"%PDF-1.7\n\xe2\xe3\xcf\xd3\n" + os.urandom(size - 15)
+    header = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
+    return header + os.urandom(size - len(header))
 
 
 def send_pdfs(app: Celery, count: int, queue: str = "celery", size: int = ONE_MIB) -> list:

@@ -62,9 +62,11 @@ def test_sigterm_mid_task_finishes_or_hands_back_every_task(tmp_path, scratch, c
         },
     )
     record = scratch / "record.txt"
+    print("T rendered", time.monotonic())
     with running_redis(broker_config()) as redis_server:
         client = client_app(redis_server)
         with pod_worker(pool, redis_server, celery_bin=celery_bin) as first:
+            print("T first ready", time.monotonic())
             short = client.send_task(TASK, args=[str(record), "short", SHORT_TASK], queue="pdf")
             long = client.send_task(TASK, args=[str(record), "long", LONG_TASK], queue="pdf")
             wait_for(lambda: {"short", "long"} <= set(executions(record)), 15, "both tasks to start")
@@ -74,9 +76,13 @@ def test_sigterm_mid_task_finishes_or_hands_back_every_task(tmp_path, scratch, c
             shutdown_seconds = time.monotonic() - terminated_at
         with redis_server.client("celery", CELERY_PASSWORD) as redis:
             waiting = redis.llen("pdf")
+        print("T shutdown", shutdown_seconds, time.monotonic())
         with pod_worker(pool, redis_server, celery_bin=celery_bin):
+            print("T second ready", time.monotonic())
             assert long.get(timeout=30) == "long", "the handed-back task did not finish elsewhere"
             assert short.get(timeout=30) == "short", "the short task was lost"
+            print("T results", time.monotonic())
+        print("T stopped", time.monotonic())
 
     runs = executions(record)
     assert shutdown_seconds < pool.grace_period_seconds, (

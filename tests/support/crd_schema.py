@@ -57,10 +57,11 @@ def is_custom_resource(manifest: dict[str, Any]) -> bool:
 
 
 def model_module(manifest: dict[str, Any]) -> str:
-    """The ES module exporting the model of this apiVersion/kind."""
+    """Return the ES module exporting the model of this apiVersion/kind."""
     group, _, version = manifest["apiVersion"].partition("/")
     if group not in PACKAGES:
-        message = f"no schema package for apiVersion {manifest['apiVersion']!r}; known: {sorted(PACKAGES)}"
+        api_version = manifest["apiVersion"]
+        message = f"no schema package for apiVersion {api_version!r}; known: {sorted(PACKAGES)}"
         raise CrdSchemaError(message)
     return f"{PACKAGES[group]}/{group}/{version}/{manifest['kind']}"
 
@@ -83,7 +84,7 @@ def validate_custom_resources(manifests: Iterable[dict[str, Any]], tmp_dir: Path
     batch = [{"module": model_module(m), "object": m} for m in manifests]
     batch_file = tmp_dir / "custom-resources.json"
     batch_file.write_text(json.dumps(batch))
-    completed = subprocess.run(  # noqa: S603 - fixed script, our own file
+    completed = subprocess.run(
         [node, "--input-type=module", "-e", VALIDATOR, str(batch_file)],
         cwd=SUPPORT_DIR,
         capture_output=True,

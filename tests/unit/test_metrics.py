@@ -16,10 +16,19 @@ from tests.support.crd_schema import CrdSchemaError, validate_custom_resources
 
 
 def stack(**overrides: Any) -> StackSettings:
-    """A stack with the exporter and the operator on, two pools, overrides on top."""
+    """Return a stack with the exporter and the operator on, two pools, overrides on top."""
     data: dict[str, Any] = {
-        "metrics": {"exporter_enabled": True, "prometheus_operator": True, "rule_labels": {"release": "kube-prom"}},
-        "workers": {"pools": [{"name": "pdf", "queues": ["celery", "pdf.high"]}, {"name": "mail", "queues": ["mail"]}]},
+        "metrics": {
+            "exporter_enabled": True,
+            "prometheus_operator": True,
+            "rule_labels": {"release": "kube-prom"},
+        },
+        "workers": {
+            "pools": [
+                {"name": "pdf", "queues": ["celery", "pdf.high"]},
+                {"name": "mail", "queues": ["mail"]},
+            ]
+        },
     }
     data.update(overrides)
     return StackSettings.model_validate(data, strict=False)
@@ -30,27 +39,42 @@ def flag_values(args: list[str], flag: str) -> list[str]:
 
 
 def custom_resource(kind: str, settings: StackSettings, spec: dict[str, Any]) -> dict[str, Any]:
-    """A manifest as render writes it, from the same pieces the CustomResource is built of."""
-    meta = {"name": f"x-{kind.lower()}", "namespace": settings.namespace, "labels": metrics.metrics_labels(settings)}
+    """Return a manifest as render writes it, built from the CustomResource's pieces."""
+    meta = {
+        "name": f"x-{kind.lower()}",
+        "namespace": settings.namespace,
+        "labels": metrics.metrics_labels(settings),
+    }
     return {"apiVersion": metrics.MONITORING_API, "kind": kind, "metadata": meta, "spec": spec}
 
 
 def test_exporter_checks_every_queue_list_including_priority_sub_queues() -> None:
     args = metrics.exporter_args(stack())
-    checked = [unquote(entry.split("=", 1)[1]) for entry in flag_values(args, "--check-single-keys")[0].split(",")]
+    checked = [
+        unquote(entry.split("=", 1)[1])
+        for entry in flag_values(args, "--check-single-keys")[0].split(",")
+    ]
     for queue in ("celery", "pdf.high", "mail"):
         expected = [queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9))]
         assert set(expected) <= set(checked), f"queue {queue!r}: lists missing from {checked!r}"
     assert "unacked_index" in checked, "kombu's unacked index should be exported too"
-    assert all(entry.startswith("db0=") for entry in flag_values(args, "--check-single-keys")[0].split(","))
+    assert all(
+        entry.startswith("db0=") for entry in flag_values(args, "--check-single-keys")[0].split(",")
+    )
 
 
 def test_exporter_argv_is_printable_and_holds_no_password() -> None:
     args = metrics.exporter_args(stack())
-    assert all(arg.isprintable() for arg in args), "control characters belong percent-encoded in argv"
+    assert all(arg.isprintable() for arg in args), (
+        "control characters belong percent-encoded in argv"
+    )
     assert flag_values(args, "--redis.user") == ["probe"]
-    assert flag_values(args, "--redis.password-file") == [f"{metrics.PASSWORD_DIR}/{metrics.PASSWORD_MAP_KEY}"]
-    assert not [arg for arg in args if arg.startswith("--redis.password=")], "password must not be in argv"
+    assert flag_values(args, "--redis.password-file") == [
+        f"{metrics.PASSWORD_DIR}/{metrics.PASSWORD_MAP_KEY}"
+    ]
+    assert not [arg for arg in args if arg.startswith("--redis.password=")], (
+        "password must not be in argv"
+    )
 
 
 def test_exporter_container_is_hardened_and_takes_the_password_only_from_a_file() -> None:
@@ -74,21 +98,38 @@ def test_password_volume_projects_only_the_exporter_key_of_the_users_secret() ->
 
 @pytest.mark.parametrize("tls", [False, True])
 def test_password_map_matches_the_address_with_and_without_user(tls: bool) -> None:
-    settings = stack(tls={"enabled": tls, "secret_name": "broker-tls"} if tls else {"enabled": False})
+    settings = stack(
+        tls={"enabled": tls, "secret_name": "broker-tls"} if tls else {"enabled": False}
+    )
     result = json.loads(metrics.password_map_json(settings, "s3cret"))
     scheme = "rediss" if tls else "redis"
-    assert result == {f"{scheme}://localhost:6379": "s3cret", f"{scheme}://probe@localhost:6379": "s3cret"}
+    assert result == {
+        f"{scheme}://localhost:6379": "s3cret",
+        f"{scheme}://probe@localhost:6379": "s3cret",
+    }
 
 
-def test_unacked_script_and_alert_appear_only_when_the_probe_may_eval(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unacked_script_and_alert_appear_only_when_the_probe_may_eval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = stack()
-    names = [rule.get("alert") for group in metrics.alert_rules(settings)["groups"] for rule in group["rules"]]
+    names = [
+        rule.get("alert")
+        for group in metrics.alert_rules(settings)["groups"]
+        for rule in group["rules"]
+    ]
     assert "CeleryTaskUnackedTooLong" not in names, "without +eval every scrape would fail"
     assert not flag_values(metrics.exporter_args(settings), "--script")
     monkeypatch.setitem(redis_config.PROBE_COMMANDS, "scripts", ("eval",))
-    names = [rule.get("alert") for group in metrics.alert_rules(settings)["groups"] for rule in group["rules"]]
+    names = [
+        rule.get("alert")
+        for group in metrics.alert_rules(settings)["groups"]
+        for rule in group["rules"]
+    ]
     assert names.count("CeleryTaskUnackedTooLong") == 2, "one unacked alert per pool"
-    assert flag_values(metrics.exporter_args(settings), "--script") == [f"{metrics.SCRIPT_DIR}/{metrics.SCRIPT_KEY}"]
+    assert flag_values(metrics.exporter_args(settings), "--script") == [
+        f"{metrics.SCRIPT_DIR}/{metrics.SCRIPT_KEY}"
+    ]
 
 
 def test_every_alert_has_a_runbook_line_and_only_this_release_is_selected() -> None:
