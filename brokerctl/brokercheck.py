@@ -815,6 +815,18 @@ def _explain_connect_error(error: Exception, timeout: float) -> tuple[str, str]:
         )
     if name == "NoPermissionError":
         return f"the user may not run PING ({text})", "grant the check user +ping"
+    if "certificate verify failed" in str(error).lower():
+        return (
+            f"TLS certificate refused ({text})",
+            "the broker's certificate is not signed by the CA in the URL's ssl_ca_certs, has "
+            "expired, or does not name the URL's host",
+        )
+    if any(cut in str(error).lower() for cut in ("reset by peer", "closed by server")):
+        return (
+            f"connection dropped by the broker ({text})",
+            "a TLS-only broker drops plain redis:// clients: use rediss:// with ssl_cert_reqs "
+            "and ssl_ca_certs (the broker's client Secret has the right URL)",
+        )
     return (
         f"unreachable ({text})",
         "is Redis running, are host and port right, does a NetworkPolicy allow this client?",

@@ -6,6 +6,12 @@ as Secrets; URLs that carry them are built here, once, for every client. Inside 
 start script hashes them into an ACL file (components/redis_config.py); redis.conf, in a
 ConfigMap, holds no secret.
 
+Credentials and certificates change without a restart: a reloader sidecar applies a changed
+users Secret (password rotation, with `broker_password_previous`) or a renewed TLS Secret
+(cert-manager) to the running Redis, and worker pods roll when the client Secret changes
+(`client_revision`). With TLS on, Redis serves TLS only and every client URL is `rediss://`,
+verifying the server against the CA that `client_ca_volumes` mounts into client pods.
+
 One replica: Celery's Redis transport has no use for replicas (kombu talks to one primary),
 so availability comes from a fast restart on the same volume, probes that tolerate a long
 AOF load, and a PodDisruptionBudget that stops a drain from taking the broker silently.
@@ -13,8 +19,10 @@ AOF load, and a PodDisruptionBudget that stops a drain from taking the broker si
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -37,27 +45,164 @@ CHECK_URL_KEY = "BROKER_CHECK_URL"
 
 # Keys of the server Secret, mounted as files into the broker pod.
 CELERY_PASSWORD_KEY = redis_config.CELERY_PASSWORD_FILE
+CELERY_PREVIOUS_PASSWORD_KEY = redis_config.CELERY_PREVIOUS_PASSWORD_FILE
 PROBE_PASSWORD_KEY = redis_config.PROBE_PASSWORD_FILE
+PREVIOUS_PASSWORD_CONFIG = "broker_password_previous"  # noqa: S105 - a config key's name
 
 CONTAINER = "redis"
+RELOADER_CONTAINER = "reloader"
 PORT_NAME = "redis"
 DATA_VOLUME = "data"
 CONFIG_VOLUME = "config"
 USERS_VOLUME = "users"
 ACL_VOLUME = "acl"
+TLS_VOLUME = "tls"
 CONFIG_CHECKSUM_ANNOTATION = "celery-redis/config-sha256"
 SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by redis-server, not by others
 
+CERT_MANAGER_API = "cert-manager.io/v1"
+
+CLIENT_CA_VOLUME = "broker-ca"
+CLIENT_CA_DIR = "/etc/celery-redis/broker-ca"
+"""Where client pods (workers, beat, the check Job) find the CA that signed the broker."""
+CLIENT_CA_FILE = f"{CLIENT_CA_DIR}/{redis_config.TLS_CA_KEY}"
+"""The CA file client URLs name in `ssl_ca_certs` (only `ca.crt` is projected, never the key)."""
+
+CLIENT_REVISION_ANNOTATION = "celery-redis/broker-client-revision"
+"""Pod-template annotation for client Deployments: a changed client Secret rolls their pods."""
+
 
 def redis_url(
-    user: str, password: str, host: str, port: int, db: int, scheme: str = "redis"
+    user: str,
+    password: str,
+    host: str,
+    port: int,
+    db: int,
+    scheme: str = "redis",
+    query: str = "",
 ) -> str:
     """Return a Redis URL, password percent-encoded so any password keeps the URL valid."""
-    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{db}"
+    url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{db}"
+    return f"{url}?{query}" if query else url
+
+
+def client_tls_query() -> str:
+    """Query of a `rediss://` client URL: verify the server against the mounted CA.
+
+    kombu (kombu.utils.url.parse_url: every `ssl_*` key), Celery's Redis result backend
+    (RedisBackend._params_from_url: ssl_cert_reqs, ssl_ca_certs, ssl_certfile, ssl_keyfile)
+    and redis-py's from_url (brokercheck) all read these two. Without ssl_cert_reqs kombu
+    falls back to CERT_NONE and Celery's backend refuses the URL; hostnames are checked too
+    (redis-py's default), against the Service names the certificate carries.
+    """
+    return urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": CLIENT_CA_FILE}, safe="/")
+
+
+def client_url(settings: StackSettings, user: str, password: str, host: str, db: int) -> str:
+    """Return the URL clients use: `redis://`, or `rediss://` verifying the CA when TLS is on."""
+    port = settings.broker.port
+    if not settings.tls.enabled:
+        return redis_url(user, password, host, port, db)
+    return redis_url(user, password, host, port, db, scheme="rediss", query=client_tls_query())
+
+
+def client_revision(key: str, *values: str) -> str:
+    """Return a short keyed hash (HMAC-SHA256) of the client Secret's values, for pods.
+
+    The annotation must change whenever a password does, so Deployments roll; keyed with a
+    secret that only Pulumi state holds, it cannot be used to test guesses of the password
+    by anyone who can read pod specs (a plain hash of a weak password could be).
+    """
+    digest = hmac.new(key.encode(), "\n".join(values).encode(), hashlib.sha256)
+    return digest.hexdigest()[:16]
 
 
 def _name(settings: StackSettings, suffix: str) -> str:
     return object_name(settings.name_prefix, suffix)
+
+
+def tls_secret_name(settings: StackSettings) -> str | None:
+    """Name the Secret holding the broker's certificate: the user's, cert-manager's, or none."""
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    return tls.secret_name or _name(settings, "broker-tls")
+
+
+def uses_cert_manager(settings: StackSettings) -> bool:
+    """Whether this stack asks cert-manager for the broker's certificate."""
+    return settings.tls.enabled and settings.tls.cert_manager_issuer is not None
+
+
+def certificate_dns_names(settings: StackSettings) -> list[str]:
+    """Every name a client may use: both Services and the pod, short to fully qualified.
+
+    `localhost` is for the clients inside the broker pod (the metrics exporter verifies it).
+    """
+    namespace = settings.namespace
+    headless = _name(settings, "broker-headless")
+    hosts = [_name(settings, "broker"), headless, f"{_name(settings, 'broker')}-0.{headless}"]
+    suffixes = (
+        "",
+        f".{namespace}",
+        f".{namespace}.svc",
+        f".{namespace}.svc.{settings.tls.cluster_domain}",
+    )
+    return [f"{host}{suffix}" for host in hosts for suffix in suffixes] + ["localhost"]
+
+
+def certificate_spec(settings: StackSettings) -> dict[str, object]:
+    """cert-manager Certificate spec for the broker's serving certificate.
+
+    cert-manager renews it at 2/3 of its lifetime (its default renewBefore) into the same
+    Secret; the reloader sidecar makes Redis serve the renewed pair without a restart.
+    """
+    tls = settings.tls
+    return {
+        "secretName": tls_secret_name(settings),
+        "secretTemplate": {"labels": broker_labels(settings)},
+        "duration": f"{tls.certificate_duration_hours}h",
+        "dnsNames": certificate_dns_names(settings),
+        # ECDSA P-256: small and fast handshakes; a new key at every renewal.
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "usages": ["server auth", "digital signature"],
+        "issuerRef": {
+            "name": tls.cert_manager_issuer,
+            "kind": tls.cert_manager_issuer_kind,
+            "group": "cert-manager.io",
+        },
+    }
+
+
+def client_ca_volumes(settings: StackSettings) -> list[k8s.core.v1.VolumeArgs]:
+    """Return the CA volume a client pod needs to verify the broker: only `ca.crt`; [] without TLS.
+
+    Add it, with `client_ca_mounts`, to every pod that gets the client Secret's URLs.
+    """
+    secret_name = tls_secret_name(settings)
+    if secret_name is None:
+        return []
+    ca = redis_config.TLS_CA_KEY
+    return [
+        k8s.core.v1.VolumeArgs(
+            name=CLIENT_CA_VOLUME,
+            secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=secret_name,
+                # Projecting one key keeps the private key out of client pods.
+                items=[k8s.core.v1.KeyToPathArgs(key=ca, path=ca)],
+                default_mode=0o444,  # a CA certificate is public
+            ),
+        )
+    ]
+
+
+def client_ca_mounts(settings: StackSettings) -> list[k8s.core.v1.VolumeMountArgs]:
+    """Where the client container sees the CA (CLIENT_CA_FILE); none without TLS."""
+    if not settings.tls.enabled:
+        return []
+    return [
+        k8s.core.v1.VolumeMountArgs(name=CLIENT_CA_VOLUME, mount_path=CLIENT_CA_DIR, read_only=True)
+    ]
 
 
 def broker_labels(settings: StackSettings) -> dict[str, str]:
@@ -88,8 +233,11 @@ def _exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.P
     )
 
 
-def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
-    """redis-server behind the start script, with its probes and the paths the script reads."""
+def pod_env(settings: StackSettings) -> dict[str, str]:
+    """Paths and settings the start script, the reloader and the probes read from the env.
+
+    The scripts stay as rendered while a test points the paths and port elsewhere.
+    """
     broker = settings.broker
     env = {
         redis_config.ENV_CONFIG: f"{redis_config.CONFIG_DIR}/{redis_config.CONFIG_KEY}",
@@ -97,26 +245,62 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
         redis_config.ENV_ACL_FILE: f"{redis_config.ACL_DIR}/users.acl",
         redis_config.ENV_DATA_DIR: redis_config.DATA_DIR,
         redis_config.ENV_PORT: str(broker.port),
+        redis_config.ENV_RELOAD_SECONDS: str(broker.reload_interval_seconds),
     }
-    mounts = {
-        CONFIG_VOLUME: redis_config.CONFIG_DIR,
-        USERS_VOLUME: redis_config.USERS_DIR,
-        ACL_VOLUME: redis_config.ACL_DIR,
-        DATA_VOLUME: redis_config.DATA_DIR,
-    }
+    if settings.tls.enabled:
+        env[redis_config.ENV_TLS_DIR] = redis_config.TLS_DIR
+    return env
+
+
+POD_MOUNTS = {
+    CONFIG_VOLUME: redis_config.CONFIG_DIR,
+    USERS_VOLUME: redis_config.USERS_DIR,
+    ACL_VOLUME: redis_config.ACL_DIR,
+    DATA_VOLUME: redis_config.DATA_DIR,
+    TLS_VOLUME: redis_config.TLS_DIR,
+}
+READ_ONLY_VOLUMES = (CONFIG_VOLUME, USERS_VOLUME, TLS_VOLUME)
+
+
+def _env(settings: StackSettings, *names: str) -> list[k8s.core.v1.EnvVarArgs]:
+    """Return the named entries of `pod_env` (those that apply to this stack)."""
+    env = pod_env(settings)
+    return [k8s.core.v1.EnvVarArgs(name=name, value=env[name]) for name in names if name in env]
+
+
+def _mounts(settings: StackSettings, *volumes: str) -> list[k8s.core.v1.VolumeMountArgs]:
+    """Mounts of the named pod volumes (the TLS one only with TLS on); Secrets read-only."""
+    return [
+        k8s.core.v1.VolumeMountArgs(
+            name=volume, mount_path=POD_MOUNTS[volume], read_only=volume in READ_ONLY_VOLUMES
+        )
+        for volume in volumes
+        if volume != TLS_VOLUME or settings.tls.enabled
+    ]
+
+
+def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    """redis-server behind the start script, with its probes and the paths the script reads."""
+    broker = settings.broker
+    tls = settings.tls.enabled
     return hardened_container(
         name=CONTAINER,
         image=broker.image,
         # sh execs redis-server, so Redis is PID 1 and gets SIGTERM itself.
-        command=["sh", "-c", redis_config.start_script(), "redis-start"],
+        command=["sh", "-c", redis_config.start_script(tls=tls), "redis-start"],
         resources=broker.resources,
-        env=[k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in env.items()],
-        volume_mounts=[
-            k8s.core.v1.VolumeMountArgs(
-                name=volume, mount_path=path, read_only=volume in (CONFIG_VOLUME, USERS_VOLUME)
-            )
-            for volume, path in mounts.items()
-        ],
+        env=_env(
+            settings,
+            redis_config.ENV_CONFIG,
+            redis_config.ENV_USERS_DIR,
+            redis_config.ENV_ACL_FILE,
+            redis_config.ENV_DATA_DIR,
+            redis_config.ENV_PORT,
+            redis_config.ENV_TLS_DIR,
+        ),
+        volume_mounts=_mounts(
+            settings, CONFIG_VOLUME, USERS_VOLUME, ACL_VOLUME, DATA_VOLUME, TLS_VOLUME
+        ),
         ports=[
             k8s.core.v1.ContainerPortArgs(
                 name=PORT_NAME, container_port=broker.port, protocol="TCP"
@@ -125,34 +309,73 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
         # Startup: ready within the time a full volume's AOF takes to load; until then the
         # liveness probe does not run, and after it a LOADING answer still counts as alive.
         startup_probe=_exec_probe(
-            redis_config.readiness_command(),
+            redis_config.readiness_command(tls=tls),
             redis_config.STARTUP_PERIOD_SECONDS,
             redis_config.startup_failure_threshold(settings),
         ),
-        liveness_probe=_exec_probe(redis_config.liveness_command(), period=10, failures=3),
-        readiness_probe=_exec_probe(redis_config.readiness_command(), period=5, failures=2),
+        liveness_probe=_exec_probe(redis_config.liveness_command(tls=tls), period=10, failures=3),
+        readiness_probe=_exec_probe(redis_config.readiness_command(tls=tls), period=5, failures=2),
+    )
+
+
+def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    """Return the sidecar that applies changed users and TLS Secrets to the running Redis.
+
+    Same image as Redis (sh, sha256sum, redis-cli); it reaches Redis on loopback as the
+    pod-local `reloader` user whose password the start script made. A stuck loop fails its
+    own liveness probe and restarts alone: Redis keeps serving meanwhile.
+    """
+    broker = settings.broker
+    return hardened_container(
+        name=RELOADER_CONTAINER,
+        image=broker.image,
+        command=["sh", "-c", redis_config.reloader_script(tls=settings.tls.enabled), "reloader"],
+        resources=broker.reloader_resources,
+        env=_env(
+            settings,
+            redis_config.ENV_USERS_DIR,
+            redis_config.ENV_ACL_FILE,
+            redis_config.ENV_PORT,
+            redis_config.ENV_TLS_DIR,
+            redis_config.ENV_RELOAD_SECONDS,
+        ),
+        volume_mounts=_mounts(settings, USERS_VOLUME, ACL_VOLUME, TLS_VOLUME),
+        liveness_probe=_exec_probe(
+            redis_config.reloader_liveness_command(settings), period=30, failures=2
+        ),
+        readiness_probe=_exec_probe(
+            redis_config.reloader_readiness_command(), period=10, failures=3
+        ),
+    )
+
+
+def _secret_volume(name: str, secret_name: str) -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(
+        name=name,
+        secret=k8s.core.v1.SecretVolumeSourceArgs(
+            secret_name=secret_name, default_mode=SECRET_FILE_MODE
+        ),
     )
 
 
 def broker_volumes(settings: StackSettings) -> list[k8s.core.v1.VolumeArgs]:
-    """Return config, users Secret, in-memory ACL dir and, without persistence, a data emptyDir."""
+    """Return config, users Secret, in-memory ACL dir, TLS Secret and, if ephemeral, data."""
     volumes = [
         k8s.core.v1.VolumeArgs(
             name=CONFIG_VOLUME,
             config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=_name(settings, "broker-config")),
         ),
-        k8s.core.v1.VolumeArgs(
-            name=USERS_VOLUME,
-            secret=k8s.core.v1.SecretVolumeSourceArgs(
-                secret_name=_name(settings, "broker-users"), default_mode=SECRET_FILE_MODE
-            ),
-        ),
-        # The ACL file holds password hashes: memory-backed, so they never reach the node's disk.
+        # Mounted whole (no subPath): the kubelet then updates the files when the Secret changes.
+        _secret_volume(USERS_VOLUME, _name(settings, "broker-users")),
+        # Password hashes and the reloader's password: memory-backed, never on the node's disk.
         k8s.core.v1.VolumeArgs(
             name=ACL_VOLUME,
             empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(medium="Memory", size_limit="1Mi"),
         ),
     ]
+    secret_name = tls_secret_name(settings)
+    if secret_name is not None:
+        volumes.append(_secret_volume(TLS_VOLUME, secret_name))
     if not settings.broker.persistent:
         volumes.append(
             k8s.core.v1.VolumeArgs(
@@ -190,7 +413,8 @@ def broker_statefulset_spec(settings: StackSettings) -> k8s.apps.v1.StatefulSetS
     """One hardened Redis pod, its volume claim, and a checksum that rolls it on config change."""
     broker = settings.broker
     pod_spec = hardened_pod_spec(
-        containers=[broker_container(settings)],
+        # Redis first: tools that pick "the" container of the pod mean redis-server.
+        containers=[broker_container(settings), reloader_container(settings)],
         run_as_user=broker.run_as_user,
         placement=broker.placement,
         # Redis flushes the AOF (or writes the RDB) on SIGTERM; give it the time to finish.
@@ -283,22 +507,16 @@ class RedisBroker(pulumi.ComponentResource):
         self.celery_password = celery_password
         self.probe_password = probe_password
 
-        self.broker_url = pulumi.Output.secret(
-            celery_password.apply(
-                lambda p: redis_url(CELERY_USER, p, self.host, self.port, broker.broker_db)
-            )
-        )
-        self.result_backend_url = pulumi.Output.secret(
-            celery_password.apply(
-                lambda p: redis_url(CELERY_USER, p, self.host, self.port, broker.result_db)
-            )
-        )
-        self.check_url = pulumi.Output.secret(
-            probe_password.apply(
-                lambda p: redis_url(PROBE_USER, p, self.host, self.port, broker.broker_db)
-            )
-        )
+        self.broker_url = self._client_url(CELERY_USER, celery_password, broker.broker_db)
+        self.result_backend_url = self._client_url(CELERY_USER, celery_password, broker.result_db)
+        self.check_url = self._client_url(PROBE_USER, probe_password, broker.broker_db)
 
+        users = {CELERY_PASSWORD_KEY: celery_password, PROBE_PASSWORD_KEY: probe_password}
+        if PREVIOUS_PASSWORD_CONFIG in secrets:
+            # A rotation in progress: the celery user accepts the old password as well.
+            users[CELERY_PREVIOUS_PASSWORD_KEY] = pulumi.Output.secret(
+                secrets[PREVIOUS_PASSWORD_CONFIG]
+            )
         self.users_secret = k8s.core.v1.Secret(
             f"{name}-users",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -307,7 +525,7 @@ class RedisBroker(pulumi.ComponentResource):
                 labels=labels(settings, COMPONENT, "broker"),
             ),
             type="Opaque",
-            string_data={CELERY_PASSWORD_KEY: celery_password, PROBE_PASSWORD_KEY: probe_password},
+            string_data=users,
             opts=child,
         )
         self.client_secret = k8s.core.v1.Secret(
@@ -325,6 +543,9 @@ class RedisBroker(pulumi.ComponentResource):
             },
             opts=child,
         )
+        self.client_revision = self._client_revision(child)
+        self.tls_secret_name = tls_secret_name(settings)
+        self.certificate = self._certificate(name, child) if uses_cert_manager(settings) else None
         self.client_secret_name: pulumi.Output[str] = self.client_secret.metadata.name
         self.users_secret_name: pulumi.Output[str] = self.users_secret.metadata.name
         self.config_map = self._config_map(name, child)
@@ -337,7 +558,13 @@ class RedisBroker(pulumi.ComponentResource):
             metadata=metadata(settings, _name(settings, "broker")),
             spec=broker_statefulset_spec(settings),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.config_map, self.users_secret, self.headless_service]
+                parent=self,
+                depends_on=[
+                    self.config_map,
+                    self.users_secret,
+                    self.headless_service,
+                    *([self.certificate] if self.certificate else []),
+                ],
             ),
         )
         self.network_policy = k8s.networking.v1.NetworkPolicy(
@@ -364,6 +591,7 @@ class RedisBroker(pulumi.ComponentResource):
             opts=child,
         )
         self.ready: list[pulumi.Resource] = [
+            *([self.certificate] if self.certificate else []),
             self.users_secret,
             self.client_secret,
             self.config_map,
@@ -379,7 +607,41 @@ class RedisBroker(pulumi.ComponentResource):
                 "persistence": self.persistence,
                 "client_secret_name": self.client_secret_name,
                 "users_secret_name": self.users_secret_name,
+                "tls_secret_name": self.tls_secret_name,
             }
+        )
+
+    def _client_url(self, user: str, password: pulumi.Output[str], db: int) -> pulumi.Output[str]:
+        """Return a client URL for `user` (secret: it carries the password)."""
+        return pulumi.Output.secret(
+            password.apply(lambda p: client_url(self.settings, user, p, self.host, db))
+        )
+
+    def _client_revision(self, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """Return the client Secret's revision for pod templates: it changes with workers' URLs.
+
+        Keyed with a random key kept in Pulumi state (see `client_revision`), so the value may
+        be shown in plain text in diffs and pod specs.
+        """
+        key = random.RandomPassword(
+            "broker-client-revision-key", length=32, special=False, opts=opts
+        )
+        revision = pulumi.Output.all(key.result, self.broker_url, self.result_backend_url).apply(
+            lambda values: client_revision(*values)
+        )
+        return pulumi.Output.unsecret(revision)
+
+    def _certificate(
+        self, name: str, opts: pulumi.ResourceOptions
+    ) -> k8s.apiextensions.CustomResource:
+        """Create the cert-manager Certificate that issues and renews the broker's TLS Secret."""
+        return k8s.apiextensions.CustomResource(
+            f"{name}-certificate",
+            api_version=CERT_MANAGER_API,
+            kind="Certificate",
+            metadata=metadata(self.settings, _name(self.settings, "broker-tls")),
+            spec=certificate_spec(self.settings),
+            opts=opts,
         )
 
     def _config_map(self, name: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.ConfigMap:

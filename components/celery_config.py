@@ -106,7 +106,7 @@ def readiness_command(window_seconds: int) -> list[str]:
 
 
 def broker_transport_options(settings: StackSettings) -> dict[str, object]:
-    """kombu Redis transport options, identical for every pool (all share one unacked hash)."""
+    """Return Redis transport options, identical for every pool (all share one unacked hash)."""
     return {
         # Redelivery after this many seconds unacknowledged; derived from the longest time
         # limit plus ETA of any pool: every consumer restores *every* pool's stale messages.
@@ -122,7 +122,7 @@ def broker_transport_options(settings: StackSettings) -> dict[str, object]:
 
 
 def client_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
-    """Settings every Celery process of the stack needs to talk to the broker and backend."""
+    """Return what every Celery process of the stack needs to talk to the broker and backend."""
     return [
         CelerySetting(
             "broker_transport_options",
@@ -233,7 +233,7 @@ def worker_settings(settings: StackSettings, pool: PoolSettings) -> list[CeleryS
 
 
 def beat_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
-    """Settings of the beat scheduler: the client ones plus a bounded loop for its heartbeat."""
+    """Return beat's settings: the client ones plus a bounded loop for its heartbeat."""
     stale = settings.workers.beat.liveness_stale_seconds
     return [
         *client_settings(settings, pool),
@@ -246,7 +246,7 @@ def beat_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySet
 
 
 def worker_command(settings: StackSettings, pool: PoolSettings) -> list[str]:
-    """The worker container's command: the wiring module as the app, the pool's shape as flags."""
+    """Return the worker command: the wiring module as the app, the pool's shape as flags."""
     del settings  # the command depends on the pool only; the signature matches the module's
     return [
         pool.celery_bin,
@@ -260,7 +260,7 @@ def worker_command(settings: StackSettings, pool: PoolSettings) -> list[str]:
 
 
 def beat_command(settings: StackSettings) -> list[str]:
-    """The beat container's command; its schedule lives in the writable /tmp."""
+    """Return the beat container's command; its schedule lives in the writable /tmp."""
     pool = beat_pool(settings)
     return [
         pool.celery_bin,
@@ -275,7 +275,7 @@ def beat_command(settings: StackSettings) -> list[str]:
 
 
 def beat_pool(settings: StackSettings) -> PoolSettings:
-    """The pool beat borrows its image, interpreter and app from (the first, unless overridden)."""
+    """Return the pool beat takes its image, interpreter and app from (the first, or overrides)."""
     first = settings.workers.pools[0]
     beat = settings.workers.beat
     overrides = {"image": beat.image, "app": beat.app}
@@ -283,7 +283,7 @@ def beat_pool(settings: StackSettings) -> PoolSettings:
 
 
 def render_settings(rendered: list[CelerySetting]) -> str:
-    """The SETTINGS literal of the wiring module, one line per setting with its reason."""
+    """Render the SETTINGS literal of the wiring module, one line per setting with its reason."""
     lines = ["SETTINGS = {"]
     for setting in rendered:
         value = pprint.pformat(setting.value, width=200, sort_dicts=True)
@@ -293,7 +293,7 @@ def render_settings(rendered: list[CelerySetting]) -> str:
 
 
 def celery_wiring_module(settings: StackSettings, pool: PoolSettings) -> str:
-    """The wiring module of one worker pool, as the ConfigMap carries it."""
+    """Render the wiring module of one worker pool, as the ConfigMap carries it."""
     stale = liveness_window_seconds(pool)
     return _module(
         title=f"worker pool {pool.name!r}",
@@ -306,7 +306,7 @@ def celery_wiring_module(settings: StackSettings, pool: PoolSettings) -> str:
 
 
 def beat_wiring_module(settings: StackSettings) -> str:
-    """The wiring module of the beat scheduler."""
+    """Render the wiring module of the beat scheduler."""
     pool = beat_pool(settings)
     stale = settings.workers.beat.liveness_stale_seconds
     return _module(
@@ -400,7 +400,9 @@ class HealthFiles(bootsteps.StartStopStep):
 
     def start(self, parent):
         self.beat(parent)
-        self.timer_entry = parent.timer.call_repeatedly(HEARTBEAT_SECONDS, self.beat, (parent,), priority=10)
+        self.timer_entry = parent.timer.call_repeatedly(
+            HEARTBEAT_SECONDS, self.beat, (parent,), priority=10
+        )
 
     def beat(self, parent):
         if broker_answers(parent.connection):
@@ -422,7 +424,8 @@ def heartbeat_scheduler(app):
     """The configured beat scheduler, touching the health files on every tick."""
     from kombu.utils.imports import symbol_by_name
 
-    base = symbol_by_name(app.conf.beat_scheduler, aliases={"default": "celery.beat:PersistentScheduler"})
+    default = {"default": "celery.beat:PersistentScheduler"}
+    base = symbol_by_name(app.conf.beat_scheduler, aliases=default)
 
     class HeartbeatScheduler(base):
         def tick(self, *args, **kwargs):

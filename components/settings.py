@@ -239,6 +239,22 @@ class BrokerSettings(Section):
         ge=1000,
         description="Non-root uid of redis-server; high, so it matches no host user (volumes use fsGroup).",
     )
+    reload_interval_seconds: int = Field(
+        10,
+        ge=1,
+        le=300,
+        description=(
+            "How often the reloader sidecar compares the mounted users and TLS Secrets with what "
+            "Redis runs, and applies a change without a restart (the kubelet itself takes up to a "
+            "minute to update mounted Secrets)."
+        ),
+    )
+    reloader_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpu_request="10m", memory_request="16Mi", memory_limit="32Mi"
+        ),
+        description="Requests and limits of the reloader sidecar (a shell loop and redis-cli).",
+    )
 
     @property
     def persistent(self) -> bool:
@@ -619,24 +635,40 @@ class ChecksSettings(Section):
 
 
 class TlsSettings(Section):
-    """TLS for every connection to the broker (opt-in; prod turns it on)."""
+    """TLS for every connection to the broker (opt-in; prod turns it on).
+
+    Redis then serves TLS only and every client URL is `rediss://` with verification against
+    the CA in the TLS Secret's `ca.crt`. Renewed certificates are picked up without restarting
+    Redis or the workers (the broker's reloader sidecar re-applies the files).
+    """
 
     enabled: bool = Field(
         False, description="Redis serves TLS only (port 0, tls-port); clients get rediss:// URLs."
     )
     secret_name: str | None = Field(
         None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",  # a Kubernetes object name
+        max_length=253,
         description="An existing kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) to serve.",
     )
     cert_manager_issuer: str | None = Field(
         None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
         description="Or: a cert-manager issuer that a Certificate object requests the pair from.",
     )
     cert_manager_issuer_kind: Literal["Issuer", "ClusterIssuer"] = Field(
         "ClusterIssuer", description="Kind of that issuer."
     )
     certificate_duration_hours: int = Field(
-        2160, ge=24, description="Lifetime cert-manager gives the certificate (90 days)."
+        2160,
+        ge=24,
+        description="Lifetime cert-manager gives the certificate (90 days); renewed at 2/3 of it.",
+    )
+    cluster_domain: str = Field(
+        "cluster.local",
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The cluster's DNS domain, for the certificate's fully qualified names.",
     )
 
     @model_validator(mode="after")

@@ -38,11 +38,11 @@ KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
 KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 """kombu's separator between a queue name and its priority step (`celery\\x06\\x163`)."""
 KEDA_USERNAME_KEY = "username"
-KEDA_PASSWORD_KEY = "password"
+KEDA_PASSWORD_KEY = "password"  # noqa: S105 - a Secret key name, not a password
 
 
 def priority_lists(queue: str) -> list[tuple[int, str]]:
-    """The Redis lists kombu keeps for one queue: the plain name for step 0, then one per step."""
+    """Return the Redis lists kombu keeps for one queue: the plain name, then one per step."""
     return [
         (step, queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{step}")
         for step in KOMBU_PRIORITY_STEPS
@@ -50,7 +50,7 @@ def priority_lists(queue: str) -> list[tuple[int, str]]:
 
 
 def trigger_name(index: int, queue: str, step: int) -> str:
-    """A KEDA trigger name usable in a scaling formula (an identifier), unique per list."""
+    """Return a KEDA trigger name usable in a scaling formula (an identifier), unique per list."""
     return f"q{index}_{re.sub(r'[^A-Za-z0-9]', '_', queue)}_p{step}"
 
 
@@ -132,7 +132,7 @@ def checksum(text: str) -> str:
 
 
 def secret_env(name: str, secret_name: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarArgs:
-    """An environment variable taken from a Secret key (never a literal)."""
+    """Return an environment variable taken from a Secret key (never a literal)."""
     return k8s.core.v1.EnvVarArgs(
         name=name,
         value_from=k8s.core.v1.EnvVarSourceArgs(
@@ -142,7 +142,7 @@ def secret_env(name: str, secret_name: pulumi.Input[str], key: str) -> k8s.core.
 
 
 def celery_env(pool: PoolSettings, secret_name: pulumi.Input[str]) -> list[k8s.core.v1.EnvVarArgs]:
-    """Worker/beat environment: broker URLs (and aliases) from the Secret, wiring first on the path."""
+    """Return the env: broker URLs (and aliases) from the Secret, the wiring first on the path."""
     plain = {
         **pool.env,
         # The pod's env replaces the image's, so the image's own PYTHONPATH is repeated after ours.
@@ -160,7 +160,7 @@ def celery_env(pool: PoolSettings, secret_name: pulumi.Input[str]) -> list[k8s.c
 
 
 def exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.ProbeArgs:
-    """An exec probe with a bounded run time (the commands only stat a file)."""
+    """Return an exec probe with a bounded run time (the commands only stat a file)."""
     return k8s.core.v1.ProbeArgs(
         exec_=k8s.core.v1.ExecActionArgs(command=command),
         period_seconds=period,
@@ -177,12 +177,14 @@ def health_probes(
     return {
         "startup_probe": exec_probe(alive, period=5, failures=max(startup_seconds // 5, 1)),
         "liveness_probe": exec_probe(alive, period=heartbeat, failures=2),
-        "readiness_probe": exec_probe(celery_config.readiness_command(window), period=5, failures=2),
+        "readiness_probe": exec_probe(
+            celery_config.readiness_command(window), period=5, failures=2
+        ),
     }
 
 
 def wiring_volume(config_map: pulumi.Input[str]) -> k8s.core.v1.VolumeArgs:
-    """The ConfigMap holding the wiring module, read-only for everyone."""
+    """Return the volume of the ConfigMap holding the wiring module, read-only for everyone."""
     return k8s.core.v1.VolumeArgs(
         name=WIRING_VOLUME,
         config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map, default_mode=0o444),
@@ -316,7 +318,7 @@ class WorkerPools(pulumi.ComponentResource):
         replicas: int | None,
         strategy: k8s.apps.v1.DeploymentStrategyArgs,
     ) -> k8s.apps.v1.Deployment:
-        """A Deployment of hardened, spread, broker-client pods running one container."""
+        """Build a Deployment of hardened, spread, broker-client pods running one container."""
         settings = self.settings
         selector = selector_labels(settings, component, instance)
         pod_labels = {**labels(settings, component, instance), **broker_client_labels(settings)}
@@ -362,7 +364,7 @@ class WorkerPools(pulumi.ComponentResource):
         )
 
     def _keda_auth(self) -> str:
-        """Secret with the read-only probe user's credentials and the TriggerAuthentication using it.
+        """Create a Secret with the probe user's credentials and a TriggerAuthentication using it.
 
         KEDA only needs LLEN, which the broker's `probe` user may run; its password travels in a
         Secret referenced by the TriggerAuthentication, never in a ScaledObject's metadata.
@@ -436,7 +438,7 @@ class WorkerPools(pulumi.ComponentResource):
         )
 
     def _beat(self) -> k8s.apps.v1.Deployment:
-        """At most one scheduler ever: one replica, Recreate (the old pod stops before a new one)."""
+        """Run at most one scheduler ever: one replica, Recreate (the old pod stops first)."""
         settings = self.settings
         beat = settings.workers.beat
         pool = celery_config.beat_pool(settings)

@@ -120,8 +120,7 @@ def copy_standin_app(destination: Path) -> Path:
         destination / "src",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    destination.chmod(0o755)
-    for path in destination.rglob("*"):
+    for path in [destination, *destination.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return destination
 

@@ -1,12 +1,15 @@
 """The dev stack, as rendered, run as local pods: it comes up, works, and fails for good reasons.
 
 Tests that only read share one cluster (`dev_stack`); tests that kill, delete or misconfigure
-something get a cluster of their own, so none depends on what another did.
+something get a cluster of their own, so none depends on what another did. Worker shutdown and
+liveness run on a variant rendered from our own stack file (FAST_STACK): dev's 30 s soft
+shutdown and 120 s liveness window are right for production but would take minutes here.
 """
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,17 +20,16 @@ from tests.e2e.conftest import (
     RECORD_FILE,
     RECORD_TASK,
     RunningStack,
-    collect,
     records,
     send_pdfs,
 )
-from tests.podrunner import PodFailed, wait_until
+from tests.podrunner import PodFailed, PodRunnerError, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 FAST_STACK = """\
-# dev's shape with probe and shutdown timings small enough to watch in a test: a heartbeat every
-# 2 s, restart when it is 10 s stale (the minimum), 1 s of soft shutdown, 5 s of grace.
+# dev's shape with timings small enough to watch in a test: a heartbeat every 2 s, restart when it
+# is 10 s stale (the minimum), 3 s of soft shutdown, 6 s of grace.
 config:
   celery-redis:namespace: transcritor-e2e
   celery-redis:ephemeral: true
@@ -40,14 +42,23 @@ config:
         queues: [celery]
         concurrency: 2
         liveness_stale_seconds: 10
-        soft_shutdown_seconds: 1
-        termination_grace_period_seconds: 5
+        soft_shutdown_seconds: 3
+        termination_grace_period_seconds: 6
 """
+
+BROKER_STOP_SECONDS = 15
+"""A deleted broker pod must be gone well before its grace period: Redis saves and exits in
+well under a second, and every rollout or node drain waits for the slowest container."""
 
 
 @pytest.fixture(scope="module")
 def dev_dir(rendered: Callable[..., Path]) -> Path:
     return rendered("dev")
+
+
+@pytest.fixture(scope="module")
+def fast_dir(rendered: Callable[..., Path]) -> Path:
+    return rendered("e2e-fast", FAST_STACK)
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +84,48 @@ def test_dev_workers_process_every_task_including_1mb_pdfs(dev_stack: RunningSta
     with dev_stack.producer() as app:
         pdfs = send_pdfs(app, 6)
         small = send_pdfs(app, 30, size=4096)
-        pdf_sizes = collect(pdfs)
-        small_sizes = collect(small)
+    pdf_sizes = dev_stack.results(pdfs)
+    small_sizes = dev_stack.results(small)
     assert pdf_sizes == [ONE_MIB] * 6, f"1 MiB PDFs came back with other sizes: {pdf_sizes}"
     assert small_sizes == [4096] * 30, f"small tasks came back with other sizes: {small_sizes}"
     assert dev_stack.queue_length("celery") == 0, "tasks left in the queue after all results"
 
 
-def test_dev_broker_keeps_snapshotted_tasks_across_restart_and_kill_9(
+def test_dev_broker_pod_deletion_is_prompt_and_keeps_queued_tasks(
     open_stack: Callable, dev_dir: Path
 ) -> None:
-    """RDB (dev): what a snapshot holds survives; what came after the last snapshot may not.
+    """A deleted broker pod (rollout, drain) saves its snapshot, stops at once, comes back whole."""
+    with open_stack(dev_dir) as stack:
+        broker = stack.start_broker()
+        with stack.producer() as app:
+            send_pdfs(app, 3)
+        started = time.monotonic()
+        still_terminating = False
+        try:
+            broker.delete(timeout=BROKER_STOP_SECONDS)
+        except PodRunnerError:
+            still_terminating = True
+        assert not still_terminating, (
+            f"the broker pod was still terminating {BROKER_STOP_SECONDS}s after deletion (a "
+            f"container ignores SIGTERM and waits out the grace period):\n{broker.describe()}"
+        )
+        stopped_in = time.monotonic() - started
+        assert "DB saved on disk" in broker.logs(), f"no final snapshot:\n{broker.logs()}"
+        stack.wait_broker_ready()
+        assert stack.queue_length("celery") == 3, (
+            f"queued tasks lost across a graceful broker restart (stopped in {stopped_in:.1f}s)"
+        )
 
-    A graceful stop (pod deletion) makes Redis write a final snapshot, so every queued task is
-    there after the restart, and stays there through a kill -9 (reloaded from the same volume).
-    Tasks queued after that snapshot are lost by a kill -9: the trade-off the dev stack file
-    states, and the proof that this test would notice a lost task.
+
+def test_dev_broker_kill_9_keeps_what_the_last_snapshot_holds(
+    open_stack: Callable, dev_dir: Path
+) -> None:
+    """RDB (dev): what a snapshot holds survives kill -9; what came after it does not.
+
+    A graceful stop makes Redis write a final snapshot, so the queued tasks survive a later
+    kill -9 (reloaded from the same volume) and are all processed. Tasks queued after that
+    snapshot are lost by a kill -9: the trade-off the dev stack file states, and the proof that
+    this test notices a lost task.
     """
     with open_stack(dev_dir) as stack:
         broker = stack.start_broker()
@@ -96,11 +133,13 @@ def test_dev_broker_keeps_snapshotted_tasks_across_restart_and_kill_9(
             queued = send_pdfs(app, 5) + send_pdfs(app, 10, size=4096)
         assert stack.queue_length("celery") == 15, "the tasks sent were not queued"
 
-        broker.delete()  # graceful: SIGTERM, Redis saves, the StatefulSet recreates the pod
+        # WORKAROUND(finding F1, temporary): the broker's reloader container ignores SIGTERM, so
+        # a deletion waits the whole 60 s grace. Redis saves and exits in well under 1 s, so a
+        # shorter grace changes nothing for it; test_dev_broker_pod_deletion_is_prompt... keeps
+        # the real grace and fails until F1 is fixed. Remove grace_period=5 then.
+        broker.delete(grace_period=5, timeout=BROKER_STOP_SECONDS)
         broker = stack.wait_broker_ready()
-        assert stack.queue_length("celery") == 15, (
-            f"queued tasks lost across a graceful broker restart:\n{broker.logs()[-2000:]}"
-        )
+        assert stack.queue_length("celery") == 15, "queued tasks lost across a graceful restart"
 
         broker.kill(signal.SIGKILL)
         wait_until(lambda: broker.restart_count == 1, 30, "the broker container to restart")
@@ -110,7 +149,7 @@ def test_dev_broker_keeps_snapshotted_tasks_across_restart_and_kill_9(
         )
 
         with stack.producer() as app:
-            unsnapshotted = send_pdfs(app, 3, size=4096)
+            send_pdfs(app, 3, size=4096)
         assert stack.queue_length("celery") == 18, "the later tasks were not queued"
         broker.kill(signal.SIGKILL)
         wait_until(lambda: broker.restart_count == 2, 30, "the broker container to restart")
@@ -119,70 +158,66 @@ def test_dev_broker_keeps_snapshotted_tasks_across_restart_and_kill_9(
             "dev runs RDB: tasks queued after the last snapshot should be gone after kill -9 "
             "(if they survived, persistence is not what the dev stack file says)"
         )
-        del unsnapshotted
 
         stack.start_workers()
-        with stack.producer() as app:
-            sizes = collect([app.AsyncResult(result.id) for result in queued])
+        sizes = stack.results(queued)
     assert sizes == [ONE_MIB] * 5 + [4096] * 10, f"restored tasks ran with other sizes: {sizes}"
 
 
-def test_dev_worker_deleted_mid_task_finishes_it_during_soft_shutdown(
-    open_stack: Callable, dev_dir: Path
+def test_worker_deleted_mid_task_finishes_it_once_during_soft_shutdown(
+    open_stack: Callable, fast_dir: Path
 ) -> None:
-    """A rolling restart (pod deletion) lets a running task finish, and it runs only once.
+    """A rolling restart lets a running task finish within the soft shutdown, and it runs once.
 
-    dev gives running tasks 30 s of soft shutdown; a 3 s task ends inside it and is acked by the
-    old pod, so the replacement must not run it again.
+    The old pod acknowledges the task when its soft shutdown ends (Celery sleeps it out), so the
+    test waits for the pod to be gone, then checks that nothing is left to redeliver and that the
+    replacement never ran the task.
     """
-    with open_stack(dev_dir) as stack:
+    with open_stack(fast_dir) as stack:
         stack.start_all()
         (old,) = stack.worker_pods("default")
         with stack.producer() as app:
-            result = app.send_task(RECORD_TASK, args=[RECORD_FILE, "rolling", 3.0])
-            wait_until(lambda: "rolling" in records(old), 20, "the task to start in the worker")
-            old.delete(wait=False)
-            assert result.get(timeout=30) == "rolling", "the task running at deletion failed"
-        old.delete(timeout=60)  # wait until it is gone
-        (new,) = stack.wait_workers_ready()
-        assert "rolling" not in records(new), (
-            "a task that finished during soft shutdown ran again on the replacement pod"
+            task_id = app.send_task(RECORD_TASK, args=[RECORD_FILE, "rolling", 1.0]).id
+        wait_until(lambda: "rolling" in records(old), 20, "the task to start in the worker")
+        old.delete(timeout=30)
+        assert stack.results([task_id], timeout=30) == ["rolling"], "the running task was lost"
+        assert (stack.unacked(), stack.queue_length("celery")) == (0, 0), (
+            f"the finished task is still unacknowledged or queued:\n{old.logs()[-3000:]}"
         )
-        assert "Task src.tasks.record_execution" in old.logs(), "old pod has no record of the task"
+        (new,) = stack.wait_workers_ready()
+        assert "rolling" not in records(new), "a task that finished ran again on the replacement"
 
 
-def test_dev_worker_deleted_mid_long_task_hands_it_back_for_redelivery(
-    open_stack: Callable, rendered: Callable[..., Path]
+def test_worker_deleted_mid_long_task_hands_it_back_for_redelivery(
+    open_stack: Callable, fast_dir: Path
 ) -> None:
     """A task longer than the soft shutdown is handed back on deletion and runs again elsewhere.
 
     With acks_late and reject-on-worker-lost the message stays unacknowledged while it runs; the
-    cold shutdown after the soft one must requeue it at once (not after visibility_timeout).
+    cold shutdown after the soft one must requeue it at once (not after visibility_timeout, 16
+    minutes in dev), so the replacement pod runs it.
     """
-    with open_stack(rendered("e2e-fast", FAST_STACK)) as stack:
+    with open_stack(fast_dir) as stack:
         stack.start_all()
         (old,) = stack.worker_pods("default")
         with stack.producer() as app:
-            result = app.send_task(RECORD_TASK, args=[RECORD_FILE, "long", 4.0])
-            wait_until(lambda: "long" in records(old), 20, "the task to start in the worker")
-            old.delete(timeout=30)
-            (new,) = stack.wait_workers_ready()
-            assert result.get(timeout=30) == "long", (
-                f"the task cut off by the deletion was lost:\nold pod:\n{old.logs()[-3000:]}"
-            )
+            task_id = app.send_task(RECORD_TASK, args=[RECORD_FILE, "long", 5.0]).id
+        wait_until(lambda: "long" in records(old), 20, "the task to start in the worker")
+        old.delete(timeout=30)
+        (new,) = stack.wait_workers_ready()
+        assert stack.results([task_id], timeout=30) == ["long"], (
+            f"the task cut off by the deletion was lost:\nold pod:\n{old.logs()[-3000:]}"
+        )
         assert "long" in records(new), (
             f"the result exists but the replacement never ran the task:\n{new.logs()[-3000:]}"
         )
 
 
-def test_dev_stopped_worker_is_restarted_by_its_liveness_probe(
-    open_stack: Callable, rendered: Callable[..., Path]
+def test_stopped_worker_is_restarted_by_its_liveness_probe(
+    open_stack: Callable, fast_dir: Path
 ) -> None:
-    """SIGSTOP freezes the worker's main process: its heartbeat goes stale and liveness restarts it.
-
-    Rendered from FAST_STACK (10 s staleness window, 5 s grace) so it takes seconds, not minutes.
-    """
-    with open_stack(rendered("e2e-fast", FAST_STACK)) as stack:
+    """SIGSTOP freezes the worker's main process: its heartbeat goes stale, liveness restarts it."""
+    with open_stack(fast_dir) as stack:
         stack.start_all()
         (worker,) = stack.worker_pods("default")
         worker.kill(signal.SIGSTOP)
@@ -197,9 +232,8 @@ def test_dev_stopped_worker_is_restarted_by_its_liveness_probe(
         )
         stack.wait_workers_ready()
         with stack.producer() as app:
-            assert collect(send_pdfs(app, 2, size=1024)) == [1024, 1024], (
-                "the restarted worker does not process tasks"
-            )
+            task_ids = send_pdfs(app, 2, size=1024)
+        assert stack.results(task_ids) == [1024, 1024], "the restarted worker processes no task"
 
 
 def test_dev_check_job_fails_and_says_why_when_the_check_password_is_wrong(
@@ -212,11 +246,10 @@ def test_dev_check_job_fails_and_says_why_when_the_check_password_is_wrong(
         job = stack.run_check_job()
     assert not job.succeeded, f"the check passed with a wrong password:\n{job.logs}"
     assert job.reason == "BackoffLimitExceeded", f"unexpected end of the Job: {job.reason}"
-    logs = job.logs.lower()
-    assert "password" in logs or "wrongpass" in logs or "auth" in logs, (
+    assert "not-the-password" not in job.logs, "the check printed the password"
+    assert "WRONGPASS" in job.logs or "password" in job.logs.lower(), (
         f"the check failed without saying the password was refused:\n{job.logs}"
     )
-    assert "not-the-password" not in job.logs, "the check printed the password"
 
 
 def test_dev_check_job_fails_and_says_why_when_the_workers_password_is_wrong(
@@ -230,11 +263,11 @@ def test_dev_check_job_fails_and_says_why_when_the_workers_password_is_wrong(
         stack.start_workers_without_waiting()
         job = stack.run_check_job()
         workers = stack.worker_pods("default")
+        ready = [pod.name for pod in workers if pod.ready]
     assert not job.succeeded, f"the check passed though no worker can log in:\n{job.logs}"
     assert "not-the-password" not in job.logs, "the check printed the password"
-    assert not any(pod.ready for pod in workers), "a worker with a wrong password became ready"
-    logs = job.logs.lower()
-    assert "password" in logs or "wrongpass" in logs or "auth" in logs, (
+    assert not ready, f"workers with a wrong password became ready: {ready}"
+    assert "WRONGPASS" in job.logs or "password" in job.logs.lower(), (
         f"the check failed without saying the workers' password was refused:\n{job.logs}"
     )
 

@@ -10,12 +10,19 @@ from tests.integration.test_worker_harness import (
     executions,
     pod_worker,
     render_pool,
-    scratch,  # noqa: F401 - fixture
+    scratch_dir,
     wait_for,
 )
 from tests.support.redis_server import broker_config, running_redis
 
 RECORD_TASK = "src.tasks.record_execution"
+
+
+@pytest.fixture
+def scratch():
+    """Yield a directory this test and its workers share."""
+    with scratch_dir() as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +68,8 @@ def test_rendered_settings_are_in_effect_in_the_running_worker(redis_server, tmp
         replies = inspect(destination=[pod.nodename], timeout=5)
         conf = (replies.conf(with_defaults=True) or {}).get(pod.nodename)
         stats = (replies.stats() or {}).get(pod.nodename)
-    assert conf and stats, f"{app}: the worker {pod.nodename} did not answer conf/stats"
+    assert conf, f"{app}: the worker {pod.nodename} did not answer `inspect conf`"
+    assert stats, f"{app}: the worker {pod.nodename} did not answer `inspect stats`"
     expected = {
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -74,7 +82,9 @@ def test_rendered_settings_are_in_effect_in_the_running_worker(redis_server, tmp
     transport = conf["broker_transport_options"]
     assert transport["visibility_timeout"] == 50 + 300, f"{app}: visibility_timeout {transport}"
     assert transport["socket_timeout"] == BROKER_SOCKET_TIMEOUT, f"{app}: transport {transport}"
-    assert stats["prefetch_count"] == 3 * 2, f"{app}: the consumer's QoS is {stats['prefetch_count']}"
+    assert stats["prefetch_count"] == 3 * 2, (
+        f"{app}: the consumer's QoS is {stats['prefetch_count']}"
+    )
     assert stats["broker"]["port"] == redis_server.port, (
         f"{app}: the worker connected to {stats['broker']} instead of CELERY_BROKER_URL's broker"
     )

@@ -30,23 +30,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from brokerctl import mockrun, render
 from components.broker import BROKER_URL_KEY, RESULT_BACKEND_KEY
 from components.celery_config import CONFIG_DIR
-from tests.support.celery_worker import STANDIN_APP_DIR, CeleryWorker, celery_executable, running_worker
+from tests.support.celery_worker import (
+    STANDIN_APP_DIR,
+    CeleryWorker,
+    celery_executable,
+    running_worker,
+)
 from tests.support.redis_server import CELERY_PASSWORD, RedisServer
 
-SCRATCH = Path("/var/tmp")  # noqa: S108 - outside /tmp, which each worker replaces with its own
+SCRATCH = Path("/var/tmp")  # outside /tmp, which each worker replaces with its own
 _pod_numbers = itertools.count(1)
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory both the test and its workers see (a worker's /tmp is its own)."""
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """Yield a directory both the test and its workers see (a worker's /tmp is its own)."""
     path = Path(tempfile.mkdtemp(prefix="worker-test-", dir=SCRATCH))
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -71,7 +76,7 @@ class RenderedPool:
         return int(self.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
 
     def probe_command(self, kind: str) -> list[str]:
-        """The exec command of the `liveness`, `readiness` or `startup` probe."""
+        """Return the exec command of the `liveness`, `readiness` or `startup` probe."""
         return list(self.container[f"{kind}Probe"]["exec"]["command"])
 
 
@@ -91,9 +96,7 @@ def render_pool(
     (workdir / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(stack_file))
     config, secret_keys = mockrun.read_stack_config(stack, workdir)
     run = mockrun.run_program(stack, config, secret_keys, workdir)
-    objects = [
-        render.manifest(r) for r in run.resources if render.is_kubernetes_object(r.type)
-    ]
+    objects = [render.manifest(r) for r in run.resources if render.is_kubernetes_object(r.type)]
     deployment = _one(objects, "Deployment", f"worker-{pool['name']}")
     volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
     config_map = _one(objects, "ConfigMap", volume["configMap"]["name"])
@@ -109,7 +112,7 @@ def _one(objects: list[dict[str, Any]], kind: str, name_part: str) -> dict[str, 
 def pod_environment(
     pool: RenderedPool, redis_server: RedisServer, config_dir: Path, celery_bin_dir: Path
 ) -> dict[str, str]:
-    """The container's environment: Secret references resolved, ConfigMap dir and app dir local."""
+    """Return the container's env: Secret references resolved, ConfigMap and app dirs local."""
     secret = {
         BROKER_URL_KEY: redis_server.url("celery", CELERY_PASSWORD, db=0),
         RESULT_BACKEND_KEY: redis_server.url("celery", CELERY_PASSWORD, db=1),
@@ -128,7 +131,7 @@ def pod_environment(
 
 
 def pod_command(pool: RenderedPool, celery_bin: str) -> list[str]:
-    """The container's command with the image's `celery` replaced by a local executable."""
+    """Return the container's command with the image's `celery` replaced by a local one."""
     command = list(pool.container["command"])
     assert command[0] == "celery", f"unexpected worker executable {command[0]}"
     return [celery_bin, *command[1:]]
@@ -146,9 +149,9 @@ class PodWorker:
     @property
     def nodename(self) -> str:
         """The Celery node name, `%h` expanded to the pod name as in the cluster."""
-        return self.pool.container["command"][self.pool.container["command"].index("-n") + 1].replace(
-            "%h", self.pod_name
-        )
+        return self.pool.container["command"][
+            self.pool.container["command"].index("-n") + 1
+        ].replace("%h", self.pod_name)
 
     @property
     def pid(self) -> int:
@@ -166,7 +169,7 @@ class PodWorker:
         os.killpg(self.pid, signal.SIGKILL)
 
     def terminate(self) -> None:
-        """What the kubelet does first: SIGTERM to the container's main process only."""
+        """Do what the kubelet does first: SIGTERM to the container's main process only."""
         os.kill(self.pid, signal.SIGTERM)
 
 
@@ -196,14 +199,35 @@ def pod_worker(
         with running_worker(
             argv, env=env, cwd=STANDIN_APP_DIR, ready_timeout=ready_timeout, stop_timeout=60
         ) as worker:
-            yield PodWorker(worker, pool, pod_name, private_tmp)
+            pod = PodWorker(worker, pool, pod_name, private_tmp)
+            yield pod
+            if worker.process.poll() is None:
+                _wait_until_idle(pod, redis_server)
     finally:
         shutil.rmtree(config_dir, ignore_errors=True)
         shutil.rmtree(private_tmp, ignore_errors=True)
 
 
+def _wait_until_idle(pod: PodWorker, redis_server: RedisServer) -> None:
+    """Wait until the worker has no task in hand before the context stops it.
+
+    A SIGTERM in the instant a task completes can stall Celery's cold shutdown until SIGKILL
+    (seen with 5.7 prefork); tests stopping a worker after their checks should not pay that.
+    """
+    inspect = client_app(redis_server).control.inspect([pod.nodename], timeout=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pod.worker.process.poll() is None:
+        try:
+            active = (inspect.active() or {}).get(pod.nodename)
+        except OperationalError:  # the test took the broker away: nothing to wait for
+            return
+        if active == []:
+            return
+        time.sleep(0.1)
+
+
 def client_app(redis_server: RedisServer) -> Celery:
-    """A producer/inspector app for tests, talking to the local broker as the celery user."""
+    """Return a producer/inspector app talking to the local broker as the celery user."""
     return Celery(
         "test-client",
         broker=redis_server.url("celery", CELERY_PASSWORD, db=0),
@@ -289,7 +313,7 @@ class SwitchableProxy:
 
 @contextmanager
 def blackhole_proxy(redis_server: RedisServer) -> Iterator[SwitchableProxy]:
-    """A SwitchableProxy for the test's duration."""
+    """Yield a SwitchableProxy for the test's duration."""
     proxy = SwitchableProxy(redis_server.port)
     try:
         yield proxy
@@ -305,5 +329,7 @@ class ProxiedRedis:
     port: int
 
     def url(self, user: str | None = None, password: str | None = None, db: int = 0) -> str:
-        """The server's URL with the proxy's port."""
-        return self.server.url(user, password, db).replace(f":{self.server.port}/", f":{self.port}/")
+        """Return the server's URL with the proxy's port."""
+        return self.server.url(user, password, db).replace(
+            f":{self.server.port}/", f":{self.port}/"
+        )

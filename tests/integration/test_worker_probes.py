@@ -12,7 +12,12 @@ import time
 from contextlib import ExitStack
 
 from components.celery_config import heartbeat_seconds
-from tests.integration.test_worker_harness import ProxiedRedis, blackhole_proxy, pod_worker, render_pool
+from tests.integration.test_worker_harness import (
+    ProxiedRedis,
+    blackhole_proxy,
+    pod_worker,
+    render_pool,
+)
 from tests.support.redis_server import broker_config, running_redis
 
 STALE_SECONDS = 10  # the smallest window the settings allow: keeps the test short
@@ -47,7 +52,9 @@ def test_liveness_fails_for_stopped_and_cut_off_workers_and_passes_for_a_healthy
         proxy.blackhole()
         doomed_redis.stop(signal.SIGKILL)
         broken = {case: pod for case, pod in workers.items() if case != "healthy"}
-        failed_after = _seconds_until_liveness_fails(broken, STALE_SECONDS + 4 * heartbeat_seconds(STALE_SECONDS))
+        failed_after = _seconds_until_liveness_fails(
+            broken, STALE_SECONDS + 4 * heartbeat_seconds(STALE_SECONDS)
+        )
 
         assert set(failed_after) == set(broken), (
             f"liveness still passes for {sorted(set(broken) - set(failed_after))} "

@@ -6,6 +6,10 @@ ends. The rendered pod remaps SIGTERM to Celery's cold shutdown with a soft-shut
 to the queue at once, where another worker finishes it. Celery 5.3/5.4 have no soft window:
 every running task is handed back.
 
+Known edge (Celery 5.7, prefork): a SIGTERM arriving in the instant a task completes can leave
+the cold shutdown waiting on a pool child until SIGKILL; the task has finished by then, and an
+unacknowledged message would only be redelivered (never lost).
+
 Other Celery versions: WORKER_TEST_CELERY_BINS=/venv53/bin/celery:/venv55/bin/celery adds runs
 with those executables (each venv needs celery[redis] only; the stand-in app is on PYTHONPATH).
 """
@@ -23,7 +27,7 @@ from tests.integration.test_worker_harness import (
     executions,
     pod_worker,
     render_pool,
-    scratch,  # noqa: F401 - fixture
+    scratch_dir,
     wait_for,
 )
 from tests.support.celery_worker import celery_executable
@@ -35,14 +39,21 @@ SHORT_TASK = 1.0  # ends inside the soft-shutdown window
 LONG_TASK = 6.0  # outlives it: must be handed back
 
 
+@pytest.fixture
+def scratch():
+    """Yield a directory this test and its workers share."""
+    with scratch_dir() as path:
+        yield path
+
+
 def celery_bins() -> list[str]:
-    """This virtualenv's celery, plus any listed in WORKER_TEST_CELERY_BINS."""
+    """Return this virtualenv's celery, plus any listed in WORKER_TEST_CELERY_BINS."""
     extra = [b for b in os.environ.get("WORKER_TEST_CELERY_BINS", "").split(":") if b]
     return [celery_executable()[0], *extra]
 
 
 def celery_version(celery_bin: str) -> tuple[int, ...]:
-    """The version an executable reports, e.g. (5, 5, 3)."""
+    """Return the version an executable reports, e.g. (5, 5, 3)."""
     banner = subprocess.run(
         [celery_bin, "--version"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
@@ -62,31 +73,31 @@ def test_sigterm_mid_task_finishes_or_hands_back_every_task(tmp_path, scratch, c
         },
     )
     record = scratch / "record.txt"
-    print("T rendered", time.monotonic())
     with running_redis(broker_config()) as redis_server:
         client = client_app(redis_server)
         with pod_worker(pool, redis_server, celery_bin=celery_bin) as first:
-            print("T first ready", time.monotonic())
             short = client.send_task(TASK, args=[str(record), "short", SHORT_TASK], queue="pdf")
             long = client.send_task(TASK, args=[str(record), "long", LONG_TASK], queue="pdf")
-            wait_for(lambda: {"short", "long"} <= set(executions(record)), 15, "both tasks to start")
+            wait_for(
+                lambda: {"short", "long"} <= set(executions(record)), 15, "both tasks to start"
+            )
             terminated_at = time.monotonic()
             first.terminate()
             first.worker.process.wait(timeout=pool.grace_period_seconds)
             shutdown_seconds = time.monotonic() - terminated_at
         with redis_server.client("celery", CELERY_PASSWORD) as redis:
             waiting = redis.llen("pdf")
-        print("T shutdown", shutdown_seconds, time.monotonic())
-        with pod_worker(pool, redis_server, celery_bin=celery_bin):
-            print("T second ready", time.monotonic())
+        with pod_worker(pool, redis_server, celery_bin=celery_bin) as second:
             assert long.get(timeout=30) == "long", "the handed-back task did not finish elsewhere"
             assert short.get(timeout=30) == "short", "the short task was lost"
-            print("T results", time.monotonic())
-        print("T stopped", time.monotonic())
+            # Not under test, and a SIGTERM landing as a task completes can stall Celery's
+            # cold shutdown until the grace period ends (see the module docstring).
+            second.kill()
 
     runs = executions(record)
     assert shutdown_seconds < pool.grace_period_seconds, (
-        f"shutdown took {shutdown_seconds:.1f} s, over the grace period {pool.grace_period_seconds} s"
+        f"shutdown took {shutdown_seconds:.1f} s, "
+        f"over the grace period {pool.grace_period_seconds} s"
     )
     assert waiting >= 1, "the cancelled task was not back in its queue after the worker exited"
     assert runs.count("long") == 2, f"long task: expected a cut run and a full rerun, got {runs}"

@@ -9,9 +9,13 @@ What is rendered runs unchanged: the StatefulSet container's command (the start 
 hashes the users Secret into an ACL file and execs redis-server), its environment, the
 ConfigMap's redis.conf and the Secret's values. Only what a pod gets from its node is
 redirected: every volume mount path becomes a folder of a temporary directory (the env
-values that point into mounts follow), the placeholders of the Secret become test
-passwords, and `--port N` is appended to the command's arguments (the script passes "$@" to
-redis-server). A `redis-server` shim first on PATH adds an admin user to the ACL file the
+values and redis.conf paths that point into mounts follow), the placeholders of the Secret
+become test passwords, and `--port N` (`--tls-port N` for a TLS broker) is appended to the
+command's arguments (the script passes "$@" to redis-server). A TLS broker's Secret, which
+cert-manager would issue, is made by tests/support/tls_certs.py for the rendered
+Certificate's names; clients then reach it as `localhost` and verify it against that CA.
+Sidecars of the pod (the reloader) run with `running_container`, in the same folders.
+A `redis-server` shim first on PATH adds an admin user to the ACL file the
 script wrote and binds to loopback, then execs the real server: tests need an admin for
 CONFIG GET and ACL LOG, and the rendered users deliberately have no such rights.
 """
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -30,6 +36,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import redis
 
 from brokerctl import render
 from components import redis_config
@@ -41,7 +50,15 @@ from tests.support.redis_server import (
     RedisServerError,
     free_port,
 )
+from tests.support.tls_certs import (
+    KeyPair,
+    issue_server_certificate,
+    make_ca,
+    write_tls_secret_volume,
+)
 
+TLS_HOST = "localhost"
+"""The name TLS clients use: one of the rendered Certificate's names that reaches this host."""
 ADMIN_USER = "test-admin"
 ADMIN_PASSWORD = "admin-Pa55-Qz81"
 PLACEHOLDER_PASSWORDS = {
@@ -87,6 +104,26 @@ class RenderedBroker:
         """The redis container of the StatefulSet's pod template."""
         return self.statefulset["spec"]["template"]["spec"]["containers"][0]
 
+    def container_named(self, name: str) -> dict[str, Any]:
+        """Return the pod template's container called `name` (e.g. the reloader)."""
+        containers = self.statefulset["spec"]["template"]["spec"]["containers"]
+        found = [c for c in containers if c["name"] == name]
+        assert found, (
+            f"stack {self.stack}: no container {name!r} in {[c['name'] for c in containers]}"
+        )
+        return found[0]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the rendered Redis serves TLS only."""
+        return "\ntls-port " in self.redis_conf
+
+    @property
+    def tls_names(self) -> list[str]:
+        """The names the broker's certificate is for: the rendered Certificate's, if any."""
+        certificates = [o for o in self.objects if o["kind"] == "Certificate"]
+        return list(certificates[0]["spec"]["dnsNames"]) if certificates else [TLS_HOST]
+
     @property
     def redis_conf(self) -> str:
         """redis.conf exactly as the ConfigMap carries it."""
@@ -113,10 +150,50 @@ def rendered_broker(stack: str) -> RenderedBroker:
 
 @dataclass
 class BootedBroker(RedisServer):
-    """A redis-server booted from rendered objects, with the pod's (redirected) environment."""
+    """A redis-server booted from rendered objects, with the pod's (redirected) environment.
+
+    For a TLS broker `ca` is the test CA that signed its certificate: `client` and `url`
+    then connect as TLS_HOST with verification, as the rendered client URLs do.
+    """
 
     env: Mapping[str, str] | None = None
     mounts: Mapping[str, Path] | None = None
+    ca: Path | None = None
+
+    def url(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        scheme: str = "redis",
+    ) -> str:
+        """Return this broker's client URL: like the rendered ones, rediss:// verifying the CA."""
+        if self.ca is None:
+            return super().url(user, password, db, scheme)
+        credentials = f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@"
+        query = f"ssl_cert_reqs=required&ssl_ca_certs={quote(str(self.ca))}"
+        return f"rediss://{credentials}{TLS_HOST}:{self.port}/{db}?{query}"
+
+    def client(self, user: str, password: str, db: int = 0) -> redis.Redis:
+        """Return a redis-py client with short timeouts (TLS verifying the CA when served)."""
+        if self.ca is None:
+            return super().client(user, password, db)
+        return redis.Redis(
+            host=TLS_HOST,
+            port=self.port,
+            username=user,
+            password=password,
+            db=db,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            ssl=True,
+            ssl_ca_certs=str(self.ca),
+        )
+
+    @property
+    def pid(self) -> int:
+        """The redis-server process id (the start script execs it, so it is the one started)."""
+        return self.process.pid
 
     def run_probe(self, broker: RenderedBroker, kind: str) -> subprocess.CompletedProcess[str]:
         """Run the rendered probe command as the kubelet would: same argv, the pod's env."""
@@ -147,11 +224,26 @@ def _redirect(value: str, mounts: Mapping[str, Path]) -> str:
     return value
 
 
+def _redirect_text(text: str, mounts: Mapping[str, Path]) -> str:
+    """Point every path inside a mount, anywhere in `text` (redis.conf), to its test folder.
+
+    One pass, so a replaced path is not rewritten again by a shorter mount (/tmp).
+    """
+    paths = sorted(mounts, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, paths)) + r")(?=/)")
+    return pattern.sub(lambda match: str(mounts[match.group(1)]), text)
+
+
 def pod_env(
-    broker: RenderedBroker, mounts: Mapping[str, Path], port: int, shim_dir: Path
+    broker: RenderedBroker,
+    mounts: Mapping[str, Path],
+    port: int,
+    shim_dir: Path,
+    container: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Return the container env, paths redirected, plus PATH (shim first) and the port."""
-    env = {item["name"]: _redirect(item["value"], mounts) for item in broker.container["env"]}
+    """Return a container's env (redis by default), paths redirected, plus PATH and the port."""
+    items = (container or broker.container)["env"]
+    env = {item["name"]: _redirect(item["value"], mounts) for item in items}
     env[redis_config.ENV_PORT] = str(port)
     env["PATH"] = f"{shim_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     env["TEST_ADMIN_PASSWORD"] = ADMIN_PASSWORD
@@ -165,11 +257,27 @@ def prepare_pod_files(
     mounts = _mount_dirs(broker, root / "volumes")
     env = {item["name"]: item["value"] for item in broker.container["env"]}
     config_path = Path(_redirect(env[redis_config.ENV_CONFIG], mounts))
-    config_path.write_text(broker.redis_conf if redis_conf is None else redis_conf)
+    config_path.write_text(
+        _redirect_text(broker.redis_conf if redis_conf is None else redis_conf, mounts)
+    )
     users_dir = Path(_redirect(env[redis_config.ENV_USERS_DIR], mounts))
     for key, value in broker.users.items():
         (users_dir / key).write_text(value)
+    if broker.tls and not (root / "pki" / "ca" / "ca.crt").exists():
+        tls_dir = Path(_redirect(env[redis_config.ENV_TLS_DIR], mounts))
+        write_tls_secret_volume(tls_dir, *issue_test_certificate(broker, root / "pki"))
     return mounts
+
+
+def issue_test_certificate(
+    broker: RenderedBroker, pki: Path, issue: str = "server"
+) -> tuple[KeyPair, KeyPair]:
+    """Return the test CA (made once under `pki`) and a new certificate for the broker's names."""
+    ca_dir = pki / "ca"
+    ca = KeyPair(ca_dir / "ca.crt", ca_dir / "ca.key")
+    if not ca.cert.exists():
+        ca = make_ca(ca_dir)
+    return ca, issue_server_certificate(ca, pki / issue, broker.tls_names)
 
 
 def _write_shim(folder: Path) -> None:
@@ -203,12 +311,15 @@ def booted_broker(
     _write_shim(workdir / "bin")
     port = free_port()
     env = pod_env(broker, mounts, port, workdir / "bin")
-    argv = [*broker.container["command"], *broker.container.get("args", []), "--port", str(port)]
+    # A TLS broker keeps `port 0`: only its TLS port moves to the free one.
+    port_option = "--tls-port" if broker.tls else "--port"
+    argv = [*broker.container["command"], *broker.container.get("args", []), port_option, str(port)]
     with (workdir / "redis.log").open("ab") as log:
         process = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-    server = BootedBroker("127.0.0.1", port, workdir, process, env=env, mounts=mounts)
+    ca = workdir / "pki" / "ca" / "ca.crt" if broker.tls else None
+    server = BootedBroker("127.0.0.1", port, workdir, process, env=env, mounts=mounts, ca=ca)
     try:
         if wait != "none":
             wait_for(server, loaded=wait == "loaded", timeout=ready_timeout)
@@ -219,6 +330,16 @@ def booted_broker(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _raw_connection(server: RedisServer) -> socket.socket:
+    """Open a socket to the server; TLS verifying the test CA when the broker serves TLS."""
+    connection = socket.create_connection((server.host, server.port), timeout=1)
+    ca = getattr(server, "ca", None)
+    if ca is None:
+        return connection
+    context = ssl.create_default_context(cafile=str(ca))
+    return context.wrap_socket(connection, server_hostname=TLS_HOST)
+
+
 def admin_ping(server: RedisServer) -> bytes:
     """Authenticate as the admin and PING on a raw socket: b"+PONG", b"-LOADING", or b"" if down.
 
@@ -226,7 +347,7 @@ def admin_ping(server: RedisServer) -> bytes:
     """
     command = f"AUTH {ADMIN_USER} {ADMIN_PASSWORD}\r\nPING\r\n".encode()
     try:
-        with socket.create_connection((server.host, server.port), timeout=1) as connection:
+        with _raw_connection(server) as connection:
             connection.sendall(command)
             reply = b""
             while reply.count(b"\r\n") < 2:
@@ -254,3 +375,33 @@ def wait_for(server: BootedBroker, *, loaded: bool, timeout: float) -> None:
         time.sleep(0.02)
     msg = f"broker did not answer within {timeout} s (last reply {reply!r}):\n{server.log()}"
     raise RedisServerError(msg)
+
+
+@contextmanager
+def running_container(
+    broker: RenderedBroker, server: BootedBroker, name: str, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run another container of the broker pod (the reloader) beside `server`, as rendered.
+
+    Same redirected volumes and port as the booted redis container; `env` overrides values
+    (a test shortens the reloader's interval). Its output goes to `<name>.log` in the
+    broker's directory; it is stopped on exit.
+    """
+    container = broker.container_named(name)
+    assert server.mounts is not None, "boot the broker with booted_broker first"
+    bin_dir = server.directory / "bin"
+    container_env = {**pod_env(broker, server.mounts, server.port, bin_dir, container), **env}
+    argv = [*container["command"], *container.get("args", [])]
+    with (server.directory / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            argv, env=container_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
