@@ -408,10 +408,15 @@ def reloader_script(*, tls: bool) -> str:
         ]
     passes = ["reload_users", *(["reload_tls"] if tls else [])]
     lines += [
+        # sh is PID 1 of its container: without a trap SIGTERM is ignored and the pod waits
+        # out its whole grace period; sleeping in the background lets the trap run at once.
+        'sleeping=""',
+        "trap 'kill $sleeping 2>/dev/null; exit 0' TERM INT",
         "while :; do",
         *(f'  {step} || echo "reloader: {step} failed; retrying next pass" >&2' for step in passes),
         f'  touch "$run_dir/{RELOADER_HEARTBEAT}"',
-        f'  sleep "${ENV_RELOAD_SECONDS}"',
+        f'  sleep "${ENV_RELOAD_SECONDS}" & sleeping=$!',
+        '  wait "$sleeping"',
         "done",
         "",
     ]

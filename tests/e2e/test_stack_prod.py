@@ -98,6 +98,7 @@ def test_prod_client_pods_can_read_the_ca_their_broker_urls_name(
     Runs the objects exactly as rendered (no F3 workaround): the pods must mount that file.
     """
     with open_stack(prod_dir) as stack:
+        assert stack.ca_file is not None, "prod should serve TLS (a cert-manager Certificate)"
         stack.start_broker()
         stack.start_workers_without_waiting()
         pods = wait_until(stack.running_worker_pods, 30, "every worker container to run")

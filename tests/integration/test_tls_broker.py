@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -219,3 +220,20 @@ def test_broker_check_explains_tls_mistakes(deployment: TlsDeployment, tmp_path:
         run = run_check("--url", url, "--timeout", "3", "--json")
         assert run.returncode == 1, f"the check passed with {url}:\n{run.output}"
         assert expected in run.check("connect")["hint"], run.check("connect")
+
+
+def test_reloader_stops_at_once_on_sigterm(deployment: TlsDeployment):
+    """Exit 0 from the trap, at once: as PID 1 of its container, sh ignores SIGTERM otherwise.
+
+    Here sh is not PID 1 (it would just die of the signal), so the exit status, 0 only
+    through the trap, is what proves the trap is there.
+    """
+    broker, server = deployment.broker, deployment.server
+    slow = {redis_config.ENV_RELOAD_SECONDS: "60"}
+    with running_container(broker, server, "reloader", **slow) as reloader:
+        time.sleep(1)  # past its first pass, into the sleep
+        started = time.monotonic()
+        reloader.send_signal(signal.SIGTERM)
+        reloader.wait(timeout=10)
+        assert time.monotonic() - started < 2, "the reloader ignored SIGTERM"
+        assert reloader.returncode == 0, "SIGTERM killed the reloader: it has no trap"

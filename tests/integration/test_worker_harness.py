@@ -145,6 +145,7 @@ class PodWorker:
     pool: RenderedPool
     pod_name: str
     private_tmp: Path
+    killed: bool = False
 
     @property
     def nodename(self) -> str:
@@ -165,6 +166,7 @@ class PodWorker:
 
     def kill(self) -> None:
         """SIGKILL the whole container (what the kubelet does when the grace period ends)."""
+        self.killed = True
         os.killpg(self.pid, signal.SIGCONT)
         os.killpg(self.pid, signal.SIGKILL)
 
@@ -201,7 +203,7 @@ def pod_worker(
         ) as worker:
             pod = PodWorker(worker, pool, pod_name, private_tmp)
             yield pod
-            if worker.process.poll() is None:
+            if not pod.killed:
                 _wait_until_idle(pod, redis_server)
     finally:
         shutil.rmtree(config_dir, ignore_errors=True)
@@ -228,11 +230,15 @@ def _wait_until_idle(pod: PodWorker, redis_server: RedisServer) -> None:
 
 def client_app(redis_server: RedisServer) -> Celery:
     """Return a producer/inspector app talking to the local broker as the celery user."""
-    return Celery(
+    app = Celery(
         "test-client",
         broker=redis_server.url("celery", CELERY_PASSWORD, db=0),
         backend=redis_server.url("celery", CELERY_PASSWORD, db=1),
     )
+    # A test must fail, never hang, when it has cut a worker's broker off on purpose.
+    app.conf.broker_transport_options = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    app.conf.redis_socket_timeout = 5
+    return app
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
