@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 from components.broker import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY, RedisBroker
 from components.naming import broker_client_labels, labels, object_name
 from components.pods import hardened_container, hardened_pod_spec
-from components.settings import StackSettings
+from components.settings import PoolSettings, StackSettings
 from components.workers import WorkerPools
 
 COMPONENT = "broker-check"
@@ -27,21 +27,35 @@ CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "brokerctl" / "brokerche
 SCRIPT_DIR = "/etc/brokercheck"
 
 
-def check_arguments(settings: StackSettings, pools: list[dict]) -> list[str]:
+def replicas_at_deploy(pool: PoolSettings) -> int:
+    """Workers a pool is sure to have when the gate runs, right after `pulumi up` applied it.
+
+    An autoscaled Deployment is created without `replicas` (the scaler owns it), so Kubernetes
+    starts one pod; KEDA or the HPA reach `min_replicas` only after their first reconcile. The
+    gate must not fail on that race, so it expects one worker there (none for a pool that may
+    scale to zero). `brokerctl check --stack` later expects the steady-state minimum.
+    """
+    if pool.autoscaling.enabled:
+        return min(1, pool.autoscaling.min_replicas)
+    return pool.replicas
+
+
+def check_arguments(settings: StackSettings) -> list[str]:
     """The check's command-line arguments: expectations only; URLs come from the environment."""
+    pools = settings.workers.pools
     args = [
         "--url-env", CHECK_URL_KEY,
         "--worker-url-env", BROKER_URL_KEY,
         "--result-backend-env", RESULT_BACKEND_KEY,
         "--expect-persistence", settings.broker.persistence,
-        "--expect-workers", str(sum(int(p["replicas"]) for p in pools)),
+        "--expect-workers", str(sum(replicas_at_deploy(p) for p in pools)),
         "--visibility-timeout", str(settings.visibility_timeout),
         "--timeout", str(settings.checks.timeout_seconds),
         "--memory-warn", f"{settings.checks.memory_warn_ratio * 100:g}",
         "--memory-fail", f"{settings.checks.memory_fail_ratio * 100:g}",
     ]  # fmt: skip
     for pool in pools:
-        args += ["--pool", f"{pool['name']}={','.join(pool['queues'])}:{pool['replicas']}"]
+        args += ["--pool", f"{pool.name}={','.join(pool.queues)}:{replicas_at_deploy(pool)}"]
     return args
 
 
@@ -126,7 +140,7 @@ class BrokerCheck(pulumi.ComponentResource):
             name="check",
             image=checks.image or first_pool.image,
             command=[checks.python_bin, f"{SCRIPT_DIR}/brokercheck.py"],
-            args=check_arguments(settings, pools.summary),
+            args=check_arguments(settings),
             env=[*env, k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1")],
             resources=checks.resources,
             volume_mounts=[

@@ -240,13 +240,14 @@ class BrokerSettings(Section):
         description="Non-root uid of redis-server; high, so it matches no host user (volumes use fsGroup).",
     )
     reload_interval_seconds: int = Field(
-        10,
+        5,
         ge=1,
         le=300,
         description=(
             "How often the reloader sidecar compares the mounted users and TLS Secrets with what "
             "Redis runs, and applies a change without a restart (the kubelet itself takes up to a "
-            "minute to update mounted Secrets)."
+            "minute to update mounted Secrets). Keep it under the readiness probe's 10 s, so a "
+            "changed probe password reaches Redis before the probe fails twice."
         ),
     )
     reloader_resources: Resources = Field(

@@ -96,3 +96,21 @@ def test_render_refuses_a_folder_it_did_not_write(tmp_path):
     result = run_brokerctl("render", "--stack", "dev", "--out", str(tmp_path))
     assert result.returncode == 2
     assert (tmp_path / "notes.txt").read_text() == "mine", "render touched a file it did not write"
+
+
+def test_custom_resources_pass_their_crd_schemas(rendered, tmp_path):
+    from tests.support.crd_schema import is_custom_resource, validate_custom_resources
+
+    stack, out = rendered
+    custom = [o for o in objects(out) if is_custom_resource(o)]
+    builtin_groups = ("v1", "apps", "batch", "policy", "autoscaling")
+    unknown = [
+        o["apiVersion"]
+        for o in objects(out)
+        if not is_custom_resource(o)
+        and o["apiVersion"].split("/")[0] not in builtin_groups
+        and not o["apiVersion"].split("/")[0].endswith("k8s.io")
+    ]
+    assert not unknown, f"{stack}: custom resources with no schema check: {unknown}"
+    problems = validate_custom_resources(custom, tmp_path) if custom else []
+    assert not problems, f"{stack}: CRD schema failures: {problems}"
