@@ -16,7 +16,14 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.broker import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY, RedisBroker
+from components.broker import (
+    BROKER_URL_KEY,
+    CHECK_URL_KEY,
+    RESULT_BACKEND_KEY,
+    RedisBroker,
+    client_ca_mounts,
+    client_ca_volumes,
+)
 from components.naming import broker_client_labels, labels, object_name
 from components.pods import hardened_container, hardened_pod_spec
 from components.settings import PoolSettings, StackSettings
@@ -65,6 +72,7 @@ def check_revision(settings: StackSettings, script: str) -> str:
         "broker": settings.broker.model_dump(mode="json"),
         "workers": settings.workers.model_dump(mode="json"),
         "checks": settings.checks.model_dump(mode="json"),
+        "tls": settings.tls.model_dump(mode="json"),
         "script": script,
     }
     return hashlib.sha256(json.dumps(checked, sort_keys=True).encode()).hexdigest()[:8]
@@ -144,7 +152,8 @@ class BrokerCheck(pulumi.ComponentResource):
             env=[*env, k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1")],
             resources=checks.resources,
             volume_mounts=[
-                k8s.core.v1.VolumeMountArgs(name="script", mount_path=SCRIPT_DIR, read_only=True)
+                k8s.core.v1.VolumeMountArgs(name="script", mount_path=SCRIPT_DIR, read_only=True),
+                *client_ca_mounts(settings),
             ],
             liveness_probe=_deadline_probe(checks.python_bin, checks.active_deadline_seconds),
             readiness_probe=_script_present_probe(checks.python_bin),
@@ -161,7 +170,8 @@ class BrokerCheck(pulumi.ComponentResource):
                     config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
                         name=script_map.metadata.name, default_mode=0o444
                     ),
-                )
+                ),
+                *client_ca_volumes(settings),
             ],
         )
         job = k8s.batch.v1.Job(

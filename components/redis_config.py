@@ -113,6 +113,10 @@ PROBE_COMMANDS: dict[str, tuple[str, ...]] = {
     "connection": ("hello", "ping", "select"),
     # Health: INFO for loading/persistence/memory, CONFIG GET for appendfsync and save.
     "health": ("info", "config|get"),
+    # KEDA's redis scaler reads a list's length through EVAL of a small Lua script, and the
+    # exporter's unacked-age script runs by EVAL too. ACL rules still apply inside scripts,
+    # so with %R~* a script can read, never write; lua-time-limit bounds a runaway one.
+    "scripts": ("eval",),
     # Queue and unacked sizes the check and KEDA read (kombu's list, hash and sorted set).
     "queues": (
         "llen", "zcard", "zrange", "zrangebyscore",

@@ -21,7 +21,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import celery_config
-from components.broker import BROKER_URL_KEY, PROBE_USER, RESULT_BACKEND_KEY, RedisBroker
+from components.broker import (
+    BROKER_URL_KEY,
+    CLIENT_REVISION_ANNOTATION,
+    PROBE_USER,
+    RESULT_BACKEND_KEY,
+    RedisBroker,
+    client_ca_mounts,
+    client_ca_volumes,
+    tls_secret_name,
+)
 from components.naming import broker_client_labels, labels, object_name, selector_labels
 from components.pods import hardened_container, hardened_pod_spec, spread_across_nodes_and_zones
 from components.settings import Autoscaling, Placement, PoolSettings, StackSettings
@@ -70,6 +79,9 @@ def keda_triggers(
                         "listName": list_name,
                         "listLength": str(pool.autoscaling.queue_length_per_replica),
                         "databaseIndex": str(settings.broker.broker_db),
+                        # TLS-only broker: KEDA connects with TLS, verifying the CA from the
+                        # TriggerAuthentication (`ca`); never both this and the `tls` auth param.
+                        **({"enableTLS": "true"} if settings.tls.enabled else {}),
                     },
                     "authenticationRef": {"name": auth_name},
                 }
@@ -258,7 +270,7 @@ class WorkerPools(pulumi.ComponentResource):
             command=celery_config.worker_command(settings, pool),
             resources=pool.resources,
             env=celery_env(pool, self.broker.client_secret_name),
-            volume_mounts=[wiring_mount()],
+            volume_mounts=[wiring_mount(), *client_ca_mounts(self.settings)],
             **health_probes(
                 celery_config.liveness_window_seconds(pool),
                 celery_config.heartbeat_seconds(pool.liveness_stale_seconds),
@@ -332,14 +344,22 @@ class WorkerPools(pulumi.ComponentResource):
                 revision_history_limit=5,
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=pod_labels, annotations={CHECKSUM_ANNOTATION: checksum(wiring)}
+                        labels=pod_labels,
+                        annotations={
+                            CHECKSUM_ANNOTATION: checksum(wiring),
+                            # Rolls the pods when the broker password changes (rotation).
+                            CLIENT_REVISION_ANNOTATION: self.broker.client_revision,
+                        },
                     ),
                     spec=hardened_pod_spec(
                         containers=[container],
                         run_as_user=run_as_user,
                         placement=placement,
                         grace_period_seconds=grace_period_seconds,
-                        volumes=[wiring_volume(config_map.metadata.name)],
+                        volumes=[
+                            wiring_volume(config_map.metadata.name),
+                            *client_ca_volumes(settings),
+                        ],
                         topology_spread=spread_across_nodes_and_zones(selector),
                     ),
                 ),
@@ -388,8 +408,16 @@ class WorkerPools(pulumi.ComponentResource):
             metadata=self._metadata(name, "autoscaler", "workers"),
             spec={
                 "secretTargetRef": [
-                    {"parameter": parameter, "name": secret.metadata.name, "key": parameter}
-                    for parameter in (KEDA_USERNAME_KEY, KEDA_PASSWORD_KEY)
+                    *(
+                        {"parameter": parameter, "name": secret.metadata.name, "key": parameter}
+                        for parameter in (KEDA_USERNAME_KEY, KEDA_PASSWORD_KEY)
+                    ),
+                    # With TLS, KEDA verifies the broker against the CA in the TLS Secret.
+                    *(
+                        [{"parameter": "ca", "name": tls_secret, "key": "ca.crt"}]
+                        if (tls_secret := tls_secret_name(settings)) and settings.tls.enabled
+                        else []
+                    ),
                 ]
             },
             opts=self._child,
@@ -451,7 +479,7 @@ class WorkerPools(pulumi.ComponentResource):
             command=celery_config.beat_command(settings),
             resources=beat.resources,
             env=celery_env(pool, self.broker.client_secret_name),
-            volume_mounts=[wiring_mount()],
+            volume_mounts=[wiring_mount(), *client_ca_mounts(self.settings)],
             **health_probes(
                 beat.liveness_stale_seconds,
                 celery_config.heartbeat_seconds(beat.liveness_stale_seconds),

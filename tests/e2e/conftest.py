@@ -382,43 +382,6 @@ CLIENT_CA_DIR = "/etc/celery-redis/broker-ca"
 """Where client pods are meant to see the broker's CA (the client Secret's ssl_ca_certs)."""
 
 
-def workaround_f3_mount_client_ca(objects: list[dict]) -> list[dict]:
-    """WORKAROUND(finding F3, temporary): mount the broker CA into worker and check pods.
-
-    With TLS on, the client Secret's URLs name ssl_ca_certs under CLIENT_CA_DIR, but neither the
-    worker Deployments nor the check Job mount it (components/broker.py has client_ca_volumes /
-    client_ca_mounts; workers.py and checks.py do not use them yet), so no client can connect.
-    This adds exactly what those helpers describe, so the other prod tests can run; the test
-    test_prod_client_pods_can_read_the_ca_their_broker_urls_name keeps failing until F3 is fixed.
-    Fails loudly once the rendered pods mount it themselves: then delete this function.
-    """
-    patched = copy.deepcopy(objects)
-    tls = [obj for obj in patched if obj.get("type") == "kubernetes.io/tls"]
-    if not tls:
-        return patched
-    for obj in patched:
-        if obj.get("kind") not in ("Deployment", "Job"):
-            continue
-        pod = obj["spec"]["template"]["spec"]
-        for container in pod["containers"]:
-            mounts = container.setdefault("volumeMounts", [])
-            if any(mount["mountPath"] == CLIENT_CA_DIR for mount in mounts):
-                msg = "F3 is fixed (pods mount the broker CA): delete the F3 workaround"
-                raise AssertionError(msg)
-            mounts.append({"name": "broker-ca", "mountPath": CLIENT_CA_DIR, "readOnly": True})
-        pod.setdefault("volumes", []).append(
-            {
-                "name": "broker-ca",
-                "secret": {
-                    "secretName": tls[0]["metadata"]["name"],
-                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                    "defaultMode": 0o444,
-                },
-            }
-        )
-    return patched
-
-
 @pytest.fixture(scope="session")
 def open_stack(images: dict[str, LocalImage], work_dir: Path) -> Callable[..., Any]:
     """Return a factory of running stacks, used as a context manager around a test.

@@ -20,7 +20,6 @@ from tests.e2e.conftest import (
     ONE_MIB,
     RunningStack,
     send_pdfs,
-    workaround_f3_mount_client_ca,
 )
 from tests.podrunner import wait_until
 
@@ -35,7 +34,7 @@ def prod_dir(rendered: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="module")
 def prod_stack(open_stack: Callable, prod_dir: Path) -> Iterator[RunningStack]:
     """Bring the prod stack up (broker, then both pools) for the tests that do not disturb it."""
-    with open_stack(prod_dir, patch=workaround_f3_mount_client_ca) as stack:
+    with open_stack(prod_dir) as stack:
         stack.start_all()
         yield stack
 
@@ -72,7 +71,7 @@ def test_prod_pools_process_their_own_queues_including_1mb_pdfs(
 
 def test_prod_broker_kill_9_loses_no_queued_task(open_stack: Callable, prod_dir: Path) -> None:
     """AOF with fsync always: every task Redis acknowledged is still queued after kill -9."""
-    with open_stack(prod_dir, patch=workaround_f3_mount_client_ca) as stack:
+    with open_stack(prod_dir) as stack:
         broker = stack.start_broker()
         with stack.producer() as app:
             pdfs = send_pdfs(app, 8, queue="celery")
