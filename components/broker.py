@@ -28,7 +28,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import redis_config
+from components import metrics, redis_config
 from components.naming import broker_client_labels, labels, object_name, selector_labels
 from components.pods import hardened_container, hardened_pod_spec
 from components.settings import StackSettings
@@ -409,17 +409,42 @@ def data_claim_templates(
     ]
 
 
+def exporter(settings: StackSettings) -> list[k8s.core.v1.ContainerArgs]:
+    """The redis_exporter sidecar (opt-in), verifying a TLS broker with the client CA file."""
+    if not settings.metrics.exporter_enabled:
+        return []
+    container = metrics.exporter_container(
+        settings, tls_ca_file=CLIENT_CA_FILE if settings.tls.enabled else None
+    )
+    extra_mounts = client_ca_mounts(settings)
+    if extra_mounts:
+        container.volume_mounts = [*container.volume_mounts, *extra_mounts]
+    return [container]
+
+
+def exporter_pod_volumes(settings: StackSettings) -> list[k8s.core.v1.VolumeArgs]:
+    """The sidecar's volumes: its password map, its script, and (with TLS) the CA only."""
+    if not settings.metrics.exporter_enabled:
+        return []
+    return [
+        *metrics.exporter_volumes(
+            _name(settings, "broker-users"), _name(settings, "broker-exporter-script")
+        ),
+        *client_ca_volumes(settings),
+    ]
+
+
 def broker_statefulset_spec(settings: StackSettings) -> k8s.apps.v1.StatefulSetSpecArgs:
     """One hardened Redis pod, its volume claim, and a checksum that rolls it on config change."""
     broker = settings.broker
     pod_spec = hardened_pod_spec(
         # Redis first: tools that pick "the" container of the pod mean redis-server.
-        containers=[broker_container(settings), reloader_container(settings)],
+        containers=[broker_container(settings), reloader_container(settings), *exporter(settings)],
         run_as_user=broker.run_as_user,
         placement=broker.placement,
         # Redis flushes the AOF (or writes the RDB) on SIGTERM; give it the time to finish.
         grace_period_seconds=broker.termination_grace_period_seconds,
-        volumes=broker_volumes(settings),
+        volumes=[*broker_volumes(settings), *exporter_pod_volumes(settings)],
     )
     return k8s.apps.v1.StatefulSetSpecArgs(
         replicas=1,
@@ -479,6 +504,42 @@ def ingress_rules(
     return [clients, *extra]
 
 
+def extra_ingress_rules(settings: StackSettings) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
+    """Who else may connect: KEDA's operator to Redis, Prometheus to the exporter port only."""
+    rules = []
+    if any(p.autoscaling.enabled and p.autoscaling.engine == "keda" for p in settings.workers.pools):
+        rules.append(
+            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                from_=[
+                    k8s.networking.v1.NetworkPolicyPeerArgs(
+                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                            match_labels={
+                                "kubernetes.io/metadata.name": settings.workers.keda_namespace
+                            }
+                        )
+                    )
+                ],
+                ports=[
+                    k8s.networking.v1.NetworkPolicyPortArgs(
+                        port=settings.broker.port, protocol="TCP"
+                    )
+                ],
+            )
+        )
+    if settings.metrics.exporter_enabled:
+        # The exporter serves numbers only (no keys, no values); any scraper may read them.
+        rules.append(
+            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                ports=[
+                    k8s.networking.v1.NetworkPolicyPortArgs(
+                        port=settings.metrics.exporter_port, protocol="TCP"
+                    )
+                ]
+            )
+        )
+    return rules
+
+
 class RedisBroker(pulumi.ComponentResource):
     """The broker a platform engineer names: Redis, its users, storage, probes and network rules."""
 
@@ -512,6 +573,11 @@ class RedisBroker(pulumi.ComponentResource):
         self.check_url = self._client_url(PROBE_USER, probe_password, broker.broker_db)
 
         users = {CELERY_PASSWORD_KEY: celery_password, PROBE_PASSWORD_KEY: probe_password}
+        if settings.metrics.exporter_enabled:
+            # redis_exporter reads the probe password from a JSON map keyed by address.
+            users[metrics.PASSWORD_MAP_KEY] = metrics.exporter_password_map(
+                settings, probe_password
+            )
         if PREVIOUS_PASSWORD_CONFIG in secrets:
             # A rotation in progress: the celery user accepts the old password as well.
             users[CELERY_PREVIOUS_PASSWORD_KEY] = pulumi.Output.secret(
@@ -573,7 +639,7 @@ class RedisBroker(pulumi.ComponentResource):
             spec=k8s.networking.v1.NetworkPolicySpecArgs(
                 pod_selector=broker_selector(settings),
                 policy_types=["Ingress"],
-                ingress=ingress_rules(settings),
+                ingress=ingress_rules(settings, extra=extra_ingress_rules(settings)),
             ),
             opts=child,
         )
@@ -590,6 +656,7 @@ class RedisBroker(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        self.metrics_objects = self._metrics(name, child)
         self.ready: list[pulumi.Resource] = [
             *([self.certificate] if self.certificate else []),
             self.users_secret,
@@ -630,6 +697,45 @@ class RedisBroker(pulumi.ComponentResource):
             lambda values: client_revision(*values)
         )
         return pulumi.Output.unsecret(revision)
+
+    def _metrics(self, name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        """Exporter script, metrics Service, and with the operator a ServiceMonitor and alerts."""
+        settings = self.settings
+        if not settings.metrics.exporter_enabled:
+            return []
+        created: list[pulumi.Resource] = []
+        script = metrics.exporter_script_data(settings)
+        if script:
+            created.append(
+                k8s.core.v1.ConfigMap(
+                    f"{name}-exporter-script",
+                    metadata=metadata(settings, _name(settings, "broker-exporter-script")),
+                    data=script,
+                    opts=opts,
+                )
+            )
+        created.append(
+            k8s.core.v1.Service(
+                f"{name}-metrics-service",
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    name=metrics.metrics_service_name(settings),
+                    namespace=settings.namespace,
+                    labels=metrics.metrics_labels(settings),
+                ),
+                spec=metrics.metrics_service_spec(
+                    settings, selector_labels(settings, COMPONENT, "broker")
+                ),
+                opts=opts,
+            )
+        )
+        for build, suffix in (
+            (metrics.service_monitor, "service-monitor"),
+            (metrics.prometheus_rule, "alerts"),
+        ):
+            resource = build(settings, f"{name}-{suffix}", opts)
+            if resource is not None:
+                created.append(resource)
+        return created
 
     def _certificate(
         self, name: str, opts: pulumi.ResourceOptions

@@ -572,6 +572,9 @@ class WorkersSettings(Section):
         description="Worker pools, one Deployment each.",
     )
     beat: BeatSettings = Field(default_factory=BeatSettings, description="The optional scheduler.")
+    keda_namespace: str = Field(
+        "keda", description="Namespace of the KEDA operator, admitted to the broker port when a pool uses KEDA."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> WorkersSettings:

@@ -317,6 +317,7 @@ def find_names(objects: list[dict]) -> dict[str, Any]:
         for svc in of_kind("Service")
         if svc["spec"].get("clusterIP") != "None"
         and svc["spec"].get("selector", {}).items() <= broker_labels
+        and any(port.get("name") == "redis" for port in svc["spec"]["ports"])
     )
     (job,) = of_kind("Job")
     pools = {

@@ -35,6 +35,9 @@ from tests.podrunner.images import DEFAULT_PATH
 REDIS_IMAGE = "docker.io/library/redis"
 """The broker image of every stack (settings default `docker.io/library/redis:7.2.7`)."""
 
+EXPORTER_IMAGE = "docker.io/oliver006/redis_exporter"
+"""The broker's metrics sidecar (prod): a small Python stand-in, see standin_exporter.py."""
+STANDIN_EXPORTER = Path(__file__).resolve().with_name("standin_exporter.py")
 WORKER_IMAGE = "registry.example.com/transcritor-pdf"
 """The first user's image, any tag: workers and the check Job run in it."""
 
@@ -120,8 +123,9 @@ def copy_standin_app(destination: Path) -> Path:
         destination / "src",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
+    shutil.copy(STANDIN_EXPORTER, destination / "redis_exporter")
     for path in [destination, *destination.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        path.chmod(0o755 if path.is_dir() or path.name == "redis_exporter" else 0o644)
     return destination
 
 
@@ -135,6 +139,11 @@ def image_table(app_dir: Path) -> dict[str, LocalImage]:
             cmd=("redis-server",),
             user=999,  # the image's `redis` user
             working_dir="/data",
+        ),
+        EXPORTER_IMAGE: LocalImage(
+            entrypoint=("/redis_exporter",),
+            binds={"/redis_exporter": str(app_dir / "redis_exporter")},
+            user=59000,
         ),
         WORKER_IMAGE: LocalImage(
             entrypoint=(),
