@@ -53,11 +53,22 @@ def effective_settings(
         "visibility_timeout": settings.visibility_timeout,
         "pool_grace_period_seconds": {p.name: p.grace_period_seconds for p in settings.workers.pools},
     }
-    described["secrets"] = {
-        key: ("configured (secret)" if key in secrets else "generated at deploy, kept in Pulumi state")
-        for key in SECRET_KEYS
-    }
+    described["secrets"] = {key: secret_status(key, key in secrets) for key in SECRET_KEYS}
     return settings, described
+
+
+def secret_status(key: str, configured: bool) -> str:
+    """What a person should know about one credential, without showing it."""
+    if key == "broker_password_previous":
+        if configured:
+            return (
+                "configured (secret): rotation in progress, the celery user also accepts this old "
+                "password; remove it once every worker runs the new one"
+            )
+        return "not set (only during a password rotation; see README 'Rotating the broker password')"
+    if configured:
+        return "configured (secret)"
+    return "generated at deploy, kept in Pulumi state"
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from tests.integration.test_worker_harness import (
     scratch_dir,
     wait_for,
 )
-from tests.support.redis_server import broker_config, running_redis
+from tests.support.broker_boot import booted_broker, rendered_broker
 
 RECORD_TASK = "src.tasks.record_execution"
 
@@ -27,7 +27,7 @@ def scratch():
 
 @pytest.fixture(scope="module")
 def redis_server():
-    with running_redis(broker_config()) as server:
+    with booted_broker(rendered_broker("dev")) as server:
         yield server
 
 

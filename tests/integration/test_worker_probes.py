@@ -18,7 +18,7 @@ from tests.integration.test_worker_harness import (
     pod_worker,
     render_pool,
 )
-from tests.support.redis_server import broker_config, running_redis
+from tests.support.broker_boot import booted_broker, rendered_broker
 
 STALE_SECONDS = 10  # the smallest window the settings allow: keeps the test short
 
@@ -29,8 +29,8 @@ def test_liveness_fails_for_stopped_and_cut_off_workers_and_passes_for_a_healthy
         {"name": "probe", "queues": ["probe"], "liveness_stale_seconds": STALE_SECONDS},
     )
     with ExitStack() as stack:
-        redis_server = stack.enter_context(running_redis(broker_config()))
-        doomed_redis = stack.enter_context(running_redis(broker_config()))
+        redis_server = stack.enter_context(booted_broker(rendered_broker("dev")))
+        doomed_redis = stack.enter_context(booted_broker(rendered_broker("dev")))
         proxy = stack.enter_context(blackhole_proxy(redis_server))
         workers = {
             "healthy": stack.enter_context(pod_worker(pool, redis_server)),

@@ -31,7 +31,8 @@ from tests.integration.test_worker_harness import (
     wait_for,
 )
 from tests.support.celery_worker import celery_executable
-from tests.support.redis_server import CELERY_PASSWORD, broker_config, running_redis
+from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.redis_server import CELERY_PASSWORD
 
 TASK = "src.plain_tasks.record_plain"
 SOFT_SHUTDOWN = 3
@@ -73,7 +74,7 @@ def test_sigterm_mid_task_finishes_or_hands_back_every_task(tmp_path, scratch, c
         },
     )
     record = scratch / "record.txt"
-    with running_redis(broker_config()) as redis_server:
+    with booted_broker(rendered_broker("dev")) as redis_server:
         client = client_app(redis_server)
         with pod_worker(pool, redis_server, celery_bin=celery_bin) as first:
             short = client.send_task(TASK, args=[str(record), "short", SHORT_TASK], queue="pdf")
