@@ -1,4 +1,7 @@
-"""Celery on Redis on Kubernetes: settings -> target -> broker -> worker pools -> checks -> exports."""
+"""Celery on Redis on Kubernetes.
+
+Settings -> target -> broker -> worker pools -> checks -> exports.
+"""
 
 import pulumi
 

@@ -43,7 +43,7 @@ def timed(command: list[str], repeat: int) -> float:
 
 
 def pools_stack(count: int) -> str:
-    """A stack file with `count` worker pools, each on its own queue."""
+    """Return a stack file with `count` worker pools, each on its own queue."""
     pools = "".join(
         f"      - name: pool{i}\n        queues: [q{i}]\n        autoscaling: {{enabled: true}}\n"
         for i in range(count)
@@ -55,7 +55,7 @@ def pools_stack(count: int) -> str:
 
 
 def render_command(stack: str, out: Path, config_dir: Path | None = None) -> list[str]:
-    """The render command line for one stack into a fresh folder."""
+    """Return the render command line for one stack into a fresh folder."""
     command = [sys.executable, "-m", "brokerctl", "render", "--stack", stack, "--out", str(out)]
     return command + (["--config-dir", str(config_dir)] if config_dir else [])
 
@@ -77,7 +77,10 @@ def main() -> None:
             (tmp / f"Pulumi.pools{count}.yaml").write_text(pools_stack(count))
             seconds = timed(render_command(f"pools{count}", tmp / f"out-{count}", tmp), repeat)
             per_count[count] = seconds
-            print(f"render {count:2d} pools: {seconds * 1000:7.0f} ms  = {seconds / floor:4.2f}x floor")
+            print(
+                f"render {count:2d} pools: {seconds * 1000:7.0f} ms  "
+                f"= {seconds / floor:4.2f}x floor"
+            )
     per_pool = (per_count[50] - per_count[1]) / 49
     print(f"each extra pool: {per_pool * 1000:.1f} ms (target < 30 ms)")
 

@@ -1,1 +1,4 @@
-"""brokerctl: the project's command line (render manifests offline, show settings, check a broker)."""
+"""brokerctl: the project's command line.
+
+It renders manifests offline, shows settings and checks a broker.
+"""

@@ -26,11 +26,14 @@ from components.settings import PROJECT
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_PREFIX = "redacted-"
-RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"  # noqa: S105 (a Pulumi type token)
 
 
 def placeholder(name: str) -> str:
-    """The stand-in for a secret value: URL-safe, so URLs built around it keep their shape."""
+    """Return the stand-in for a secret value.
+
+    It is URL-safe, so URLs built around it keep their shape.
+    """
     return f"{PLACEHOLDER_PREFIX}{name.replace(':', '-').replace('_', '-')}"
 
 
@@ -75,7 +78,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.recording = mocks
 
-    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+    def RegisterResourceOutputs(self, request: Any) -> Any:
         """Keep the outputs registered on the root stack resource."""
         if "::pulumi:pulumi:Stack::" in request.urn:
             from pulumi.runtime import rpc
@@ -108,16 +111,18 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
-        raise CommandError(f"{relative(path)}:{where}: {problem}; allowed: a YAML mapping", EXIT_USAGE) from None
+        message = f"{relative(path)}:{where}: {problem}; allowed: a YAML mapping"
+        raise CommandError(message, EXIT_USAGE) from None
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise CommandError(f"{relative(path)}: top level is {type(document).__name__}; allowed: a mapping", EXIT_USAGE)
+        message = f"{relative(path)}: top level is {type(document).__name__}; allowed: a mapping"
+        raise CommandError(message, EXIT_USAGE)
     return document
 
 
 def relative(path: Path) -> str:
-    """A path as a person in the project folder would type it."""
+    """Return a path as a person in the project folder would type it."""
     try:
         return str(path.relative_to(PROJECT_ROOT))
     except ValueError:
@@ -139,12 +144,15 @@ def _full_key(key: str) -> str:
     return key if ":" in key else f"{PROJECT}:{key}"
 
 
-def read_stack_config(stack: str, config_dir: Path = CONFIG_DIR) -> tuple[dict[str, str], list[str]]:
+def read_stack_config(
+    stack: str, config_dir: Path = CONFIG_DIR
+) -> tuple[dict[str, str], list[str]]:
     """Read a stack file (plus project-level config values) into the CLI's string form."""
     path = stack_file(stack, config_dir)
     if not path.is_file():
         allowed = ", ".join(available_stacks(config_dir)) or "none"
-        raise CommandError(f"{relative(path)}: no such stack file; allowed stacks: {allowed}", EXIT_USAGE)
+        message = f"{relative(path)}: no such stack file; allowed stacks: {allowed}"
+        raise CommandError(message, EXIT_USAGE)
     project = _load_yaml(PROJECT_ROOT / "Pulumi.yaml")
     config: dict[str, str] = {}
     secret_keys: list[str] = []
@@ -154,7 +162,8 @@ def read_stack_config(stack: str, config_dir: Path = CONFIG_DIR) -> tuple[dict[s
     document = _load_yaml(path)
     stack_config = document.get("config") or {}
     if not isinstance(stack_config, dict):
-        raise CommandError(f"{relative(path)}: config is not a mapping; allowed: key: value pairs", EXIT_USAGE)
+        message = f"{relative(path)}: config is not a mapping; allowed: key: value pairs"
+        raise CommandError(message, EXIT_USAGE)
     for key, value in stack_config.items():
         full = _full_key(str(key))
         if isinstance(value, dict) and set(value) == {"secure"}:

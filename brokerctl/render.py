@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stack", required=True, help="stack name: dev, staging, prod (config/Pulumi.<stack>.yaml)")
+    parser.add_argument(
+        "--stack", required=True, help="stack name: dev, staging, prod (config/Pulumi.<stack>.yaml)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the objects into")
     add_config_dir_option(parser)
     parser.set_defaults(handler=handle)
@@ -62,7 +64,7 @@ def render_stack(stack: str, config_dir: Path = mockrun.CONFIG_DIR) -> list[dict
         run = mockrun.run_program(stack, config, secret_keys, config_dir)
     except SettingsError as error:
         raise CommandError(str(error), EXIT_USAGE) from None
-    except Exception as error:  # noqa: BLE001 - a program bug must still end with a message
+    except Exception as error:
         message = f"stack {stack}: the program failed: {type(error).__name__}: {error}"
         raise CommandError(message, EXIT_CHECK_FAILED) from None
     return [manifest(resource) for resource in run.resources if is_kubernetes_object(resource.type)]
@@ -78,7 +80,10 @@ FIRST_KEYS = ("apiVersion", "kind", "metadata", "name", "namespace")
 
 
 def manifest(resource: mockrun.RecordedResource) -> dict[str, Any]:
-    """The object as `kubectl apply` would see it: identity first, no nulls, real ints."""
+    """Return the object as `kubectl apply` would see it.
+
+    Identity first, no nulls, real ints.
+    """
     return normalise(resource.inputs)
 
 
@@ -87,7 +92,7 @@ def _key_order(key: str) -> tuple[int, str]:
 
 
 def normalise(value: Any) -> Any:
-    """Unwrap secret markers, drop empty values, turn the wire format's integral floats into ints."""
+    """Unwrap secret markers, drop empty values, turn the wire format's integral floats to ints."""
     if isinstance(value, dict):
         if value.get(rpc_sig_key) == rpc_secret_sig:
             return normalise(value.get("value"))
@@ -105,16 +110,25 @@ def file_name(obj: dict[str, Any]) -> str:
     """`<kind>-<name>.yaml`, with the API group for custom resources so kinds never collide."""
     group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
     kind = obj["kind"].lower()
-    prefix = f"{group.split('.')[0]}-{kind}" if group and "." in group and not group.endswith("k8s.io") else kind
+    prefix = (
+        f"{group.split('.')[0]}-{kind}"
+        if group and "." in group and not group.endswith("k8s.io")
+        else kind
+    )
     return f"{prefix}-{obj['metadata']['name']}.yaml"
 
 
-class _BlockStrings(yaml.SafeDumper):
-    """A dumper that writes multi-line strings (redis.conf, scripts) as readable `|` blocks."""
+class _BlockStrings(yaml.CSafeDumper):
+    """libyaml's dumper (C, fast).
+
+    It writes multi-line strings (redis.conf, scripts) as `|` blocks.
+    """
 
 
 def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
-    style = "|" if "\n" in text and all(line == line.rstrip() for line in text.splitlines()) else None
+    style = (
+        "|" if "\n" in text and all(line == line.rstrip() for line in text.splitlines()) else None
+    )
     return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
 
 
@@ -123,7 +137,9 @@ _BlockStrings.add_representer(str, _represent_str)
 
 def dump(obj: dict[str, Any]) -> str:
     """Serialise one object deterministically."""
-    return yaml.dump(obj, Dumper=_BlockStrings, sort_keys=False, default_flow_style=False, width=100)
+    return yaml.dump(
+        obj, Dumper=_BlockStrings, sort_keys=False, default_flow_style=False, width=100
+    )
 
 
 def write_objects(objects: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -134,14 +150,18 @@ def write_objects(objects: list[dict[str, Any]], out: Path) -> list[Path]:
         for old in marker.read_text().split():
             (out / old).unlink(missing_ok=True)
     elif any(out.iterdir()):
-        message = f"{out}: folder holds files that render did not write; allowed: an empty or earlier render folder"
+        message = (
+            f"{out}: folder holds files that render did not write; "
+            "allowed: an empty or earlier render folder"
+        )
         raise CommandError(message, EXIT_USAGE)
     written: list[Path] = []
     for obj in objects:
         path = out / file_name(obj)
         if path in written:
-            raise CommandError(f"two objects would be written to {path.name}", EXIT_CHECK_FAILED)
+            message = f"two objects would be written to {path.name}"
+            raise CommandError(message, EXIT_CHECK_FAILED)
         path.write_text(dump(obj))
         written.append(path)
-    marker.write_text("".join(f"{p.name}\n" for p in written))
+    marker.write_text("".join(f"{p.name}\n" for p in sorted(written)))
     return written

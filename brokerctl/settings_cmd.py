@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from brokerctl import mockrun
-from brokerctl.render import add_config_dir_option
 from brokerctl.errors import EXIT_OK, EXIT_USAGE, CommandError
+from brokerctl.render import add_config_dir_option
 from components.reference import reference_markdown
 from components.settings import SECRET_KEYS, StackSettings
 from components.stack_config import SettingsError, parse_stack_config
@@ -51,21 +51,25 @@ def effective_settings(
     described["derived"] = {
         "broker_maxmemory_bytes": settings.broker.effective_maxmemory_bytes(),
         "visibility_timeout": settings.visibility_timeout,
-        "pool_grace_period_seconds": {p.name: p.grace_period_seconds for p in settings.workers.pools},
+        "pool_grace_period_seconds": {
+            p.name: p.grace_period_seconds for p in settings.workers.pools
+        },
     }
     described["secrets"] = {key: secret_status(key, key in secrets) for key in SECRET_KEYS}
     return settings, described
 
 
 def secret_status(key: str, configured: bool) -> str:
-    """What a person should know about one credential, without showing it."""
+    """Describe what a person should know about one credential, without showing it."""
     if key == "broker_password_previous":
         if configured:
             return (
                 "configured (secret): rotation in progress, the celery user also accepts this old "
                 "password; remove it once every worker runs the new one"
             )
-        return "not set (only during a password rotation; see README 'Rotating the broker password')"
+        return (
+            "not set (only during a password rotation; see README 'Rotating the broker password')"
+        )
     if configured:
         return "configured (secret)"
     return "generated at deploy, kept in Pulumi state"

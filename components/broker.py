@@ -410,7 +410,7 @@ def data_claim_templates(
 
 
 def exporter(settings: StackSettings) -> list[k8s.core.v1.ContainerArgs]:
-    """The redis_exporter sidecar (opt-in), verifying a TLS broker with the client CA file."""
+    """Build the redis_exporter sidecar (opt-in), verifying a TLS broker with the client CA file."""
     if not settings.metrics.exporter_enabled:
         return []
     container = metrics.exporter_container(
@@ -423,7 +423,7 @@ def exporter(settings: StackSettings) -> list[k8s.core.v1.ContainerArgs]:
 
 
 def exporter_pod_volumes(settings: StackSettings) -> list[k8s.core.v1.VolumeArgs]:
-    """The sidecar's volumes: its password map, its script, and (with TLS) the CA only."""
+    """Return the sidecar's volumes: its password map, its script, and (with TLS) the CA only."""
     if not settings.metrics.exporter_enabled:
         return []
     return [
@@ -504,10 +504,14 @@ def ingress_rules(
     return [clients, *extra]
 
 
-def extra_ingress_rules(settings: StackSettings) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
+def extra_ingress_rules(
+    settings: StackSettings,
+) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
     """Who else may connect: KEDA's operator to Redis, Prometheus to the exporter port only."""
     rules = []
-    if any(p.autoscaling.enabled and p.autoscaling.engine == "keda" for p in settings.workers.pools):
+    if any(
+        p.autoscaling.enabled and p.autoscaling.engine == "keda" for p in settings.workers.pools
+    ):
         rules.append(
             k8s.networking.v1.NetworkPolicyIngressRuleArgs(
                 from_=[
@@ -699,7 +703,10 @@ class RedisBroker(pulumi.ComponentResource):
         return pulumi.Output.unsecret(revision)
 
     def _metrics(self, name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
-        """Exporter script, metrics Service, and with the operator a ServiceMonitor and alerts."""
+        """Create the exporter script and metrics Service.
+
+        With the operator, also a ServiceMonitor and alerts.
+        """
         settings = self.settings
         if not settings.metrics.exporter_enabled:
             return []

@@ -48,7 +48,10 @@ def replicas_at_deploy(pool: PoolSettings) -> int:
 
 
 def check_arguments(settings: StackSettings) -> list[str]:
-    """The check's command-line arguments: expectations only; URLs come from the environment."""
+    """Return the check's command-line arguments.
+
+    Expectations only; URLs come from the environment.
+    """
     pools = settings.workers.pools
     args = [
         "--url-env", CHECK_URL_KEY,
@@ -67,7 +70,7 @@ def check_arguments(settings: StackSettings) -> list[str]:
 
 
 def check_revision(settings: StackSettings, script: str) -> str:
-    """A short hash of what the check verifies, naming the Job so any change runs it anew."""
+    """Hash what the check verifies, shortly, naming the Job so any change runs it anew."""
     checked = {
         "broker": settings.broker.model_dump(mode="json"),
         "workers": settings.workers.model_dump(mode="json"),
@@ -84,7 +87,10 @@ def _deadline_probe(python_bin: str, deadline_seconds: int) -> k8s.core.v1.Probe
     The check bounds itself by --timeout; this only matters if that ever failed. Python
     is used, not sh, because the workers' image is the only thing known to be there.
     """
-    code = f"import os,sys,time; sys.exit(time.time() - os.stat('/proc/1').st_mtime > {deadline_seconds})"
+    code = (
+        "import os,sys,time; "
+        f"sys.exit(time.time() - os.stat('/proc/1').st_mtime > {deadline_seconds})"
+    )
     return k8s.core.v1.ProbeArgs(
         exec_=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
         period_seconds=30,

@@ -62,5 +62,8 @@ class ClusterTarget(pulumi.ComponentResource):
         self.register_outputs({"namespace": self.namespace_name})
 
     def child_options(self) -> pulumi.ResourceOptions:
-        """Options for components that create objects in this target (provider + namespace order)."""
+        """Return options for components that create objects in this target.
+
+        They carry the provider and order the objects after the namespace.
+        """
         return pulumi.ResourceOptions(providers={"kubernetes": self.provider}, depends_on=[self])

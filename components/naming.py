@@ -25,11 +25,16 @@ def object_name(*parts: str) -> str:
 
 
 def release(settings: StackSettings) -> str:
-    """The release name shared by every object of this stack (`app.kubernetes.io/part-of`)."""
+    """Return the release name shared by every object of this stack.
+
+    It is the `app.kubernetes.io/part-of` label.
+    """
     return settings.name_prefix
 
 
-def selector_labels(settings: StackSettings, component: str, instance: str | None = None) -> dict[str, str]:
+def selector_labels(
+    settings: StackSettings, component: str, instance: str | None = None
+) -> dict[str, str]:
     """Labels that select one workload's pods; unique per component and per pool."""
     return {
         "app.kubernetes.io/name": component,

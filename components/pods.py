@@ -18,7 +18,10 @@ TMP_MOUNT = "/tmp"  # noqa: S108 - a private emptyDir, not the host's /tmp
 
 
 def resource_requirements(resources: Resources) -> k8s.core.v1.ResourceRequirementsArgs:
-    """Requests and limits from settings; no CPU limit unless asked (throttling hurts Redis)."""
+    """Build requests and limits from settings.
+
+    No CPU limit unless asked (throttling hurts Redis).
+    """
     limits = {"memory": resources.memory_limit}
     if resources.cpu_limit is not None:
         limits["cpu"] = resources.cpu_limit
@@ -29,7 +32,7 @@ def resource_requirements(resources: Resources) -> k8s.core.v1.ResourceRequireme
 
 
 def container_security() -> k8s.core.v1.SecurityContextArgs:
-    """The container-level hardening every container gets."""
+    """Return the container-level hardening every container gets."""
     return k8s.core.v1.SecurityContextArgs(
         allow_privilege_escalation=False,
         privileged=False,
@@ -56,7 +59,10 @@ def hardened_container(
     lifecycle: k8s.core.v1.LifecycleArgs | None = None,
     working_dir: str | None = None,
 ) -> k8s.core.v1.ContainerArgs:
-    """A container with the project's hardening and a writable /tmp (the root is read-only)."""
+    """Build a container with the project's hardening and a writable /tmp.
+
+    The root is read-only.
+    """
     tmp = k8s.core.v1.VolumeMountArgs(name=TMP_VOLUME, mount_path=TMP_MOUNT)
     return k8s.core.v1.ContainerArgs(
         name=name,
@@ -88,7 +94,10 @@ def hardened_pod_spec(
     restart_policy: str | None = None,
     topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
 ) -> k8s.core.v1.PodSpecArgs:
-    """A pod spec: non-root identity, no API token, placement, and the private /tmp emptyDir."""
+    """Build a pod spec.
+
+    Non-root identity, no API token, placement, and the private /tmp emptyDir.
+    """
     tmp = k8s.core.v1.VolumeArgs(
         name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="256Mi")
     )

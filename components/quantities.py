@@ -30,7 +30,10 @@ def memory_bytes(quantity: str) -> int:
     """Return the number of bytes a Kubernetes memory quantity ("512Mi", "1G", "1048576") means."""
     match = _MEMORY.match(quantity)
     if match is None:
-        msg = f"{quantity!r} is not a memory quantity; allowed: a number with Ki, Mi, Gi, Ti, k, M, G or T"
+        msg = (
+            f"{quantity!r} is not a memory quantity; "
+            "allowed: a number with Ki, Mi, Gi, Ti, k, M, G or T"
+        )
         raise ValueError(msg)
     return int(float(match["number"]) * _SUFFIX_BYTES[match["suffix"]])
 
@@ -44,7 +47,9 @@ def _check_memory(quantity: str) -> str:
 
 def _check_cpu(quantity: str) -> str:
     if not _CPU.match(quantity):
-        msg = f"{quantity!r} is not a CPU quantity; allowed: millicores like '250m' or cores like '1'"
+        msg = (
+            f"{quantity!r} is not a CPU quantity; allowed: millicores like '250m' or cores like '1'"
+        )
         raise ValueError(msg)
     return quantity
 

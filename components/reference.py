@@ -17,7 +17,7 @@ SECTIONS = tuple(StackSettings.model_fields)
 
 
 def _nested_model(annotation: object) -> tuple[type[BaseModel] | None, bool]:
-    """The settings section inside an annotation, and whether it is a list of them."""
+    """Find the settings section inside an annotation, and whether it is a list of them."""
     if isinstance(annotation, type) and issubclass(annotation, Section):
         return annotation, False
     origin = typing.get_origin(annotation)
@@ -29,7 +29,7 @@ def _nested_model(annotation: object) -> tuple[type[BaseModel] | None, bool]:
 
 
 def _type_name(annotation: object) -> str:
-    """A short type for people: `int`, `str | None`, `"none" | "rdb"`, `list[Pool]`."""
+    """Name a type shortly for people: `int`, `str | None`, `"none" | "rdb"`, `list[Pool]`."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
@@ -59,7 +59,9 @@ def _default(info: FieldInfo) -> str:
     return json.dumps(info.default)
 
 
-def rows(model: type[BaseModel] = StackSettings, prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
+def rows(
+    model: type[BaseModel] = StackSettings, prefix: str = ""
+) -> Iterator[tuple[str, str, str, str]]:
     """(key path, type, default, description) for every setting, sections before their fields."""
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}" if prefix else name
@@ -70,7 +72,10 @@ def rows(model: type[BaseModel] = StackSettings, prefix: str = "") -> Iterator[t
 
 
 def reference_markdown() -> str:
-    """The README's settings table: key (as written under `config:`), type, default, meaning."""
+    """Build the README's settings table.
+
+    Columns: key (as written under `config:`), type, default, meaning.
+    """
     lines = [
         f"Keys live under `{PROJECT}:` in `config/Pulumi.<stack>.yaml`; nested keys go inside",
         "the top-level object (`celery-redis:broker: {persistence: aof}`); `[]` marks a list item.",

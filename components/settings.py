@@ -26,8 +26,11 @@ PERSISTENT_MODES = ("rdb", "aof", "aof-always")
 
 
 class CrossFieldProblem(ValueError):
-    """A rule between settings was broken; carries the key path it concerns, relative to the
-    model that raised it, so the error report can name the exact key in the stack file."""
+    """A rule between settings was broken.
+
+    Carries the key path it concerns, relative to the model that raised it, so the error
+    report can name the exact key in the stack file.
+    """
 
     def __init__(self, problems: list[tuple[tuple[str | int, ...], object, str]]) -> None:
         super().__init__("; ".join(message for _, _, message in problems))
@@ -35,9 +38,12 @@ class CrossFieldProblem(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every settings section: unknown keys are errors, values are never coerced from
-    another type (a quoted "3" for replicas is a mistake worth reporting), and settings are
-    frozen so a component cannot change what another one sees."""
+    """Base of every settings section.
+
+    Unknown keys are errors, values are never coerced from another type (a quoted "3" for
+    replicas is a mistake worth reporting), and settings are frozen so a component cannot
+    change what another one sees.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -63,18 +69,24 @@ class Resources(Section):
 
     cpu_request: CpuQuantity = Field(
         "100m",
-        description="CPU the scheduler reserves; small, since both Redis and idle workers mostly wait.",
+        description=(
+            "CPU the scheduler reserves; small, since both Redis and idle workers mostly wait."
+        ),
     )
     cpu_limit: CpuQuantity | None = Field(
         None,
-        description="CPU ceiling; unset by default because CFS throttling stalls Redis and heartbeats.",
+        description=(
+            "CPU ceiling; unset by default because CFS throttling stalls Redis and heartbeats."
+        ),
     )
     memory_request: MemoryQuantity = Field(
         "256Mi", description="Memory the scheduler reserves for the container."
     )
     memory_limit: MemoryQuantity = Field(
         "512Mi",
-        description="Memory ceiling; the kernel kills the container above it, so size it with care.",
+        description=(
+            "Memory ceiling; the kernel kills the container above it, so size it with care."
+        ),
     )
 
     @model_validator(mode="after")
@@ -84,7 +96,8 @@ class Resources(Section):
             problems.add(
                 ("memory_request",),
                 self.memory_request,
-                f"must not exceed memory_limit ({self.memory_limit}); allowed: a quantity <= memory_limit",
+                f"must not exceed memory_limit ({self.memory_limit}); "
+                "allowed: a quantity <= memory_limit",
             )
             problems.raise_if_any()
         return self
@@ -167,12 +180,15 @@ class BrokerSettings(Section):
     )
     resources: Resources = Field(
         default_factory=lambda: Resources(memory_request="1Gi", memory_limit="1Gi"),
-        description="Requests and limits of the redis-server container (request = limit: no overcommit).",
+        description=(
+            "Requests and limits of the redis-server container (request = limit: no overcommit)."
+        ),
     )
     maxmemory: MemoryQuantity | None = Field(
         None,
         description=(
-            "Redis maxmemory; unset derives it from memory_limit minus fork and client-buffer headroom."
+            "Redis maxmemory; unset derives it from memory_limit "
+            "minus fork and client-buffer headroom."
         ),
     )
     fork_headroom_ratio: float = Field(
@@ -186,16 +202,25 @@ class BrokerSettings(Section):
     )
     client_buffer_reserve: MemoryQuantity = Field(
         "64Mi",
-        description="Memory kept free for client query/output buffers (large PDF messages pass through them).",
+        description=(
+            "Memory kept free for client query/output buffers "
+            "(large PDF messages pass through them)."
+        ),
     )
     max_message_bytes: MemoryQuantity = Field(
         "8Mi",
-        description="Largest task message expected (a PDF as base64 JSON is ~1.33x the file); sizes the backlog.",
+        description=(
+            "Largest task message expected (a PDF as base64 JSON is ~1.33x the file); "
+            "sizes the backlog."
+        ),
     )
     max_queued_messages: int = Field(
         32,
         ge=1,
-        description="Backlog of largest messages the broker must hold; refused if it cannot fit in maxmemory.",
+        description=(
+            "Backlog of largest messages the broker must hold; "
+            "refused if it cannot fit in maxmemory."
+        ),
     )
     visibility_timeout: int | None = Field(
         None,
@@ -229,7 +254,9 @@ class BrokerSettings(Section):
     client_idle_timeout: int = Field(
         0,
         ge=0,
-        description="Close idle clients after this many seconds; 0 because idle workers block on BRPOP.",
+        description=(
+            "Close idle clients after this many seconds; 0 because idle workers block on BRPOP."
+        ),
     )
     placement: Placement = Field(
         default_factory=Placement, description="Node selection for the broker pod."
@@ -237,7 +264,9 @@ class BrokerSettings(Section):
     run_as_user: int = Field(
         10999,
         ge=1000,
-        description="Non-root uid of redis-server; high, so it matches no host user (volumes use fsGroup).",
+        description=(
+            "Non-root uid of redis-server; high, so it matches no host user (volumes use fsGroup)."
+        ),
     )
     reload_interval_seconds: int = Field(
         5,
@@ -268,7 +297,10 @@ class BrokerSettings(Section):
         return fork + memory_bytes(self.client_buffer_reserve)
 
     def effective_maxmemory_bytes(self) -> int:
-        """The maxmemory Redis gets: explicit, or the largest that leaves the headroom free."""
+        """Return the maxmemory Redis gets.
+
+        Explicit, or the largest that leaves the headroom free.
+        """
         if self.maxmemory is not None:
             return memory_bytes(self.maxmemory)
         limit = memory_bytes(self.resources.memory_limit)
@@ -287,8 +319,9 @@ class BrokerSettings(Section):
                 ("maxmemory",),
                 self.maxmemory,
                 (
-                    f"leaves too little headroom under resources.memory_limit ({self.resources.memory_limit}) "
-                    f"for fork copy-on-write ({self.fork_headroom_ratio:.0%} of maxmemory) and client "
+                    "leaves too little headroom under resources.memory_limit "
+                    f"({self.resources.memory_limit}) for fork copy-on-write "
+                    f"({self.fork_headroom_ratio:.0%} of maxmemory) and client "
                     f"buffers ({self.client_buffer_reserve}); allowed: at most "
                     f"{_max_maxmemory_mib(self)} MiB, or unset to derive it"
                 ),
@@ -366,8 +399,8 @@ class Autoscaling(Section):
             problems.add(
                 ("min_replicas",),
                 self.min_replicas,
-                "a CPU HPA cannot scale to zero (an idle pool has no CPU to measure); allowed: >= 1, "
-                "or engine keda",
+                "a CPU HPA cannot scale to zero (an idle pool has no CPU to measure); "
+                "allowed: >= 1, or engine keda",
             )
         problems.raise_if_any()
         return self
@@ -396,7 +429,9 @@ class PoolSettings(Section):
     )
     pythonpath: str = Field(
         "/app",
-        description="The image's own PYTHONPATH; repeated because the pod's env replaces the image's.",
+        description=(
+            "The image's own PYTHONPATH; repeated because the pod's env replaces the image's."
+        ),
     )
     replicas: int = Field(1, ge=0, description="Worker pods when autoscaling is off.")
     concurrency: int = Field(
@@ -430,7 +465,9 @@ class PoolSettings(Section):
     max_eta_seconds: int = Field(
         0,
         ge=0,
-        description="Longest ETA/countdown the pool's tasks use; counts toward the visibility timeout.",
+        description=(
+            "Longest ETA/countdown the pool's tasks use; counts toward the visibility timeout."
+        ),
     )
     acks_late: bool = Field(
         True,
@@ -453,17 +490,25 @@ class PoolSettings(Section):
     termination_grace_period_seconds: int | None = Field(
         None,
         ge=1,
-        description="Pod grace period; unset derives soft_shutdown_seconds + 30 s for the hand-back.",
+        description=(
+            "Pod grace period; unset derives soft_shutdown_seconds + 30 s for the hand-back."
+        ),
     )
     liveness_stale_seconds: int = Field(
         120,
         ge=10,
-        description="A worker whose heartbeat file is older than this is restarted (consumer stuck or cut off).",
+        description=(
+            "A worker whose heartbeat file is older than this is restarted "
+            "(consumer stuck or cut off)."
+        ),
     )
     startup_seconds: int = Field(
         300,
         ge=10,
-        description="Time a starting worker gets to import its app and reach the broker before it is restarted.",
+        description=(
+            "Time a starting worker gets to import its app and reach the broker "
+            "before it is restarted."
+        ),
     )
     run_as_user: int = Field(
         10001, ge=1, description="Non-root uid of the worker (the app image's user)."
@@ -471,12 +516,17 @@ class PoolSettings(Section):
     alert_queue_depth: int = Field(
         100,
         ge=1,
-        description="Alert when this many tasks wait in one of the pool's queues (priorities summed).",
+        description=(
+            "Alert when this many tasks wait in one of the pool's queues (priorities summed)."
+        ),
     )
     alert_oldest_unacked_seconds: int | None = Field(
         None,
         ge=1,
-        description="Alert when a delivered task stays unacknowledged this long; unset: the hard time limit.",
+        description=(
+            "Alert when a delivered task stays unacknowledged this long; "
+            "unset: the hard time limit."
+        ),
     )
     resources: Resources = Field(
         default_factory=lambda: Resources(memory_request="512Mi", memory_limit="1Gi"),
@@ -487,7 +537,9 @@ class PoolSettings(Section):
     )
     broker_url_aliases: list[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]] = Field(
         default_factory=list,
-        description="Extra variable names (e.g. REDIS_URL) that receive the broker URL from the Secret.",
+        description=(
+            "Extra variable names (e.g. REDIS_URL) that receive the broker URL from the Secret."
+        ),
     )
     placement: Placement = Field(
         default_factory=Placement, description="Node selection for this pool."
@@ -498,7 +550,10 @@ class PoolSettings(Section):
 
     @property
     def grace_period_seconds(self) -> int:
-        """The pod's terminationGracePeriodSeconds: explicit, or soft shutdown plus a hand-back margin."""
+        """The pod's terminationGracePeriodSeconds.
+
+        Explicit, or soft shutdown plus a hand-back margin.
+        """
         if self.termination_grace_period_seconds is not None:
             return self.termination_grace_period_seconds
         return int(self.soft_shutdown_seconds) + 30
@@ -517,7 +572,8 @@ class PoolSettings(Section):
                 ("soft_shutdown_seconds",),
                 self.soft_shutdown_seconds,
                 (
-                    f"must be shorter than termination_grace_period_seconds ({self.grace_period_seconds}), "
+                    "must be shorter than termination_grace_period_seconds "
+                    f"({self.grace_period_seconds}), "
                     "or Kubernetes kills the worker before it hands tasks back"
                 ),
             )
@@ -555,7 +611,10 @@ class BeatSettings(Section):
     liveness_stale_seconds: int = Field(
         120,
         ge=20,
-        description="Beat is restarted when its scheduler has not ticked for this long (it ticks 4x as often).",
+        description=(
+            "Beat is restarted when its scheduler has not ticked for this long "
+            "(it ticks 4x as often)."
+        ),
     )
 
 
@@ -573,7 +632,10 @@ class WorkersSettings(Section):
     )
     beat: BeatSettings = Field(default_factory=BeatSettings, description="The optional scheduler.")
     keda_namespace: str = Field(
-        "keda", description="Namespace of the KEDA operator, admitted to the broker port when a pool uses KEDA."
+        "keda",
+        description=(
+            "Namespace of the KEDA operator, admitted to the broker port when a pool uses KEDA."
+        ),
     )
 
     @model_validator(mode="after")
@@ -614,7 +676,9 @@ class ChecksSettings(Section):
     )
     image: str | None = Field(
         None,
-        description="Image of the check Job; unset uses the first pool's (it has Celery and redis-py).",
+        description=(
+            "Image of the check Job; unset uses the first pool's (it has Celery and redis-py)."
+        ),
     )
     python_bin: str = Field(
         "python", description="Python executable inside that image (on its PATH)."
@@ -689,7 +753,10 @@ class TlsSettings(Section):
 
 
 class MetricsSettings(Section):
-    """The redis_exporter sidecar and, with the Prometheus Operator, its scrape config and alerts."""
+    """The redis_exporter sidecar.
+
+    With the Prometheus Operator, also its scrape config and alerts.
+    """
 
     exporter_enabled: bool = Field(
         False, description="Run redis_exporter beside Redis, as the read-only user."
@@ -770,7 +837,10 @@ class StackSettings(Section):
 
     @property
     def visibility_timeout(self) -> int:
-        """Seconds before Redis redelivers an unacknowledged task: explicit, or derived with a margin."""
+        """Seconds before Redis redelivers an unacknowledged task.
+
+        Explicit, or derived with a margin.
+        """
         if self.broker.visibility_timeout is not None:
             return self.broker.visibility_timeout
         longest = self.longest_task_seconds
@@ -783,7 +853,8 @@ class StackSettings(Section):
             problems.add(
                 ("broker", "persistence"),
                 "none",
-                "loses every queued task on restart; allowed: rdb, aof, aof-always, or set ephemeral: true",
+                "loses every queued task on restart; "
+                "allowed: rdb, aof, aof-always, or set ephemeral: true",
             )
         explicit = self.broker.visibility_timeout
         if explicit is not None and explicit <= self.longest_task_seconds:
@@ -792,10 +863,11 @@ class StackSettings(Section):
                 ("broker", "visibility_timeout"),
                 explicit,
                 (
-                    f"must exceed the longest hard time limit plus ETA of any pool (pool {pool.name!r}: "
+                    "must exceed the longest hard time limit plus ETA of any pool "
+                    f"(pool {pool.name!r}: "
                     f"time_limit {pool.time_limit} + max_eta_seconds {pool.max_eta_seconds} = "
-                    f"{self.longest_task_seconds}), or Redis redelivers tasks still running; allowed: "
-                    f"an integer > {self.longest_task_seconds}, or unset to derive it"
+                    f"{self.longest_task_seconds}), or Redis redelivers tasks still running; "
+                    f"allowed: an integer > {self.longest_task_seconds}, or unset to derive it"
                 ),
             )
         problems.raise_if_any()

@@ -85,7 +85,7 @@ def _decode(name: str, text: str) -> Any:
 
 
 def _allowed_keys(path: Path) -> list[str]:
-    """The keys a model accepts at `path`, for an 'unknown key' message."""
+    """Return the keys a model accepts at `path`, for an 'unknown key' message."""
     model: type[BaseModel] | None = StackSettings
     for part in path:
         if model is None or isinstance(part, int):
@@ -171,14 +171,16 @@ def _current_config() -> tuple[dict[str, str], list[str]]:
     merged = dict(runtime_config.get_config_env())
     merged.update(runtime_config.CONFIG.get())
     secret_keys = set(runtime_config.get_config_secret_keys_env())
-    secret_keys.update(runtime_config._SECRET_KEYS.get())  # noqa: SLF001 - no public getter
+    secret_keys.update(runtime_config._SECRET_KEYS.get())
     return {k: str(v) for k, v in merged.items()}, sorted(secret_keys)
 
 
 def load_stack_config() -> StackConfig:
     """Read and validate the running stack's config; raise SettingsError before any resource."""
     raw, secret_keys = _current_config()
-    settings, secret_values = parse_stack_config(raw, secret_keys, stack_file_for(pulumi.get_stack()))
+    settings, secret_values = parse_stack_config(
+        raw, secret_keys, stack_file_for(pulumi.get_stack())
+    )
     config = pulumi.Config(PROJECT)
     secrets = {name: config.require_secret(name) for name in secret_values}
     return StackConfig(settings=settings, secrets=secrets)

@@ -1,6 +1,6 @@
 """Render every stack and print checkov's failed-check count per stack (target: zero).
 
-    .venv/bin/python scripts/checkov_report.py        (needs .venv-checkov: make test sets it up)
+.venv/bin/python scripts/checkov_report.py        (needs .venv-checkov: make test sets it up)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def skipped_checks() -> dict[str, str]:
 
 
 def scan(folder: Path) -> list[dict]:
-    """checkov's failed checks over one folder of rendered manifests."""
+    """Checkov's failed checks over one folder of rendered manifests."""
     command = [
         str(CHECKOV), "-d", str(folder), "--framework", "kubernetes", "-o", "json", "--quiet",
         "--skip-check", ",".join(skipped_checks()),

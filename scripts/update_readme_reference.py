@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.reference import reference_markdown  # noqa: E402
+from components.reference import reference_markdown
 
 START, END = "<!-- settings-reference:start -->", "<!-- settings-reference:end -->"
 

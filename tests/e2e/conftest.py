@@ -14,7 +14,6 @@ machine that lost redis-server must not report green by skipping the tests that 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 
 def option(name: str, default: str) -> str:
-    """The value of `--name=value` among the rendered arguments."""
+    """Return the value of `--name=value` among the rendered arguments."""
     prefix = f"--{name}="
     return next((a[len(prefix) :] for a in sys.argv[1:] if a.startswith(prefix)), default)
 
@@ -37,7 +37,7 @@ def redis_up() -> int:
 class Handler(BaseHTTPRequestHandler):
     """GET /health and /metrics."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's method name
+    def do_GET(self) -> None:
         """Answer the probes and a scrape."""
         if self.path == "/health":
             body = b"ok"
@@ -51,7 +51,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Stay quiet: probe traffic would drown the pod's log."""
 
 

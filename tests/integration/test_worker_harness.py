@@ -1,7 +1,10 @@
 """Run a worker pool as the rendered Deployment would, on this machine (no tests in this module).
 
     pool = render_pool(tmp_path, {"name": "short", "queues": ["short"]})
-    with booted_broker(rendered_broker("dev")) as redis_server, pod_worker(pool, redis_server) as pod:
+    with (
+        booted_broker(rendered_broker("dev")) as redis_server,
+        pod_worker(pool, redis_server) as pod,
+    ):
         pod.probe("liveness")  # the rendered exec probe, run inside the worker's mount namespace
 
 `render_pool` runs the real program (`__main__.py`) under Pulumi's mocks for a stack holding

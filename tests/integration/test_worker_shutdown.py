@@ -30,8 +30,8 @@ from tests.integration.test_worker_harness import (
     scratch_dir,
     wait_for,
 )
-from tests.support.celery_worker import celery_executable
 from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.celery_worker import celery_executable
 from tests.support.redis_server import CELERY_PASSWORD
 
 TASK = "src.plain_tasks.record_plain"

@@ -25,7 +25,7 @@ def run_brokerctl(*args: str, timeout: float = 120) -> subprocess.CompletedProce
 
 @pytest.fixture
 def stack_dir(tmp_path: Path):
-    """A folder of stack files; `write(name, text)` adds `Pulumi.<name>.yaml` to it."""
+    """Provide a folder of stack files; `write(name, text)` adds `Pulumi.<name>.yaml` to it."""
 
     class StackDir:
         path = tmp_path

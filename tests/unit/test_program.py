@@ -37,13 +37,16 @@ def test_every_stack_runs_and_exports_credentials_only_as_secrets(stack):
         assert name in run.outputs, f"{stack}: output {name} missing"
         assert is_secret(run.outputs[name]), f"{stack}: output {name} is exported in plain text"
     plain = {k: v for k, v in run.outputs.items() if not is_secret(v)}
-    assert "redacted-" not in repr(plain), f"{stack}: a credential leaked into a plain output: {plain}"
+    assert "redacted-" not in repr(plain), (
+        f"{stack}: a credential leaked into a plain output: {plain}"
+    )
 
 
 def test_every_kubernetes_object_uses_the_explicit_provider():
     run = run_stack("prod")
     project = (PROJECT_ROOT / "Pulumi.yaml").read_text()
-    assert "pulumi:disable-default-providers" in project and "kubernetes" in project
+    assert "pulumi:disable-default-providers" in project
+    assert "kubernetes" in project
     providers = [r for r in run.resources if r.type == "pulumi:providers:kubernetes"]
     assert len(providers) == 1, f"expected one explicit kubernetes provider, got {len(providers)}"
     assert providers[0].inputs.get("namespace") == "transcritor-prod"
@@ -51,10 +54,12 @@ def test_every_kubernetes_object_uses_the_explicit_provider():
 
 def test_bad_settings_fail_the_real_program_before_any_resource(stack_dir):
     stack_dir.write("bad", "config:\n  celery-redis:broker:\n    persistence: sometimes\n")
+    config, secret_keys = mockrun.read_stack_config("bad", stack_dir.path)
     with pytest.raises(SettingsError) as caught:
-        config, secret_keys = mockrun.read_stack_config("bad", stack_dir.path)
         mockrun.run_program("bad", config, secret_keys, stack_dir.path)
-    assert isinstance(caught.value, pulumi.RunError), "settings errors must be RunError (no traceback)"
+    assert isinstance(caught.value, pulumi.RunError), (
+        "settings errors must be RunError (no traceback)"
+    )
     assert "celery-redis:broker.persistence" in str(caught.value)
 
 
@@ -65,7 +70,10 @@ def test_language_host_reports_bad_settings_without_a_traceback(stack_dir):
     `pulumi.RunError` and a formatted traceback for any other exception. The mock engine
     receives those log calls exactly as the Pulumi engine would.
     """
-    stack_dir.write("bad", "config:\n  celery-redis:workers:\n    pools:\n      - name: x\n        replicas: -1\n")
+    stack_dir.write(
+        "bad",
+        "config:\n  celery-redis:workers:\n    pools:\n      - name: x\n        replicas: -1\n",
+    )
     driver = textwrap.dedent(
         f"""
         import asyncio, logging, runpy, traceback, sys
@@ -75,12 +83,16 @@ def test_language_host_reports_bad_settings_without_a_traceback(stack_dir):
         records = []
         class Keep(logging.Handler):
             def emit(self, record): records.append(record.getMessage())
-        logger = logging.getLogger("engine"); logger.addHandler(Keep()); logger.setLevel(logging.DEBUG)
+        logger = logging.getLogger("engine")
+        logger.addHandler(Keep())
+        logger.setLevel(logging.DEBUG)
         config, keys = mockrun.read_stack_config("bad", Path({str(stack_dir.path)!r}))
         loop = asyncio.new_event_loop(); asyncio.set_event_loop(loop)
         pulumi.runtime.set_all_config(config, keys)
         mocks = mockrun._RecordingMocks(mockrun.ProgramRun())
-        pulumi.runtime.set_mocks(mocks, project="celery-redis", stack="bad", preview=False, logger=logger)
+        pulumi.runtime.set_mocks(
+            mocks, project="celery-redis", stack="bad", preview=False, logger=logger
+        )
         pulumi.runtime.settings.ROOT.set(None)
         try:
             loop.run_until_complete(pulumi.runtime.run_in_stack(
@@ -94,9 +106,18 @@ def test_language_host_reports_bad_settings_without_a_traceback(stack_dir):
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", driver], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", driver],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     logged = result.stdout
-    assert "celery-redis:workers.pools[0].replicas" in logged, f"engine log lacks the problem:\n{logged}\n{result.stderr}"
+    assert "celery-redis:workers.pools[0].replicas" in logged, (
+        f"engine log lacks the problem:\n{logged}\n{result.stderr}"
+    )
     assert "Traceback" not in logged, f"the engine would show a traceback:\n{logged}"
-    assert "registered=0" in logged, f"resources were registered before settings were checked:\n{logged}"
+    assert "registered=0" in logged, (
+        f"resources were registered before settings were checked:\n{logged}"
+    )

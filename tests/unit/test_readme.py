@@ -17,5 +17,6 @@ def test_readme_settings_reference_matches_the_model():
 def test_readme_gives_the_two_setup_commands_that_ci_runs():
     readme = (PROJECT_ROOT / "README.md").read_text()
     ci = (PROJECT_ROOT / ".ci" / "run").read_text()
-    assert "\n    make\n" in readme and "\n    make test\n" in readme, "README lost its two commands"
+    assert "\n    make\n" in readme, "README lost its two commands"
+    assert "\n    make test\n" in readme, "README lost its two commands"
     assert "make test" in ci, ".ci/run does not run the README's test command"

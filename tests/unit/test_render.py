@@ -1,4 +1,7 @@
-"""`brokerctl render`: one object per file, deterministic, real integers, secrets redacted, valid."""
+"""`brokerctl render`.
+
+One object per file, deterministic, real integers, secrets redacted, valid.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ def test_each_file_holds_exactly_one_named_object(rendered):
         documents = list(yaml.safe_load_all(path.read_text()))
         assert len(documents) == 1, f"{stack}: {path.name} holds {len(documents)} objects"
         obj = documents[0]
-        assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"], f"{path.name} lacks identity"
+        assert obj["apiVersion"], f"{path.name} lacks identity"
+        assert obj["kind"], f"{path.name} lacks identity"
+        assert obj["metadata"]["name"], f"{path.name} lacks identity"
 
 
 def test_two_renders_are_byte_identical(rendered, tmp_path):
@@ -42,7 +47,9 @@ def test_two_renders_are_byte_identical(rendered, tmp_path):
     assert run_brokerctl("render", "--stack", stack, "--out", str(again)).returncode == 0
     first = {p.name: p.read_bytes() for p in out.glob("*.yaml")}
     second = {p.name: p.read_bytes() for p in again.glob("*.yaml")}
-    assert first == second, f"{stack}: renders differ in {sorted(set(first) ^ set(second)) or 'content'}"
+    assert first == second, (
+        f"{stack}: renders differ in {sorted(set(first) ^ set(second)) or 'content'}"
+    )
 
 
 def walk(value, path=""):
@@ -75,19 +82,25 @@ def test_secret_values_are_placeholders(rendered):
         for key, value in secret["stringData"].items():
             if key in NOT_SECRET_KEYS:
                 continue
-            assert PLACEHOLDER_PREFIX in value, f"{stack}: Secret {secret['metadata']['name']}.{key} is not redacted"
+            assert PLACEHOLDER_PREFIX in value, (
+                f"{stack}: Secret {secret['metadata']['name']}.{key} is not redacted"
+            )
 
 
 def test_builtin_objects_pass_strict_kubernetes_schema(rendered):
     stack, out = rendered
     failures = []
     for obj in objects(out):
-        if "." in obj["apiVersion"].split("/")[0] and not obj["apiVersion"].split("/")[0].endswith("k8s.io"):
+        if "." in obj["apiVersion"].split("/")[0] and not obj["apiVersion"].split("/")[0].endswith(
+            "k8s.io"
+        ):
             continue  # custom resources: validated against their CRD schemas elsewhere
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
-            failures.append(f"{obj['kind']}/{obj['metadata']['name']}: {error.message} at {list(error.path)}")
+            failures.append(
+                f"{obj['kind']}/{obj['metadata']['name']}: {error.message} at {list(error.path)}"
+            )
     assert not failures, f"{stack}: schema failures:\n" + "\n".join(failures)
 
 

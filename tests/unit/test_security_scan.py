@@ -19,7 +19,9 @@ def test_every_skip_has_a_reason():
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_checkov_finds_no_failed_check(stack, tmp_path):
-    assert CHECKOV.exists(), f"{CHECKOV} missing: run `make test` (scripts/bootstrap.sh --test) first"
+    assert CHECKOV.exists(), (
+        f"{CHECKOV} missing: run `make test` (scripts/bootstrap.sh --test) first"
+    )
     render(stack, tmp_path / stack)
     failed = scan(tmp_path / stack)
     listing = "\n".join(f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in failed)

@@ -12,9 +12,17 @@ GOOD_POOL = "      - name: pdf\n"
 def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
     stack_dir.write("bad", text)
     result = run_brokerctl(
-        "render", "--stack", "bad", "--config-dir", str(stack_dir.path), "--out", str(tmp_path / "out")
+        "render",
+        "--stack",
+        "bad",
+        "--config-dir",
+        str(stack_dir.path),
+        "--out",
+        str(tmp_path / "out"),
     )
-    assert "Traceback" not in result.stderr + result.stdout, f"a traceback reached the user:\n{result.stderr}"
+    assert "Traceback" not in result.stderr + result.stdout, (
+        f"a traceback reached the user:\n{result.stderr}"
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), (
         "render wrote objects for a stack with bad settings"
     )
@@ -24,7 +32,12 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("text", "key_path", "value"),
     [
-        pytest.param("config:\n  celery-redis:namespce: x\n", "celery-redis:namespce", "", id="unknown-top-level"),
+        pytest.param(
+            "config:\n  celery-redis:namespce: x\n",
+            "celery-redis:namespce",
+            "",
+            id="unknown-top-level",
+        ),
         pytest.param(
             "config:\n  celery-redis:broker:\n    resources:\n      memory_limt: 1Gi\n",
             "celery-redis:broker.resources.memory_limt",
@@ -32,7 +45,8 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
             id="unknown-nested",
         ),
         pytest.param(
-            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n        replicas: '3'\n",
+            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n        replicas: "
+            "'3'\n",
             "celery-redis:workers.pools[0].replicas",
             "'3'",
             id="wrong-type",
@@ -44,14 +58,16 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
             id="not-a-choice",
         ),
         pytest.param(
-            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n        concurrency: 0\n",
+            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n        "
+            "concurrency: 0\n",
             "celery-redis:workers.pools[0].concurrency",
             "0",
             id="out-of-range",
         ),
         pytest.param(
             "config:\n  celery-redis:broker:\n    visibility_timeout: 600\n"
-            "  celery-redis:workers:\n    pools:\n      - name: pdf\n        soft_time_limit: 3000\n"
+            "  celery-redis:workers:\n    pools:\n      - name: pdf\n        soft_time_limit: "
+            "3000\n"
             "        time_limit: 3600\n",
             "celery-redis:broker.visibility_timeout",
             "600",
@@ -107,7 +123,9 @@ def test_every_problem_of_a_stack_is_reported_together(stack_dir, tmp_path):
 
 
 def test_broken_yaml_names_file_and_line(stack_dir, tmp_path):
-    code, stderr = render_bad(stack_dir, "config:\n  celery-redis:broker: {persistence: [\n", tmp_path)
+    code, stderr = render_bad(
+        stack_dir, "config:\n  celery-redis:broker: {persistence: [\n", tmp_path
+    )
     assert code == 2
     assert "Pulumi.bad.yaml" in stderr, stderr
     assert "line 3" in stderr, f"the YAML error does not say where: {stderr}"
