@@ -62,6 +62,20 @@ class CelerySetting(NamedTuple):
     reason: str
 
 
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+"""kombu.transport.redis.PRIORITY_STEPS: a queue is one Redis list per step."""
+KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+"""kombu's separator between a queue name and its priority step (`celery\\x06\\x163`)."""
+
+
+def priority_lists(queue: str) -> list[tuple[int, str]]:
+    """Return the Redis lists kombu keeps for one queue: the plain name, then one per step."""
+    return [
+        (step, queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{step}")
+        for step in KOMBU_PRIORITY_STEPS
+    ]
+
+
 def heartbeat_seconds(stale_seconds: int) -> int:
     """How often the heartbeat runs: four chances per liveness window, so one slow PING is fine."""
     return max(stale_seconds // 4, 1)

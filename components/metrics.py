@@ -36,9 +36,8 @@ from urllib.parse import quote
 
 import pulumi
 import pulumi_kubernetes as k8s
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-from components import redis_config
+from components import celery_config, redis_config
 from components.naming import labels, object_name
 from components.pods import hardened_container
 from components.settings import PoolSettings, StackSettings
@@ -76,7 +75,7 @@ SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by the pod's uid
 
 def queue_list_keys(queue: str) -> list[str]:
     """Return the Redis lists kombu keeps for a queue: its name, then one per priority step."""
-    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+    return [name for _, name in celery_config.priority_lists(queue)]
 
 
 def configured_queues(settings: StackSettings) -> list[str]:

@@ -42,20 +42,8 @@ CHECKSUM_ANNOTATION = "celery-redis/wiring-sha256"
 """Pod annotation holding the wiring module's hash: a changed module rolls the pods."""
 
 KEDA_API = "keda.sh/v1alpha1"
-KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
-"""kombu.transport.redis.PRIORITY_STEPS: a queue is one Redis list per step."""
-KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
-"""kombu's separator between a queue name and its priority step (`celery\\x06\\x163`)."""
 KEDA_USERNAME_KEY = "username"
 KEDA_PASSWORD_KEY = "password"  # noqa: S105 - a Secret key name, not a password
-
-
-def priority_lists(queue: str) -> list[tuple[int, str]]:
-    """Return the Redis lists kombu keeps for one queue: the plain name, then one per step."""
-    return [
-        (step, queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{step}")
-        for step in KOMBU_PRIORITY_STEPS
-    ]
 
 
 def trigger_name(index: int, queue: str, step: int) -> str:
@@ -69,7 +57,7 @@ def keda_triggers(
     """One `redis` trigger per list of each queue; all metadata values are strings (KEDA's type)."""
     triggers = []
     for index, queue in enumerate(pool.queues):
-        for step, list_name in priority_lists(queue):
+        for step, list_name in celery_config.priority_lists(queue):
             triggers.append(
                 {
                     "type": "redis",

@@ -155,6 +155,8 @@ def broker_objects(request) -> tuple[str, list[dict[str, Any]]]:
         if obj["kind"] in BROKER_KINDS
         and "-broker" in obj["metadata"]["name"]
         and "check" not in obj["metadata"]["name"]
+        # The exporter's objects (prod) are covered by tests/unit/test_metrics.py.
+        and not any(part in obj["metadata"]["name"] for part in ("metrics", "exporter"))
     ]
     return request.param, broker
 
@@ -201,13 +203,23 @@ def test_data_lives_on_a_claim_when_persistent(broker_objects):
 def test_network_policy_admits_only_broker_clients_on_the_redis_port(broker_objects):
     stack, objects = broker_objects
     (policy,) = by_kind(objects, "NetworkPolicy")
-    (rule,) = policy["spec"]["ingress"]
+    rule, *others = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
     (peer,) = rule["from"]
     assert peer["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/part-of": "celery",
         "celery-redis/broker-client": "true",
     }, f"{stack}: NetworkPolicy admits {peer}"
+    for other in others:
+        # prod only: KEDA's operator namespace on the Redis port, scrapers on the metrics port.
+        assert stack == "prod", f"{stack}: unexpected ingress rule {other}"
+        if other["ports"] == [{"port": 6379, "protocol": "TCP"}]:
+            (keda,) = other["from"]
+            assert keda == {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+            }
+        else:
+            assert other["ports"] == [{"port": 9121, "protocol": "TCP"}], f"{stack}: opens {other}"
 
 
 def test_disruption_budget_keeps_the_only_broker_pod(broker_objects):

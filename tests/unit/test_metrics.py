@@ -90,7 +90,7 @@ def test_exporter_container_is_hardened_and_takes_the_password_only_from_a_file(
 
 
 def test_password_volume_projects_only_the_exporter_key_of_the_users_secret() -> None:
-    (volume,) = metrics.exporter_volumes("celery-broker-users")
+    volume, _script = metrics.exporter_volumes("celery-broker-users", "celery-exporter-script")
     assert [item.key for item in volume.secret.items] == [metrics.PASSWORD_MAP_KEY], (
         "the celery user's password must stay out of the exporter's filesystem"
     )
@@ -113,6 +113,7 @@ def test_unacked_script_and_alert_appear_only_when_the_probe_may_eval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = stack()
+    monkeypatch.setitem(redis_config.PROBE_COMMANDS, "scripts", ())
     names = [
         rule.get("alert")
         for group in metrics.alert_rules(settings)["groups"]

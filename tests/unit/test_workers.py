@@ -115,7 +115,9 @@ def test_keda_objects_carry_no_credentials_and_reference_a_trigger_authenticatio
         for trigger in obj["spec"]["triggers"]:
             assert trigger["authenticationRef"] == {"name": auth[0]["metadata"]["name"]}
     refs = auth[0]["spec"]["secretTargetRef"]
-    assert {r["parameter"] for r in refs} == {"username", "password"}, refs
+    # prod's broker serves TLS: KEDA also gets the CA (never the key) from the TLS Secret.
+    assert {r["parameter"] for r in refs} == {"username", "password", "ca"}, refs
+    assert {r["key"] for r in refs if r["parameter"] == "ca"} == {"ca.crt"}, refs
 
 
 def test_scaled_pools_leave_replicas_to_the_scaler(prod_objects):
@@ -239,3 +241,13 @@ def test_cpu_autoscaler_cannot_scale_to_zero():
         PoolSettings.model_validate(
             {"name": "x", "autoscaling": {"enabled": True, "engine": "hpa", "min_replicas": 0}}
         )
+
+
+def test_priority_lists_match_kombus_own_naming():
+    """The project copies kombu's constants (render must not import kombu); they must agree."""
+    from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+    from components.celery_config import priority_lists
+
+    expected = [("q" if step == 0 else f"q{Channel.sep}{step}") for step in PRIORITY_STEPS]
+    assert [name for _, name in priority_lists("q")] == expected
