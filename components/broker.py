@@ -587,31 +587,16 @@ class RedisBroker(pulumi.ComponentResource):
             users[CELERY_PREVIOUS_PASSWORD_KEY] = pulumi.Output.secret(
                 secrets[PREVIOUS_PASSWORD_CONFIG]
             )
-        self.users_secret = k8s.core.v1.Secret(
-            f"{name}-users",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=_name(settings, "broker-users"),
-                namespace=namespace,
-                labels=labels(settings, COMPONENT, "broker"),
-            ),
-            type="Opaque",
-            string_data=users,
-            opts=child,
-        )
-        self.client_secret = k8s.core.v1.Secret(
+        self.users_secret = self._secret(f"{name}-users", "broker-users", users, child)
+        self.client_secret = self._secret(
             f"{name}-client",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=_name(settings, "broker-client"),
-                namespace=namespace,
-                labels=labels(settings, COMPONENT, "broker"),
-            ),
-            type="Opaque",
-            string_data={
+            "broker-client",
+            {
                 BROKER_URL_KEY: self.broker_url,
                 RESULT_BACKEND_KEY: self.result_backend_url,
                 CHECK_URL_KEY: self.check_url,
             },
-            opts=child,
+            child,
         )
         self.client_revision = self._client_revision(child)
         self.tls_secret_name = tls_secret_name(settings)
@@ -680,6 +665,26 @@ class RedisBroker(pulumi.ComponentResource):
                 "users_secret_name": self.users_secret_name,
                 "tls_secret_name": self.tls_secret_name,
             }
+        )
+
+    def _secret(
+        self,
+        resource_name: str,
+        suffix: str,
+        data: Mapping[str, pulumi.Input[str]],
+        opts: pulumi.ResourceOptions,
+    ) -> k8s.core.v1.Secret:
+        """Create one of the broker's Secrets (stringData: Kubernetes encodes, we never do)."""
+        return k8s.core.v1.Secret(
+            resource_name,
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=_name(self.settings, suffix),
+                namespace=self.settings.namespace,
+                labels=labels(self.settings, COMPONENT, "broker"),
+            ),
+            type="Opaque",
+            string_data=dict(data),
+            opts=opts,
         )
 
     def _client_url(self, user: str, password: pulumi.Output[str], db: int) -> pulumi.Output[str]:

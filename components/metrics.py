@@ -587,19 +587,39 @@ def _metadata(settings: StackSettings, suffix: str) -> k8s.meta.v1.ObjectMetaArg
     )
 
 
-def service_monitor(
-    settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
+def _operator_resource(
+    settings: StackSettings,
+    resource_name: str,
+    opts: pulumi.ResourceOptions,
+    *,
+    kind: str,
+    suffix: str,
+    spec: dict[str, Any],
 ) -> k8s.apiextensions.CustomResource | None:
-    """Return the ServiceMonitor, only with `metrics.prometheus_operator` (its CRD must exist)."""
+    """Create one Prometheus Operator object, only with `metrics.prometheus_operator` (CRDs)."""
     if not settings.metrics.prometheus_operator:
         return None
     return k8s.apiextensions.CustomResource(
         resource_name,
         api_version=MONITORING_API,
-        kind="ServiceMonitor",
-        metadata=_metadata(settings, "broker-metrics"),
-        spec=service_monitor_spec(settings),
+        kind=kind,
+        metadata=_metadata(settings, suffix),
+        spec=spec,
         opts=opts,
+    )
+
+
+def service_monitor(
+    settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
+) -> k8s.apiextensions.CustomResource | None:
+    """Return the ServiceMonitor, only with `metrics.prometheus_operator` (its CRD must exist)."""
+    return _operator_resource(
+        settings,
+        resource_name,
+        opts,
+        kind="ServiceMonitor",
+        suffix="broker-metrics",
+        spec=service_monitor_spec(settings),
     )
 
 
@@ -607,13 +627,11 @@ def prometheus_rule(
     settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
 ) -> k8s.apiextensions.CustomResource | None:
     """Return the PrometheusRule holding `alert_rules(settings)`, only with the operator on."""
-    if not settings.metrics.prometheus_operator:
-        return None
-    return k8s.apiextensions.CustomResource(
+    return _operator_resource(
+        settings,
         resource_name,
-        api_version=MONITORING_API,
+        opts,
         kind="PrometheusRule",
-        metadata=_metadata(settings, "broker-alerts"),
+        suffix="broker-alerts",
         spec=alert_rules(settings),
-        opts=opts,
     )
