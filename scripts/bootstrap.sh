@@ -26,7 +26,10 @@ apt_install() {
 # non-root pod users, who cannot read /root.
 apt_install python3 python3-venv
 if [ $want_test -eq 1 ]; then
-  apt_install redis-server redis-tools iproute2 util-linux procps nodejs npm prometheus
+  apt_install redis-server redis-tools iproute2 util-linux procps openssl prometheus
+  # Node may come from elsewhere than Debian (with npm bundled): only install what is missing.
+  command -v node >/dev/null 2>&1 || apt_install nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
 fi
 
 if [ ! -x .venv/bin/python ]; then
