@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,6 +52,23 @@ from tests.support.redis_server import CELERY_PASSWORD, RedisServer
 
 SCRATCH = Path("/var/tmp")  # outside /tmp, which each worker replaces with its own
 _pod_numbers = itertools.count(1)
+
+
+def _keep_under_tmp(private_tmp: Path) -> list[str]:
+    """Shell steps that keep this checkout and its venv visible when /tmp is replaced.
+
+    CI may clone the repository under /tmp; a pod-like private /tmp would hide the celery
+    executable and the stand-in app. Each such folder is bound into the private /tmp at its
+    own path first, and `mount --rbind` carries those binds along.
+    """
+    steps = []
+    for path in sorted({Path(sys.prefix).resolve(), STANDIN_APP_DIR.resolve()}):
+        if Path("/tmp") not in path.parents:
+            continue
+        inside = private_tmp / path.relative_to("/tmp")
+        inside.mkdir(parents=True, exist_ok=True)
+        steps.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(inside))} && ")
+    return steps
 
 
 @contextmanager
@@ -194,7 +213,11 @@ def pod_worker(
     for file_name, text in pool.config_files.items():
         (config_dir / file_name).write_text(text)
     env = pod_environment(pool, redis_server, config_dir, Path(celery).parent)
-    container = 'hostname "$1" && mount --bind "$0" /tmp && shift && exec "$@"'
+    container = (
+        'hostname "$1" && '
+        + "".join(_keep_under_tmp(private_tmp))
+        + 'mount --rbind "$0" /tmp && shift && exec "$@"'
+    )
     argv = [
         *("unshare", "--mount", "--uts", "--propagation", "private"),
         *("sh", "-c", container, str(private_tmp), pod_name),
