@@ -106,8 +106,10 @@ CELERY_COMMANDS: dict[str, tuple[str, ...]] = {
     "results": ("set", "setex", "get", "mget", "expire", "pttl", "incr", "lrange", "zcount"),
 }
 
-# The probe user: Kubernetes probes (PING, INFO), `brokerctl check` and KEDA. Read-only key
-# access (%R~*) on top of read-only commands, so even a leaked probe password writes nothing.
+# The probe user: Kubernetes probes (PING, INFO), `brokerctl check`, KEDA and the exporter.
+# Only read commands are granted, so even a leaked probe password writes nothing. Keys are
+# `~*`, not `%R~*`: Redis treats EVAL's key arguments as read-write, and KEDA's scaler passes
+# the list as KEYS[1]; every command a script runs is still checked against this list.
 PROBE_COMMANDS: dict[str, tuple[str, ...]] = {
     # redis-py 8 handshake; redis-cli in the probes sends only AUTH.
     "connection": ("hello", "ping", "select"),
@@ -115,7 +117,7 @@ PROBE_COMMANDS: dict[str, tuple[str, ...]] = {
     "health": ("info", "config|get"),
     # KEDA's redis scaler reads a list's length through EVAL of a small Lua script, and the
     # exporter's unacked-age script runs by EVAL too. ACL rules still apply inside scripts,
-    # so with %R~* a script can read, never write; lua-time-limit bounds a runaway one.
+    # so a script can read, never write; lua-time-limit bounds a runaway one.
     "scripts": ("eval",),
     # Queue and unacked sizes the check and KEDA read (kombu's list, hash and sorted set).
     "queues": (
@@ -146,7 +148,7 @@ def acl_user_rules() -> dict[str, str]:
         # default off: a client that does not authenticate can do nothing at all.
         "default": "off resetpass resetkeys resetchannels -@all",
         "celery": f"on ~* &* {acl_commands(CELERY_COMMANDS)}",
-        "probe": f"on %R~* resetchannels {acl_commands(PROBE_COMMANDS)}",
+        "probe": f"on ~* resetchannels {acl_commands(PROBE_COMMANDS)}",
         # No keys, no channels: it can only re-apply users and TLS files, from inside the pod.
         RELOADER_USER: f"on resetkeys resetchannels {acl_commands(RELOADER_COMMANDS)}",
     }

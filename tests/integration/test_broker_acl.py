@@ -73,7 +73,7 @@ slow.delay(5)  # still running at shutdown: the soft shutdown requeues it
 print("workload done")
 """
 
-REFUSAL = r"(?i)no permissions|not allowed"
+REFUSAL = r"(?i)no permissions|not allowed|can't run this command"
 """An ACL denial (NOPERM), or enable-debug/module-command refusing before the ACL is asked."""
 
 REFUSED_TO_CELERY = [
@@ -117,7 +117,10 @@ PROBE_WRITES = [
     ("PUBLISH", "c", "m"),
     ("FLUSHALL",),
     ("CONFIG", "SET", "appendfsync", "no"),
-    ("EVAL", "return 1", "0"),
+    # EVAL is granted (KEDA and the exporter read through Lua), but ACL rules still apply
+    # to every command a script runs: a script that writes is refused like a direct write.
+    ("EVAL", "return redis.call('SET', KEYS[1], 'x')", "1", "celery"),
+    ("EVAL", "return redis.call('LPUSH', KEYS[1], 'x')", "1", "celery"),
 ]
 
 
@@ -174,6 +177,15 @@ def test_probe_user_cannot_write(broker_server, command):
     client = broker_server.client("probe", PROBE_PASSWORD)
     with pytest.raises(redis.ResponseError, match=REFUSAL):
         client.execute_command(*command)
+
+
+def test_probe_user_may_read_through_a_script_as_keda_does(broker_server):
+    client = broker_server.client("probe", PROBE_PASSWORD)
+    script = (
+        "return redis.call(redis.call('TYPE', KEYS[1]).ok == 'none' and 'LLEN' or 'LLEN', KEYS[1])"
+    )
+    length = client.execute_command("EVAL", script, "1", "celery")
+    assert length == client.llen("celery"), "KEDA's read through EVAL disagrees with LLEN"
 
 
 def test_written_acl_file_switches_the_default_user_off(broker_server):

@@ -118,7 +118,10 @@ def test_celery_user_gets_no_administrative_command():
 def test_probe_user_gets_no_write_command():
     granted = allowed(redis_config.PROBE_COMMANDS)
     assert not granted & WRITES, f"probe may write with {granted & WRITES}"
-    assert "%R~*" in redis_config.acl_user_rules()["probe"], "probe keys must be read-only"
+    rules = redis_config.acl_user_rules()["probe"].split()
+    # Read-only by commands: no write command, and EVAL only runs what the user may run.
+    assert "-@all" in rules, "probe must start from no command at all"
+    assert "resetchannels" in rules, "probe may not publish or subscribe"
 
 
 def test_default_user_is_off():
