@@ -34,8 +34,8 @@ from components.pods import hardened_container, hardened_pod_spec
 from components.settings import StackSettings
 
 COMPONENT = "redis"
-CELERY_USER = "celery"
-PROBE_USER = "probe"
+CELERY_USER = redis_config.CELERY_USER
+PROBE_USER = redis_config.PROBE_USER
 
 # Keys of the client Secret: the names Celery reads from the environment, so a worker can
 # take them with envFrom or secretKeyRef without renaming.
@@ -58,7 +58,7 @@ USERS_VOLUME = "users"
 ACL_VOLUME = "acl"
 TLS_VOLUME = "tls"
 CONFIG_CHECKSUM_ANNOTATION = "celery-redis/config-sha256"
-SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by redis-server, not by others
+SECRET_FILE_MODE = redis_config.SECRET_FILE_MODE
 
 CERT_MANAGER_API = "cert-manager.io/v1"
 

@@ -37,7 +37,7 @@ from urllib.parse import quote
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import celery_config, redis_config
+from components import celery_config, naming, redis_config
 from components.naming import labels, object_name
 from components.pods import hardened_container
 from components.settings import PoolSettings, StackSettings
@@ -47,8 +47,7 @@ COMPONENT = "redis-metrics"
 PORT_NAME = "metrics"
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/health"
-PROBE_USER = "probe"
-"""The read-only ACL user of components/redis_config.py (`acl_user_rules()["probe"]`)."""
+PROBE_USER = redis_config.PROBE_USER
 
 PASSWORD_MAP_KEY = "exporter-password-map.json"  # noqa: S105 - a Secret key name, not a password
 """Key the broker adds to its users Secret: `exporter_password_map(...)`, a JSON object."""
@@ -67,7 +66,7 @@ KOMBU_UNACKED = "unacked"
 OLDEST_UNACKED_PREFIX = "oldest_unacked_delivered_at:"
 QUEUE_DEPTH_RECORD = "queue:redis_key_size:sum"
 """Recorded series: a queue's waiting tasks, its priority lists summed, labelled `queue`."""
-SECRET_FILE_MODE = 0o440  # owner root, group fsGroup: readable by the pod's uid only
+SECRET_FILE_MODE = redis_config.SECRET_FILE_MODE
 
 
 # --- what the exporter reads -------------------------------------------------------------
@@ -565,7 +564,7 @@ def recording_rules(settings: StackSettings) -> list[dict[str, Any]]:
 
 def alert_rules(settings: StackSettings) -> dict[str, Any]:
     """Return the PrometheusRule spec (`{"groups": [...]}`), also a valid promtool rule file."""
-    release = settings.name_prefix
+    release = naming.release(settings)
     pool_alerts = [rule for pool in settings.workers.pools for rule in pool_rules(settings, pool)]
     return {
         "groups": [

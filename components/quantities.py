@@ -56,8 +56,3 @@ def _check_cpu(quantity: str) -> str:
 
 MemoryQuantity = Annotated[str, AfterValidator(_check_memory)]
 CpuQuantity = Annotated[str, AfterValidator(_check_cpu)]
-
-
-def mebibytes(size_bytes: int) -> str:
-    """Format a byte count as a whole-MiB value both redis.conf and Kubernetes read ("640mb")."""
-    return f"{size_bytes // 1024**2}mb"

@@ -142,13 +142,21 @@ def acl_commands(groups: dict[str, tuple[str, ...]]) -> str:
     )
 
 
+CELERY_USER = "celery"
+"""The workers' user: Celery's and kombu's commands only."""
+PROBE_USER = "probe"
+"""The read-only user of probes, `brokerctl check`, KEDA and the exporter."""
+SECRET_FILE_MODE = 0o440
+"""Mode of mounted Secret files: owner root, group fsGroup (the pod's uid), no one else."""
+
+
 def acl_user_rules() -> dict[str, str]:
     """Each user's ACL rules without its password, as the start script writes them."""
     return {
         # default off: a client that does not authenticate can do nothing at all.
         "default": "off resetpass resetkeys resetchannels -@all",
-        "celery": f"on ~* &* {acl_commands(CELERY_COMMANDS)}",
-        "probe": f"on ~* resetchannels {acl_commands(PROBE_COMMANDS)}",
+        CELERY_USER: f"on ~* &* {acl_commands(CELERY_COMMANDS)}",
+        PROBE_USER: f"on ~* resetchannels {acl_commands(PROBE_COMMANDS)}",
         # No keys, no channels: it can only re-apply users and TLS files, from inside the pod.
         RELOADER_USER: f"on resetkeys resetchannels {acl_commands(RELOADER_COMMANDS)}",
     }
@@ -461,7 +469,7 @@ def probe_prelude(*, tls: bool) -> str:
     return (
         # The password travels in the environment (REDISCLI_AUTH), never in redis-cli's argv.
         f'export REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{PROBE_PASSWORD_FILE}")"\n'
-        f'cli() {{ redis-cli --no-auth-warning --user probe -h 127.0.0.1 -p "${ENV_PORT}"'
+        f'cli() {{ redis-cli --no-auth-warning --user {PROBE_USER} -h 127.0.0.1 -p "${ENV_PORT}"'
         f'{tls_args} "$@"; }}'
     )
 

@@ -10,7 +10,6 @@ Only `load_settings` reads Pulumi config; components receive the frozen model.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -876,11 +875,3 @@ class StackSettings(Section):
 
 SECRET_KEYS = ("broker_password", "broker_password_previous", "probe_password")
 """Config keys that hold credentials: set with `pulumi config set --secret`, never in plain text."""
-
-NAMESPACED_SETTINGS = tuple(StackSettings.model_fields)
-"""Top-level config keys (`celery-redis:<key>`) that the model reads."""
-
-
-def is_valid_dns_label(value: str) -> bool:
-    """Whether `value` can name a Kubernetes object or label value segment."""
-    return bool(re.match(DNS_LABEL, value))

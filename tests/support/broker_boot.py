@@ -49,6 +49,7 @@ from tests.support.redis_server import (
     RedisServer,
     RedisServerError,
     free_port,
+    url_credentials,
 )
 from tests.support.tls_certs import (
     KeyPair,
@@ -175,9 +176,8 @@ class BootedBroker(RedisServer):
         """Return this broker's client URL: like the rendered ones, rediss:// verifying the CA."""
         if self.ca is None:
             return super().url(user, password, db, scheme)
-        credentials = f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@"
         query = f"ssl_cert_reqs=required&ssl_ca_certs={quote(str(self.ca))}"
-        return f"rediss://{credentials}{TLS_HOST}:{self.port}/{db}?{query}"
+        return f"rediss://{url_credentials(user, password)}{TLS_HOST}:{self.port}/{db}?{query}"
 
     def client(self, user: str, password: str, db: int = 0) -> redis.Redis:
         """Return a redis-py client with short timeouts (TLS verifying the CA when served)."""

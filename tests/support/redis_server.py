@@ -100,6 +100,13 @@ def redis_server_version() -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+def url_credentials(user: str | None, password: str | None) -> str:
+    """Return the `user:password@` part of a Redis URL, percent-encoded; empty without either."""
+    if not (user or password):
+        return ""
+    return f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@"
+
+
 def free_port() -> int:
     """Return a TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as probe:
@@ -124,10 +131,7 @@ class RedisServer:
         scheme: str = "redis",
     ) -> str:
         """Return a redis:// URL for this server, credentials percent-encoded."""
-        credentials = ""
-        if user or password:
-            credentials = f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@"
-        return f"{scheme}://{credentials}{self.host}:{self.port}/{db}"
+        return f"{scheme}://{url_credentials(user, password)}{self.host}:{self.port}/{db}"
 
     def client(self, user: str, password: str, db: int = 0) -> redis.Redis:
         """Return a redis-py client with short timeouts, so a test never hangs on the server."""

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from brokerctl.mockrun import PLACEHOLDER_PREFIX
-from tests.unit.conftest import run_brokerctl
+from tests.unit.conftest import leaves, run_brokerctl
 
 STACKS = ("dev", "staging", "prod")
 KUBERNETES_VERSION = "1.30.0"
@@ -52,20 +52,9 @@ def test_two_renders_are_byte_identical(rendered, tmp_path):
     )
 
 
-def walk(value, path=""):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from walk(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from walk(item, f"{path}[{index}]")
-    else:
-        yield path, value
-
-
 def test_integers_stay_integers(rendered):
     stack, out = rendered
-    floats = [(o["kind"], p, v) for o in objects(out) for p, v in walk(o) if isinstance(v, float)]
+    floats = [(o["kind"], p, v) for o in objects(out) for p, v in leaves(o) if isinstance(v, float)]
     assert not floats, f"{stack}: whole numbers rendered as floats: {floats[:5]}"
 
 

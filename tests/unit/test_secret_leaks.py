@@ -9,7 +9,6 @@ only inside Secret objects' stringData and in outputs marked secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import yaml
 
 from brokerctl import mockrun, render
 from components.settings import PROJECT
-from tests.unit.conftest import run_brokerctl
+from tests.unit.conftest import leaves, run_brokerctl
 
 STACKS = ("dev", "staging", "prod")
 CONFIGURED = {
@@ -27,23 +26,13 @@ CONFIGURED = {
 GENERATED = ("redacted-broker-celery-password", "redacted-broker-probe-password")
 
 
-def leaves(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """Every string in an object with its path."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from leaves(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from leaves(item, f"{path}[{index}]")
-    elif isinstance(value, str):
-        yield path, value
-
-
 def find_leaks(objects: list[dict[str, Any]], secrets: list[str]) -> list[str]:
     """Places outside a Secret's data where a secret value appears."""
     found = []
     for obj in objects:
         for path, text in leaves(obj):
+            if not isinstance(text, str):
+                continue
             in_secret_data = obj.get("kind") == "Secret" and path.startswith(
                 (".stringData", ".data")
             )
