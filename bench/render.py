@@ -35,7 +35,7 @@ loop.run_until_complete(pulumi.runtime.run_in_stack(lambda: None))
 SDK_IMPORTS = (
     "import pulumi_kubernetes.core.v1, pulumi_kubernetes.apps.v1, pulumi_kubernetes.batch.v1, "
     "pulumi_kubernetes.policy.v1, pulumi_kubernetes.networking.v1, "
-    "pulumi_kubernetes.autoscaling.v2, pulumi_kubernetes.apiextensions, pulumi_random\n"
+    "pulumi_kubernetes.autoscaling.v2, pulumi_kubernetes.apiextensions, pulumi.dynamic\n"
 )
 """The provider SDK modules the program needs: building their classes dominates a render."""
 

@@ -26,7 +26,8 @@ from components.settings import PROJECT
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_PREFIX = "redacted-"
-RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"  # noqa: S105 (a Pulumi type token)
+# The type token of components.generated_secret.GeneratedPassword (a Python dynamic resource).
+GENERATED_PASSWORD = "pulumi-python:dynamic/celery-redis:GeneratedPassword"  # noqa: S105
 
 
 def placeholder(name: str) -> str:
@@ -62,7 +63,7 @@ class _RecordingMocks(pulumi_mocks.Mocks):
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict]:
         state = dict(args.inputs)
-        if args.typ == RANDOM_PASSWORD:
+        if args.typ == GENERATED_PASSWORD:
             state["result"] = placeholder(args.name)
         self.run.resources.append(RecordedResource(args.typ, args.name, dict(args.inputs)))
         return f"{args.name}-id", state

@@ -1,10 +1,10 @@
 """The Redis broker: credentials, Secrets, config, StatefulSet, Services, network rules, PDB.
 
-Passwords are Pulumi secrets: configured with `pulumi config set --secret`, or generated with
-pulumi-random and kept in state so they stay stable across updates. They reach Kubernetes only
-as Secrets; URLs that carry them are built here, once, for every client. Inside the pod the
-start script hashes them into an ACL file (components/redis_config.py); redis.conf, in a
-ConfigMap, holds no secret.
+Passwords are Pulumi secrets: configured with `pulumi config set --secret`, or generated once
+by the program (components/generated_secret.py) and kept in state so they stay stable across
+updates. They reach Kubernetes only as Secrets; URLs that carry them are built here, once, for
+every client. Inside the pod the start script hashes them into an ACL file
+(components/redis_config.py); redis.conf, in a ConfigMap, holds no secret.
 
 Credentials and certificates change without a restart: a reloader sidecar applies a changed
 users Secret (password rotation, with `broker_password_previous`) or a renewed TLS Secret
@@ -26,9 +26,9 @@ from urllib.parse import quote, urlencode
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components import metrics, redis_config
+from components.generated_secret import GeneratedPassword
 from components.naming import broker_client_labels, labels, object_name, selector_labels
 from components.pods import hardened_container, hardened_pod_spec
 from components.settings import StackSettings
@@ -699,9 +699,7 @@ class RedisBroker(pulumi.ComponentResource):
         Keyed with a random key kept in Pulumi state (see `client_revision`), so the value may
         be shown in plain text in diffs and pod specs.
         """
-        key = random.RandomPassword(
-            "broker-client-revision-key", length=32, special=False, opts=opts
-        )
+        key = GeneratedPassword("broker-client-revision-key", length=32, opts=opts)
         revision = pulumi.Output.all(key.result, self.broker_url, self.result_backend_url).apply(
             lambda values: client_revision(*values)
         )
@@ -792,5 +790,5 @@ class RedisBroker(pulumi.ComponentResource):
         """Return the configured secret, or a generated one kept in state (stable on updates)."""
         if config_key in secrets:
             return pulumi.Output.secret(secrets[config_key])
-        generated = random.RandomPassword(resource_name, length=32, special=False, opts=opts)
+        generated = GeneratedPassword(resource_name, length=32, opts=opts)
         return pulumi.Output.secret(generated.result)

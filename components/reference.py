@@ -89,6 +89,6 @@ def reference_markdown() -> str:
     for key in SECRET_KEYS:
         lines.append(
             f"| `{key}` | secret | generated | Set with `pulumi config set --secret {key} ...`; "
-            "otherwise generated with pulumi-random and kept in state. |"
+            "otherwise generated once by the program and kept in state. |"
         )
     return "\n".join(lines) + "\n"
