@@ -1,11 +1,13 @@
 # Two commands for a newcomer on a fresh machine:
 #   make         set up the virtualenv and render the dev stack offline into rendered/dev
 #   make test    also install redis-server and the test tools, then run the whole test suite
+#   make lint    install ruff (the version the tests pin) if missing, then lint and check format
 STACK ?= dev
 
 .PHONY: render test lint settings
 render:
 	scripts/bootstrap.sh
+	mkdir -p rendered
 	.venv/bin/python -m brokerctl render --stack $(STACK) --out rendered/$(STACK)
 
 settings:
@@ -17,4 +19,5 @@ test:
 	.venv/bin/python -m pytest -q
 
 lint:
+	scripts/bootstrap.sh --lint
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

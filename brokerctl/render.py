@@ -8,6 +8,7 @@ placeholders, custom resources are included. Two renders of the same stack are b
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def add_config_dir_option(parser: argparse.ArgumentParser) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Render the stack and write its objects; settings errors exit 2."""
+    check_out(args.out)  # a wrong --out is reported before the program runs
     objects = render_stack(args.stack, args.config_dir)
     written = write_objects(objects, args.out)
     print(f"rendered {len(written)} objects of stack {args.stack} into {args.out}")
@@ -142,26 +144,129 @@ def dump(obj: dict[str, Any]) -> str:
     )
 
 
-def write_objects(objects: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Write one file per object; replace only what an earlier render wrote, never other files."""
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / MARKER
-    if marker.exists():
-        for old in marker.read_text().split():
-            (out / old).unlink(missing_ok=True)
-    elif any(out.iterdir()):
+def _usage(message: str) -> CommandError:
+    return CommandError(message, EXIT_USAGE)
+
+
+OUT_ALLOWED = (
+    "allowed: an empty folder, a folder an earlier render wrote, "
+    "or a new folder whose parent exists"
+)
+"""What `--out` may be, said in every error about it."""
+
+
+def check_out(out: Path) -> None:
+    """Refuse an `--out` render may not write into, without creating anything.
+
+    Refused: a file, a dangling symlink, a folder whose parent is missing (a typo in a path
+    should not create a tree of folders somewhere unexpected).
+    """
+    if out.is_dir():
+        return
+    if out.exists() or out.is_symlink():
+        kind = "a symbolic link to nothing" if not out.exists() else "a file, not a folder"
+        message = f"--out {out}: is {kind}; {OUT_ALLOWED}"
+        raise _usage(message)
+    if not out.parent.is_dir():
+        message = f"--out {out}: its parent folder {out.parent} does not exist; {OUT_ALLOWED}"
+        raise _usage(message)
+
+
+def prepare_out(out: Path) -> Path:
+    """Check `--out` (see `check_out`), create it when new, and return it resolved."""
+    check_out(out)
+    if out.is_dir():
+        return out.resolve(strict=True)
+    try:
+        out.mkdir()
+    except OSError as error:
+        message = f"--out {out}: cannot create it ({error.strerror}); {OUT_ALLOWED}"
+        raise _usage(message) from None
+    return out.resolve(strict=True)
+
+
+def _is_render_file(folder: Path, name: str) -> bool:
+    """Whether `name` is a regular file render could have written directly inside `folder`.
+
+    Only bare `*.yaml` names qualify: no separators, no `..`, no symbolic link (a link would
+    let a crafted marker or a planted file redirect a delete or a write outside `folder`).
+    """
+    if name != Path(name).name or not name.endswith(".yaml") or name.startswith("."):
+        return False
+    path = folder / name
+    if path.is_symlink():
+        return False
+    if path.exists() and not path.is_file():
+        return False
+    return path.resolve().parent == folder
+
+
+def earlier_render_files(folder: Path) -> list[str]:
+    """Names an earlier render wrote into `folder` (from its marker), each checked to be safe.
+
+    The marker is data anyone could have edited: every name is refused unless it is a plain
+    file directly inside `folder`, before anything is deleted.
+    """
+    marker = folder / MARKER
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        message = f"{marker}: is not a regular file; remove it, render writes it itself"
+        raise _usage(message)
+    if not marker.exists():
+        if any(folder.iterdir()):
+            message = (
+                f"{folder}: folder holds files that render did not write; "
+                "allowed: an empty or earlier render folder"
+            )
+            raise _usage(message)
+        return []
+    names = marker.read_text().split()
+    for name in names:
+        if not _is_render_file(folder, name):
+            message = (
+                f"{marker}: lists {name!r}, which is not a file render writes into {folder}; "
+                "allowed: bare <kind>-<name>.yaml names of regular files in that folder. "
+                "Nothing was deleted; remove the marker if this folder is not a render's"
+            )
+            raise _usage(message)
+    return names
+
+
+def _create(path: Path, text: str) -> None:
+    """Write a new file, never through a symbolic link and never over a file already there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        descriptor = os.open(path, flags, 0o666)
+    except FileExistsError:
         message = (
-            f"{out}: folder holds files that render did not write; "
+            f"{path.parent}: holds {path.name} that render did not write; "
             "allowed: an empty or earlier render folder"
         )
-        raise CommandError(message, EXIT_USAGE)
-    written: list[Path] = []
+        raise _usage(message) from None
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
+def write_objects(objects: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Write one file per object; replace only what an earlier render wrote, never other files.
+
+    Nothing outside `out` is ever deleted or written, whatever its marker lists.
+    """
+    folder = prepare_out(out)
+    files: dict[str, str] = {}
     for obj in objects:
-        path = out / file_name(obj)
-        if path in written:
-            message = f"two objects would be written to {path.name}"
+        name = file_name(obj)
+        if name != Path(name).name:
+            message = f"object {obj['kind']}/{obj['metadata']['name']}: not a file name: {name}"
             raise CommandError(message, EXIT_CHECK_FAILED)
-        path.write_text(dump(obj))
-        written.append(path)
-    marker.write_text("".join(f"{p.name}\n" for p in sorted(written)))
-    return written
+        if name in files:
+            message = f"two objects would be written to {name}"
+            raise CommandError(message, EXIT_CHECK_FAILED)
+        files[name] = dump(obj)
+    for old in earlier_render_files(folder):
+        (folder / old).unlink(missing_ok=True)
+    # The marker goes first: a render stopped half-way still lists what it may have written.
+    (folder / MARKER).unlink(missing_ok=True)
+    _create(folder / MARKER, "".join(f"{name}\n" for name in sorted(files)))
+    for name, text in files.items():
+        _create(folder / name, text)
+    return [out / name for name in files]

@@ -2,11 +2,45 @@
 # Set up what the project needs on a fresh Debian machine; safe to run again (it only adds).
 #   scripts/bootstrap.sh          the virtualenv with the run-time packages (render, check)
 #   scripts/bootstrap.sh --test   also Debian's redis-server and the test-only tools
+#   scripts/bootstrap.sh --lint   the virtualenv plus ruff (pinned in requirements-test.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_lint=0
+case "${1:-}" in
+  "") ;;
+  --test) want_test=1 ;;
+  --lint) want_lint=1 ;;
+  *)
+    echo "bootstrap: unknown option ${1}; allowed: --test, --lint, or nothing" >&2
+    exit 2
+    ;;
+esac
+
+# Another apt or dpkg (unattended-upgrades, a second bootstrap) may hold the package locks:
+# wait for it this long instead of failing, then give up with apt's own message.
+APT_LOCK_TIMEOUT=${APT_LOCK_TIMEOUT:-600}
+APT_GET=(apt-get -o "DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT}")
+
+apt_update() {
+  # DPkg::Lock::Timeout covers dpkg's locks but not the package lists' lock that
+  # `apt-get update` takes (apt 2.6 fails at once), so that one is retried here.
+  local deadline=$((SECONDS + APT_LOCK_TIMEOUT)) output waited=0
+  while true; do
+    # timeout: a mirror that stops answering must not hang the bootstrap.
+    if output=$(timeout 900 "${APT_GET[@]}" update -qq 2>&1); then
+      return 0
+    fi
+    if ! grep -q "Could not get lock" <<<"$output" || [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$output" >&2
+      return 1
+    fi
+    [ $waited -eq 0 ] && echo "bootstrap: waiting for another apt to release its lock" >&2
+    waited=1
+    sleep 1
+  done
+}
 
 apt_install() {
   # Install Debian packages that are missing; needs root (CI and these machines run as root).
@@ -18,8 +52,8 @@ apt_install() {
     exit 1
   fi
   echo "bootstrap: apt-get install ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt_update
+  DEBIAN_FRONTEND=noninteractive "${APT_GET[@]}" install -y -qq "${missing[@]}" >/dev/null
 }
 
 # Debian's python3, not a pyenv one under /root: the end-to-end tests run the virtualenv as
@@ -41,6 +75,13 @@ stamp=".venv/.installed-$(sha256sum "$requirements" requirements.txt | sha256sum
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r "$requirements"
   touch "$stamp"
+fi
+if [ $want_lint -eq 1 ]; then
+  # Only the linter, at the version the tests pin, without the rest of the test tools.
+  ruff_pin=$(grep -E '^ruff==' requirements-test.txt)
+  if [ "$(.venv/bin/ruff --version 2>/dev/null)" != "ruff ${ruff_pin#ruff==}" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check "$ruff_pin"
+  fi
 fi
 if [ $want_test -eq 1 ]; then
   # checkov pins libraries that clash with pulumi's, so it gets a virtualenv of its own.
