@@ -764,6 +764,10 @@ class MetricsSettings(Section):
         "docker.io/oliver006/redis_exporter:v1.67.0", description="redis_exporter image, pinned."
     )
     exporter_port: int = Field(9121, ge=1, le=65535, description="Port Prometheus scrapes.")
+    monitoring_namespace: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
+        "monitoring",
+        description="Namespace of Prometheus: the only one the exporter port admits.",
+    )
     prometheus_operator: bool = Field(
         False,
         description="Create a ServiceMonitor and a PrometheusRule (needs the operator's CRDs).",
