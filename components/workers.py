@@ -24,7 +24,7 @@ from components import celery_config
 from components.broker import (
     BROKER_URL_KEY,
     CLIENT_REVISION_ANNOTATION,
-    PROBE_USER,
+    KEDA_USER,
     RESULT_BACKEND_KEY,
     RedisBroker,
     client_ca_mounts,
@@ -372,10 +372,11 @@ class WorkerPools(pulumi.ComponentResource):
         )
 
     def _keda_auth(self) -> str:
-        """Create a Secret with the probe user's credentials and a TriggerAuthentication using it.
+        """Create a Secret with the keda user's credentials and a TriggerAuthentication using it.
 
-        KEDA only needs LLEN, which the broker's `probe` user may run; its password travels in a
-        Secret referenced by the TriggerAuthentication, never in a ScaledObject's metadata.
+        The broker's `keda` user may only read the length of the stack's queue lists (KEDA's Lua
+        script: TYPE, LLEN); its password travels in a Secret referenced by the
+        TriggerAuthentication, never in a ScaledObject's metadata.
         """
         settings = self.settings
         name = object_name(settings.name_prefix, "workers-keda-redis")
@@ -384,8 +385,8 @@ class WorkerPools(pulumi.ComponentResource):
             metadata=self._metadata(name, "autoscaler", "workers"),
             type="Opaque",
             string_data={
-                KEDA_USERNAME_KEY: PROBE_USER,
-                KEDA_PASSWORD_KEY: pulumi.Output.secret(self.broker.probe_password),
+                KEDA_USERNAME_KEY: KEDA_USER,
+                KEDA_PASSWORD_KEY: pulumi.Output.secret(self.broker.keda_password),
             },
             opts=self._child,
         )
