@@ -1,7 +1,10 @@
 """Check that a Celery broker on Redis is healthy and that its workers consume from it.
 
 Checks, one report entry each:
-  connect             authenticate as the (read-only) check user; PING round trip
+  connect             authenticate as the (read-only) check user; PING round trip (a broker
+                      still loading its dataset says so, with how far it got)
+  default-user        a client sending no password is refused (NOAUTH): an open `default`
+                      user serves anyone who reaches the port
   persistence         the mode Redis runs (none|rdb|aof|aof-always) matches the expected one
   persistence-status  last RDB save and AOF write succeeded; Redis is not loading
   eviction-policy     maxmemory-policy is noeviction (an evicting broker drops queued tasks)
@@ -21,10 +24,12 @@ Checks, one report entry each:
 Exit status: 0 every check passed (warnings allowed), 1 a check failed (an unreachable
 broker or a refused password included), 2 usage error.
 
-The check never prints a password (URLs and errors are masked), bounds every network step
-and the whole run by --timeout, never restores or requeues unacknowledged messages (its kombu
-connections run without ack emulation, so they cannot), and leaves no key behind: the reply
-queue of its control commands is deleted and the canary's result is forgotten once read.
+The check never prints a password (URLs, errors and usage errors are masked, whether the
+password is percent-encoded or not, in the userinfo or a `?password=` option), bounds every
+network step and the whole run by --timeout, never restores or requeues unacknowledged
+messages (its kombu connections run without ack emulation, so they cannot), and leaves no
+key behind: the reply queue of its control commands is deleted and the canary's result is
+forgotten once read.
 
 URLs: --url/--url-env, or the check_url of --stack/--outputs, or $BROKER_CHECK_URL.
 Worker and canary checks connect as the workers' user (control commands and the canary
@@ -34,12 +39,16 @@ output result_backend_url, $CELERY_RESULT_BACKEND. Use the *-env options (or the
 environment defaults) to keep passwords off the command line.
 
 --json prints one object on stdout (notes go to stderr), schema "brokercheck/v1":
-  {"schema": "brokercheck/v1", "ok": bool, "exit_code": 0|1,
+  {"schema": "brokercheck/v1", "ok": bool, "exit_code": 0|1|2,
    "target": masked broker URL, "duration_seconds": float,
    "summary": {"pass": int, "warn": int, "fail": int},
    "checks": [{"name": str, "status": "pass"|"warn"|"fail",
                "measured": str, "expected": str, "hint": str}]}
-Keys are only ever added to this schema, never renamed or removed.
+Keys are only ever added to this schema, never renamed or removed. A usage error (exit 2)
+is a report too: one failed check named "usage" whose "measured" says what was wrong.
+
+Memory thresholds: --memory-warn/--memory-fail, else the stack outputs memory_warn_ratio and
+memory_fail_ratio (the gate Job's own settings), else 80 and 95 percent.
 
 This file is self-contained (Python 3.10+, stdlib, redis, kombu and celery only) so the
 same code runs as `python -m brokerctl check` and, in the cluster, as `python brokercheck.py`
@@ -52,6 +61,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -60,8 +70,9 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +86,9 @@ PERSISTENCE_MODES = ("none", "rdb", "aof", "aof-always")
 URL_SCHEMES = ("redis", "rediss")
 DEFAULT_QUEUE = "celery"
 DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 3600.0  # an hour: longer is a typo, and socket timeouts overflow near 1e9
+DEFAULT_MEMORY_WARN_PERCENT = 80.0  # checks.memory_warn_ratio's default (a unit test binds them)
+DEFAULT_MEMORY_FAIL_PERCENT = 95.0  # checks.memory_fail_ratio's default
 DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # kombu's default for the Redis transport
 VISIBILITY_WARN_SHARE = 0.8
 PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS
@@ -120,34 +134,78 @@ class UsageError(Exception):
 # Secrets: nothing leaves this program without passing through a Masker.
 # --------------------------------------------------------------------------------------
 
-_URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@/\s]*@")
+MASK = "***"
+
+_URL_USERINFO = re.compile(
+    # Greedy up to the token's last `@`: a password with an unencoded `/`, `?`, `#` or `@`
+    # still ends at the `@` before the host, where urlsplit would stop at the first `/`.
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^\s'\"<>`]*)@"
+)
+_SECRET_PARAM = re.compile(
+    # `?password=`, `&password=`, `;sentinel_password=`, `?auth_token=`...: any option whose
+    # name speaks of a credential, in a URL query or a `name=value` list.
+    r"(?P<name>(?:^|[?&;,\s])[^=&?;,\s'\"]*(?:pass|secret|token|auth|credential)"
+    r"[^=&?;,\s'\"]*=)(?P<value>[^&;,\s'\"#]*)",
+    re.IGNORECASE,
+)
+_SECRET_FIELD = re.compile(
+    # `password='x'`, `"password": "x"` in library messages and reprs of keyword arguments.
+    r"(?P<name>pass(?:word|wd)?['\"]?\s*(?:=|:\s)\s*['\"]?)(?P<value>[^\s'\"&,})\]]+)",
+    re.IGNORECASE,
+)
+
+
+def _masked_userinfo(match: re.Match[str]) -> str:
+    """Keep the user name of a URL's userinfo, mask whatever follows its first `:`."""
+    userinfo = match["userinfo"]
+    user, colon, _ = userinfo.partition(":")
+    if colon and "/" not in user:
+        return f"{match['scheme']}{user}:{MASK}@"
+    if colon or any(mark in userinfo for mark in "@/?#"):
+        return f"{match['scheme']}{MASK}@"
+    return match.group(0)  # a user name alone is no secret
+
+
+def url_secrets(url: str) -> set[str]:
+    """Return every credential written in `url`, however it is written, raw and decoded.
+
+    The userinfo's password (reserved characters encoded or not), and the value of every
+    query option that names a credential (`?password=`, `&sentinel_password=`). Several URLs
+    joined by `;` or `,` (Sentinel style) are read one by one.
+    """
+    found: set[str] = set()
+    for piece in {url, *re.split(r"[;,]", url)}:
+        for match in _URL_USERINFO.finditer(piece):
+            _, colon, password = match["userinfo"].partition(":")
+            if colon and password:
+                found.add(password)
+        for match in _SECRET_PARAM.finditer(piece):
+            if match["value"]:
+                found.add(match["value"])
+    return found | {unquote(secret) for secret in found} - {""}
 
 
 class Masker:
-    """Replaces known passwords, and any password inside a URL, with `***`."""
+    """Replaces known passwords, and any credential inside a URL or option, with `***`."""
 
-    def __init__(self, urls: Sequence[str | None] = ()) -> None:
+    def __init__(self, urls: Iterable[str | None] = ()) -> None:
         self._secrets: set[str] = set()
         for url in urls:
             self.add_url(url)
 
     def add_url(self, url: str | None) -> None:
-        """Remember the password of `url` (raw and percent-decoded) so it is masked everywhere."""
-        if not url:
-            return
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-        if password:
-            self._secrets.update({password, unquote(password)})
+        """Remember the credentials of `url` (raw and percent-decoded) to mask them everywhere."""
+        if url:
+            self._secrets.update(url_secrets(url))
 
     def __call__(self, text: object) -> str:
-        """Return `text` as a string with every known secret and URL password masked."""
+        """Return `text` as a string with every known secret and URL credential masked."""
         masked = str(text)
         for secret in sorted(self._secrets, key=len, reverse=True):
-            masked = masked.replace(secret, "***")
-        return _URL_CREDENTIALS.sub(r"\g<head>:***@", masked)
+            masked = masked.replace(secret, MASK)
+        masked = _URL_USERINFO.sub(_masked_userinfo, masked)
+        masked = _SECRET_PARAM.sub(lambda match: f"{match['name']}{MASK}", masked)
+        return _SECRET_FIELD.sub(lambda match: f"{match['name']}{MASK}", masked)
 
 
 class _MaskingFilter(logging.Filter):
@@ -301,8 +359,8 @@ class CheckConfig:
     pools: tuple[Pool, ...] = ()
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
-    memory_warn_percent: float = 75.0
-    memory_fail_percent: float = 90.0
+    memory_warn_percent: float = DEFAULT_MEMORY_WARN_PERCENT
+    memory_fail_percent: float = DEFAULT_MEMORY_FAIL_PERCENT
     canary: bool = True
 
     @property
@@ -367,31 +425,31 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument(
         "--visibility-timeout",
-        type=_positive_float,
+        type=_positive_seconds,
         metavar="SECONDS",
         help="the workers' visibility_timeout (default: stack output, else 3600)",
     )
     tuning = parser.add_argument_group("run")
     tuning.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_timeout_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="bound on every network step and the whole run",
+        help=f"bound on every network step and the whole run (0 < SECONDS <= {MAX_TIMEOUT:g})",
     )
     tuning.add_argument(
         "--memory-warn",
         type=_percent,
-        default=75.0,
         metavar="PERCENT",
-        help="warn when used memory reaches this share of maxmemory (75)",
+        help="warn when used memory reaches this share of maxmemory (default: stack output "
+        f"memory_warn_ratio, else {DEFAULT_MEMORY_WARN_PERCENT:g})",
     )
     tuning.add_argument(
         "--memory-fail",
         type=_percent,
-        default=90.0,
         metavar="PERCENT",
-        help="fail when used memory reaches this share of maxmemory (90)",
+        help="fail when used memory reaches this share of maxmemory (default: stack output "
+        f"memory_fail_ratio, else {DEFAULT_MEMORY_FAIL_PERCENT:g})",
     )
     tuning.add_argument("--no-canary", action="store_true", help="skip the canary round trip")
     tuning.add_argument("--json", action="store_true", help="machine-readable report on stdout")
@@ -399,27 +457,58 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def _non_negative_int(text: str) -> int:
     """Parse a count for argparse; negative numbers are usage errors."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        msg = f"must be 0 or more, not {value}"
+        msg = f"must be a whole number, 0 or more, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
 
-def _positive_float(text: str) -> float:
-    """Parse seconds for argparse; zero or less is a usage error."""
-    value = float(text)
+def _finite_number(text: str, allowed: str) -> float:
+    """Parse a finite number; `inf`, `nan`, `1e999` and words are usage errors naming `allowed`.
+
+    float() accepts "inf" and "nan", and "1e999" overflows to inf: any of them would reach a
+    socket or thread timeout and end in an OverflowError traceback instead of a clear error.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        msg = f"must be {allowed}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _timeout_seconds(text: str) -> float:
+    """Parse --timeout: a finite number of seconds, more than 0 and at most MAX_TIMEOUT."""
+    allowed = f"a number of seconds more than 0 and at most {MAX_TIMEOUT:g}"
+    value = _finite_number(text, allowed)
+    if not 0 < value <= MAX_TIMEOUT:
+        msg = f"must be {allowed}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """Parse a duration in seconds for argparse; zero, less, or not finite is a usage error."""
+    allowed = "a finite number of seconds more than 0"
+    value = _finite_number(text, allowed)
     if not value > 0:
-        msg = f"must be more than 0, not {text}"
+        msg = f"must be {allowed}, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
 
 def _percent(text: str) -> float:
     """Parse a share of maxmemory in percent (0 < p <= 100)."""
-    value = float(text)
+    allowed = "a percentage more than 0 and at most 100"
+    value = _finite_number(text, allowed)
     if not 0 < value <= 100:
-        msg = f"must be a percentage in (0, 100], not {text}"
+        msg = f"must be {allowed}, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -450,9 +539,7 @@ def config_from_args(
         _output_str(outputs, "result_backend_url"),
         environ.get(ENV_RESULT_BACKEND),
     )
-    if args.memory_warn > args.memory_fail:
-        msg = f"--memory-warn {args.memory_warn} is above --memory-fail {args.memory_fail}"
-        raise UsageError(msg)
+    memory_warn, memory_fail = _memory_thresholds(args, outputs)
     return CheckConfig(
         broker_url=broker_url,
         worker_url=worker_url or broker_url,
@@ -465,10 +552,31 @@ def config_from_args(
             or DEFAULT_VISIBILITY_TIMEOUT
         ),
         timeout=args.timeout,
-        memory_warn_percent=args.memory_warn,
-        memory_fail_percent=args.memory_fail,
+        memory_warn_percent=memory_warn,
+        memory_fail_percent=memory_fail,
         canary=not args.no_canary,
     )
+
+
+def _memory_thresholds(args: argparse.Namespace, outputs: Mapping[str, Any]) -> tuple[float, float]:
+    """Warning and failure shares of maxmemory, in percent: flag, else output, else default.
+
+    The stack exports the gate Job's own thresholds (checks.memory_*_ratio), so a person's
+    `check --stack` judges memory exactly as the Job that gated `pulumi up` did.
+    """
+    warn = _pick(args.memory_warn, _output_percent(outputs, "memory_warn_ratio"))
+    fail = _pick(args.memory_fail, _output_percent(outputs, "memory_fail_ratio"))
+    warn = DEFAULT_MEMORY_WARN_PERCENT if warn is None else warn
+    fail = DEFAULT_MEMORY_FAIL_PERCENT if fail is None else fail
+    if warn > fail:
+        origin = outputs.get("__origin__", "the defaults")
+        msg = (
+            f"memory warning threshold {warn:g}% is above the failure threshold {fail:g}% "
+            f"(from --memory-warn/--memory-fail, else {origin}); the warning must not be above "
+            "the failure"
+        )
+        raise UsageError(msg)
+    return warn, fail
 
 
 def _pick(flag: Any, output: Any) -> Any:
@@ -499,6 +607,15 @@ def _first_url(what: str, *candidates: str | None) -> str | None:
 def _validate_url(what: str, url: str) -> None:
     """Refuse URLs this check cannot use, naming the problem without the password."""
     masked = Masker([url])(url)
+    userinfo = _URL_USERINFO.match(url)
+    if userinfo and any(mark in userinfo["userinfo"] for mark in "/?#"):
+        # urlsplit ends the host at the first `/`, `?` or `#`: the password's tail would be
+        # read as the path, its head as the host or port, and shown in connection errors.
+        msg = (
+            f"{what} {masked!r}: the user or password (before the last @) holds an unencoded "
+            "/, ? or #; percent-encode them (/ as %2F, ? as %3F, # as %23, @ as %40)"
+        )
+        raise UsageError(msg)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -616,6 +733,25 @@ def _output_int(outputs: Mapping[str, Any], key: str) -> int | None:
         msg = f"{outputs['__origin__']}: output {key} must be a non-negative integer, not {value!r}"
         raise UsageError(msg)
     return value
+
+
+def _output_percent(outputs: Mapping[str, Any], key: str) -> float | None:
+    """Return a share output (a ratio, 0 < r <= 1) as a percentage, or None when absent."""
+    value = outputs.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= 1
+    ):
+        msg = (
+            f"{outputs['__origin__']}: output {key} must be a ratio more than 0 and at most 1, "
+            f"not {value!r}"
+        )
+        raise UsageError(msg)
+    return round(float(value) * 100, 6)
 
 
 def _output_persistence(outputs: Mapping[str, Any]) -> str | None:
@@ -774,10 +910,14 @@ def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> Bro
         client.ping()
         round_trip_ms = (time.monotonic() - started) * 1000
     except Exception as error:
-        measured, hint = _explain_connect_error(error, config.timeout)
+        if _is_loading(error):
+            measured, hint = _loading_progress(config.broker_url, deadline)
+        else:
+            measured, hint = _explain_connect_error(error, config.timeout)
         report.add("connect", FAIL, measured, expected, hint + "; later checks did not run")
         return None
     report.add("connect", PASS, f"PONG in {round_trip_ms:.1f} ms as user {user}", expected)
+    _check_default_user(report, config.broker_url, deadline)
     try:
         state = _read_broker_state(client, config.queues)
     except Exception as error:
@@ -795,6 +935,95 @@ def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> Bro
     _check_memory(report, state, config)
     _check_backlog(report, state, config)
     return state
+
+
+def _is_loading(error: Exception) -> bool:
+    """Whether Redis refused with `-LOADING` (redis-py's BusyLoadingError, a ConnectionError)."""
+    return type(error).__name__ == "BusyLoadingError" or str(error).startswith("LOADING")
+
+
+def _loading_progress(url: str, deadline: Deadline) -> tuple[str, str]:
+    """Say how far a loading broker is: INFO persistence answers while everything else is refused.
+
+    A loading broker accepts connections and AUTH, then answers `-LOADING` to PING and to
+    every command but a few (INFO among them) until its RDB or AOF is in memory.
+    """
+    hint = (
+        "Redis is reading its RDB/AOF into memory after a restart and refuses every client "
+        "until it is done (workers wait and reconnect); rerun the check when it finished"
+    )
+    try:
+        client = _redis_client(url, deadline.step())
+        try:
+            info = client.info("persistence")
+        finally:
+            client.close()
+    except Exception as error:
+        return f"loading its dataset (progress unknown: {type(error).__name__}: {error})", hint
+    if not int(info.get("loading", 0)):
+        return "was loading its dataset, finished since", "rerun the check"
+    percent = float(info.get("loading_loaded_perc", 0.0))
+    eta = info.get("loading_eta_seconds")
+    left = f", about {eta} s left" if eta is not None else ""
+    loaded = _megabytes(int(info.get("loading_loaded_bytes", 0)))
+    total = _megabytes(int(info.get("loading_total_bytes", 0)))
+    return f"loading its dataset: {percent:.1f}% loaded ({loaded} of {total}){left}", hint
+
+
+def _check_default_user(report: Report, url: str, deadline: Deadline) -> None:
+    """Fail when a client that sends no password is served: the `default` user is open.
+
+    Redis authenticates every new connection as `default`; unless that user is off or has a
+    password, anyone who reaches the port may run whatever it allows (read task bodies, FLUSHALL)
+    without the Secret. A broker that is safe answers `-NOAUTH` to an unauthenticated PING.
+    """
+    expected = "a client without password is refused (NOAUTH)"
+    hint = (
+        "the default user is on without a password: every client that reaches the port is "
+        "served without credentials; set `user default off` (or give it a password)"
+    )
+    try:
+        client = _redis_client(_without_credentials(url), deadline.step())
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as error:
+        name = type(error).__name__
+        if name in ("AuthenticationError", "AuthenticationRequiredError") or "NOAUTH" in str(error):
+            report.add("default-user", PASS, "NOAUTH: authentication required", expected)
+        elif name == "NoPermissionError" or "NOPERM" in str(error):
+            report.add(
+                "default-user",
+                FAIL,
+                f"served as user default, PING refused ({name}: {error})",
+                expected,
+                hint,
+            )
+        else:
+            report.add(
+                "default-user",
+                WARN,
+                f"could not tell ({name}: {error})",
+                expected,
+                "an unauthenticated PING neither succeeded nor was refused with NOAUTH",
+            )
+        return
+    report.add("default-user", FAIL, "PONG without any password", expected, hint)
+
+
+def _without_credentials(url: str) -> str:
+    """Return `url` without its userinfo and without credential options in its query."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        option
+        for option in parts.query.split("&")
+        if option
+        and not _SECRET_PARAM.match("&" + option)
+        and not option.lower().startswith(("username=", "user="))
+    )
+    return parts._replace(netloc=host, query=query).geturl()
 
 
 def _explain_connect_error(error: Exception, timeout: float) -> tuple[str, str]:
@@ -1463,12 +1692,100 @@ def print_report(report: Report, as_json: bool) -> None:
         print(format_table(report))
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def usage_error_report(message: str, mask: Masker) -> dict[str, Any]:
+    """Return the `brokercheck/v1` report of a run refused before any check ran (exit 2).
+
+    CI that pipes `--json` into `jq` gets a report whatever went wrong: one failed `usage`
+    entry whose `measured` is the (masked) error.
+    """
+    report = Report(target="", mask=mask)
+    report.add(
+        "usage",
+        FAIL,
+        message,
+        "a valid command line, environment and stack outputs",
+        "see --help for the options and the values they allow",
+    )
+    report.close()
+    return report.to_dict() | {"ok": False, "exit_code": EXIT_USAGE, "duration_seconds": 0.0}
+
+
+def emit_usage_error(message: str, as_json: bool, mask: Masker) -> str:
+    """Print the JSON report of a usage error when --json asks for it; return the masked text.
+
+    The caller prints the text on stderr (notes never go to stdout under --json).
+    """
+    text = mask(message)
+    if as_json:
+        print(json.dumps(usage_error_report(text, mask), indent=2, ensure_ascii=False))
+    return text
+
+
+def masker_for(values: Iterable[str | None], environ: Mapping[str, str] = os.environ) -> Masker:
+    """Return a Masker knowing every credential in `values` and in the default URL variables.
+
+    Built before the command line is fully understood, so that even its usage errors (a URL
+    given where a number was expected, an unknown argument that is a URL) never show one.
+    """
+    defaults = (environ.get(name) for name in (ENV_BROKER_URL, ENV_WORKER_URL, ENV_RESULT_BACKEND))
+    return Masker([*values, *defaults])
+
+
+def _args_masker(args: argparse.Namespace, environ: Mapping[str, str]) -> Masker:
+    """Return a Masker for every URL the options name, directly or through a variable."""
+    variables = (args.url_env, args.worker_url_env, args.result_backend_env)
+    named = [environ.get(variable) for variable in variables if variable]
+    return masker_for([args.url, args.worker_url, args.result_backend, *named], environ)
+
+
+def _asks_for_json(argv: Sequence[str]) -> bool:
+    """Whether raw arguments include --json (argparse also accepts its prefixes, e.g. --js)."""
+    return any(len(arg) > 2 and "--json".startswith(arg) for arg in argv)
+
+
+class CheckArgumentParser(argparse.ArgumentParser):
+    """argparse with the check's usage-error contract.
+
+    Plain argparse prints its errors verbatim (`unrecognized arguments: redis://u:pw@h`,
+    `invalid value: 'redis://...'`), on stderr only. Here every error is masked, is also a
+    JSON report on stdout under --json, and ends with exit status 2; arguments left over are
+    an error of this parser, not passed up to a parent parser that would print them raw.
+    """
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse like argparse, but refuse leftovers here, where they are masked."""
+        self._argv = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, []
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Print the masked error (and its JSON report with --json), exit with status 2."""
+        text = emit_usage_error(message, _asks_for_json(self._argv), masker_for(self._argv))
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: usage error: {text}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def run_from_args(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
     """Run the check for parsed arguments, print the report, return the exit status.
 
-    Raises UsageError (message already masked) for bad input; the caller maps it to 2.
+    Raises UsageError for bad input, its message masked and, with --json, its JSON report
+    already on stdout; the caller prints the message on stderr and exits with status 2.
     """
-    config = config_from_args(args)
+    mask = _args_masker(args, environ)
+    try:
+        config = config_from_args(args, environ)
+    except UsageError as error:
+        raise UsageError(emit_usage_error(str(error), args.json, mask)) from None
+    except Exception as error:  # e.g. an unreadable outputs file: still masked, still exit 2
+        message = f"could not read the check's configuration: {type(error).__name__}: {error}"
+        raise UsageError(emit_usage_error(message, args.json, mask)) from None
     configure_logging(config.masker())
     report = run_checks(config)
     print_report(report, args.json)
@@ -1477,7 +1794,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def build_parser(prog: str = "brokercheck.py") -> argparse.ArgumentParser:
     """Return the stand-alone parser (the in-cluster Job runs this file directly)."""
-    parser = argparse.ArgumentParser(
+    parser = CheckArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_options(parser)
@@ -1489,12 +1806,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
+    except SystemExit as exit_request:  # --help (0) or a usage error, already printed (2)
         return int(exit_request.code or 0)
     try:
         return run_from_args(args)
     except UsageError as error:
-        print(f"brokercheck: usage error: {Masker()(error)}", file=sys.stderr)
+        print(f"brokercheck: usage error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
 

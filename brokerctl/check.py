@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=brokercheck.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # add_parser builds the parent's parser class; the check's own class masks passwords in
+    # argparse's errors, prints them as a JSON report under --json, and keeps leftover
+    # arguments (a URL typed without --url) from reaching the parent, which prints them raw.
+    parser.__class__ = brokercheck.CheckArgumentParser
     brokercheck.add_options(parser)
     parser.set_defaults(handler=handle)
 
@@ -31,5 +35,5 @@ def handle(args: argparse.Namespace) -> int:
     try:
         return brokercheck.run_from_args(args)
     except brokercheck.UsageError as error:
-        message = f"check: {error}"
+        message = f"check: usage error: {error}"
         raise CommandError(message, EXIT_USAGE) from None

@@ -1,6 +1,6 @@
 """The broker check against a healthy broker with real workers.
 
-Everything passes, quickly, with a stable JSON schema, whether URLs come from argv, the
+Everything passes, with a stable JSON schema, whether URLs come from argv, the
 environment or stack outputs, and the check leaves no key behind.
 """
 
@@ -27,6 +27,7 @@ REPORT_KEYS = {"schema", "ok", "exit_code", "target", "duration_seconds", "summa
 CHECK_KEYS = {"name", "status", "measured", "expected", "hint"}
 HEALTHY_CHECKS = {
     "connect",
+    "default-user",
     "persistence",
     "persistence-status",
     "eviction-policy",
@@ -105,19 +106,24 @@ def test_table_report_is_for_people_and_hides_passwords(deployment: Deployment) 
 
     assert run.returncode == 0, run.output
     assert run.stdout.startswith("CHECK"), f"table header missing:\n{run.stdout}"
-    assert "OK: 11 passed, 0 warnings, 0 failed" in run.stdout, run.stdout
+    assert "OK: 12 passed, 0 warnings, 0 failed" in run.stdout, run.stdout
     for password in (PROBE_PASSWORD, CELERY_PASSWORD):
         assert password not in run.output, "a password was printed"
 
 
-def test_healthy_check_finishes_well_within_celery_inspect_ping_default(
-    deployment: Deployment,
-) -> None:
-    run = run_check(*deployment.urls.args(), "--expect-workers", "1", "--json")
+def test_healthy_check_stops_waiting_once_every_worker_answered(deployment: Deployment) -> None:
+    """Replies are collected until the expected workers answered, not for a fixed window.
+
+    `celery inspect ping` waits its whole timeout; with a --timeout far beyond the test's own
+    guard, only that early stop lets the run end. How fast it ends is bench/check.py's figure.
+    """
+    run = run_check(
+        *deployment.urls.args(), "--expect-workers", "1", "--timeout", "600", "--json",
+        timeout=120,
+    )  # fmt: skip
 
     assert run.returncode == 0, run.output
-    # `celery inspect ping` alone waits its whole 1 s default timeout, plus start-up.
-    assert run.seconds < 1.5, f"a healthy check took {run.seconds:.2f} s"
+    assert "timeout" not in run.statuses(), run.stdout
 
 
 def test_canary_runs_on_a_worker_whose_app_defines_no_task(deployment: Deployment) -> None:
