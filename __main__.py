@@ -30,3 +30,6 @@ pulumi.export("result_backend_url", broker.result_backend_url)  # secret
 pulumi.export("check_url", broker.check_url)  # secret: the read-only probe user
 pulumi.export("pools", pools.summary)
 pulumi.export("expect_workers", pools.expected_workers)
+# The gate Job's memory thresholds, so `brokerctl check --stack` judges memory alike.
+pulumi.export("memory_warn_ratio", settings.checks.memory_warn_ratio)
+pulumi.export("memory_fail_ratio", settings.checks.memory_fail_ratio)
