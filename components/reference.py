@@ -45,30 +45,70 @@ def _type_name(annotation: object) -> str:
     return getattr(annotation, "__name__", str(annotation)).removesuffix("Settings")
 
 
-def _default(info: FieldInfo) -> str:
+def _default_value(info: FieldInfo) -> object:
+    """Return what a field takes when a stack file leaves it out (PydanticUndefined: required)."""
     if info.default_factory is not None:
-        value = info.default_factory()
-        if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-            return json.dumps([v.model_dump(mode="json", exclude_defaults=True) for v in value])
-        if isinstance(value, BaseModel):
-            changed = value.model_dump(mode="json", exclude_defaults=True)
-            return json.dumps(changed) if changed else "(see below)"
-        return json.dumps(value)
-    if info.default is PydanticUndefined:
+        return info.get_default(call_default_factory=True, validated_data={})
+    return info.default
+
+
+def _default(value: object) -> str:
+    """Show a default as a person would write it in a stack file."""
+    if value is PydanticUndefined:
         return "(required)"
-    return json.dumps(info.default)
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return json.dumps([v.model_dump(mode="json", exclude_defaults=True) for v in value])
+    return json.dumps(value)
 
 
 def rows(
-    model: type[BaseModel] = StackSettings, prefix: str = ""
+    model: type[BaseModel] = StackSettings,
+    prefix: str = "",
+    defaults: BaseModel | None = None,
 ) -> Iterator[tuple[str, str, str, str]]:
-    """(key path, type, default, description) for every setting, sections before their fields."""
+    """(key path, type, default, description) for every setting, sections before their fields.
+
+    `defaults` is the parent's default for this section, when it has one: a section shared by
+    several parents (`Resources`) has a different default under each, and the row must show
+    the one that applies there (`broker.resources.memory_request` is 1Gi, not the class's
+    256Mi). Fields of a list item (`[]`) take the item model's own defaults.
+    """
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}" if prefix else name
         nested, is_list = _nested_model(info.annotation)
-        yield (path, _type_name(info.annotation), _default(info), info.description or "")
-        if nested is not None:
-            yield from rows(nested, f"{path}[]." if is_list else f"{path}.")
+        value = getattr(defaults, name) if defaults is not None else _default_value(info)
+        # A section's default is spelled out field by field in the rows that follow it.
+        shown = "(see below)" if nested is not None and not is_list else _default(value)
+        yield (path, _type_name(info.annotation), shown, info.description or "")
+        if nested is None:
+            continue
+        if is_list:
+            yield from rows(nested, f"{path}[].")
+        else:
+            yield from rows(nested, f"{path}.", value if isinstance(value, BaseModel) else None)
+
+
+SECRETS: dict[str, tuple[str, str]] = {
+    "broker_password": (
+        "generated",
+        "Password of the `celery` user (workers, beat, results). Set with "
+        "`pulumi config set --secret broker_password ...`; otherwise generated once by the "
+        "program and kept in state, stable across updates.",
+    ),
+    "broker_password_previous": (
+        "unset",
+        "Only while rotating the broker password: the old `broker_password`, which the "
+        "`celery` user keeps accepting until every worker runs the new one; remove it "
+        "afterwards (see 'Rotating the broker password'). Never generated.",
+    ),
+    "probe_password": (
+        "generated",
+        "Password of the read-only `probe` user (probes, check, KEDA, exporter). Set with "
+        "`pulumi config set --secret probe_password ...`; otherwise generated once by the "
+        "program and kept in state, stable across updates.",
+    ),
+}
+"""Each credential's default and meaning (tests/unit checks `generated` against the program)."""
 
 
 def reference_markdown() -> str:
@@ -87,8 +127,6 @@ def reference_markdown() -> str:
         cells = [f"`{path}`", f"`{type_name}`", f"`{default}`", description]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     for key in SECRET_KEYS:
-        lines.append(
-            f"| `{key}` | secret | generated | Set with `pulumi config set --secret {key} ...`; "
-            "otherwise generated once by the program and kept in state. |"
-        )
+        default, description = SECRETS[key]
+        lines.append(f"| `{key}` | secret | {default} | {description} |")
     return "\n".join(lines) + "\n"
