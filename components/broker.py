@@ -36,6 +36,9 @@ from components.settings import StackSettings
 COMPONENT = "redis"
 CELERY_USER = redis_config.CELERY_USER
 PROBE_USER = redis_config.PROBE_USER
+CHECK_USER = redis_config.CHECK_USER
+KEDA_USER = redis_config.KEDA_USER
+EXPORTER_USER = redis_config.EXPORTER_USER
 
 # Keys of the client Secret: the names Celery reads from the environment, so a worker can
 # take them with envFrom or secretKeyRef without renaming.
@@ -47,6 +50,9 @@ CHECK_URL_KEY = "BROKER_CHECK_URL"
 CELERY_PASSWORD_KEY = redis_config.CELERY_PASSWORD_FILE
 CELERY_PREVIOUS_PASSWORD_KEY = redis_config.CELERY_PREVIOUS_PASSWORD_FILE
 PROBE_PASSWORD_KEY = redis_config.PROBE_PASSWORD_FILE
+CHECK_PASSWORD_KEY = redis_config.CHECK_PASSWORD_FILE
+KEDA_PASSWORD_KEY = redis_config.KEDA_PASSWORD_FILE
+EXPORTER_PASSWORD_KEY = redis_config.EXPORTER_PASSWORD_FILE
 PREVIOUS_PASSWORD_CONFIG = "broker_password_previous"  # noqa: S105 - a config key's name
 
 CONTAINER = "redis"
@@ -287,7 +293,12 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
         name=CONTAINER,
         image=broker.image,
         # sh execs redis-server, so Redis is PID 1 and gets SIGTERM itself.
-        command=["sh", "-c", redis_config.start_script(tls=tls), "redis-start"],
+        command=[
+            "sh",
+            "-c",
+            redis_config.start_script(tls=tls, queues=metrics.configured_queues(settings)),
+            "redis-start",
+        ],
         resources=broker.resources,
         env=_env(
             settings,
@@ -319,7 +330,7 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
 
 
 def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
-    """Return the sidecar that applies changed users and TLS Secrets to the running Redis.
+    """Return the sidecar that applies changed users and TLS Secrets and kills runaway scripts.
 
     Same image as Redis (sh, sha256sum, redis-cli); it reaches Redis on loopback as the
     pod-local `reloader` user whose password the start script made. A stuck loop fails its
@@ -329,7 +340,14 @@ def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
     return hardened_container(
         name=RELOADER_CONTAINER,
         image=broker.image,
-        command=["sh", "-c", redis_config.reloader_script(tls=settings.tls.enabled), "reloader"],
+        command=[
+            "sh",
+            "-c",
+            redis_config.reloader_script(
+                tls=settings.tls.enabled, queues=metrics.configured_queues(settings)
+            ),
+            "reloader",
+        ],
         resources=broker.reloader_resources,
         env=_env(
             settings,
@@ -483,23 +501,38 @@ def service_spec(settings: StackSettings, *, headless: bool) -> k8s.core.v1.Serv
     )
 
 
+def namespace_peer(namespace: str) -> k8s.meta.v1.LabelSelectorArgs:
+    """Select one namespace by the name label the API server sets on every namespace."""
+    return k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": namespace})
+
+
+def _port_rule(
+    port: int, peer: k8s.networking.v1.NetworkPolicyPeerArgs
+) -> k8s.networking.v1.NetworkPolicyIngressRuleArgs:
+    """Admit `peer` to one TCP port of the broker pod."""
+    return k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+        from_=[peer],
+        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=port, protocol="TCP")],
+    )
+
+
 def ingress_rules(
     settings: StackSettings, extra: Sequence[k8s.networking.v1.NetworkPolicyIngressRuleArgs] = ()
 ) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
     """Who may reach the broker: this release's pods labelled as broker clients, Redis port only.
 
-    Hook: the metrics exporter (a later issue) passes its own rule in `extra` (its port, from
-    the monitoring namespace) instead of widening this one.
+    Pod and namespace selector in one peer (both must match): only pods in the stack's own
+    namespace count, however a pod elsewhere is labelled. Whoever may create pods there can
+    label one as a client, and could as well mount the broker's Secrets: the label marks
+    intent, the passwords are the boundary (README: "Who reaches the broker").
+    Other admitted peers (KEDA, Prometheus) come in `extra`, each with its own rule.
     """
-    clients = k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-        from_=[
-            k8s.networking.v1.NetworkPolicyPeerArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(
-                    match_labels=broker_client_labels(settings)
-                )
-            )
-        ],
-        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=settings.broker.port, protocol="TCP")],
+    clients = _port_rule(
+        settings.broker.port,
+        k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=namespace_peer(settings.namespace),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=broker_client_labels(settings)),
+        ),
     )
     return [clients, *extra]
 
@@ -507,38 +540,30 @@ def ingress_rules(
 def extra_ingress_rules(
     settings: StackSettings,
 ) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
-    """Who else may connect: KEDA's operator to Redis, Prometheus to the exporter port only."""
+    """Who else may connect: KEDA's operator to Redis, the monitoring namespace to the exporter.
+
+    The exporter serves numbers only, but they tell queue names and backlogs: only the
+    namespace Prometheus runs in (`metrics.monitoring_namespace`) may scrape them.
+    """
     rules = []
     if any(
         p.autoscaling.enabled and p.autoscaling.engine == "keda" for p in settings.workers.pools
     ):
         rules.append(
-            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                from_=[
-                    k8s.networking.v1.NetworkPolicyPeerArgs(
-                        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                            match_labels={
-                                "kubernetes.io/metadata.name": settings.workers.keda_namespace
-                            }
-                        )
-                    )
-                ],
-                ports=[
-                    k8s.networking.v1.NetworkPolicyPortArgs(
-                        port=settings.broker.port, protocol="TCP"
-                    )
-                ],
+            _port_rule(
+                settings.broker.port,
+                k8s.networking.v1.NetworkPolicyPeerArgs(
+                    namespace_selector=namespace_peer(settings.workers.keda_namespace)
+                ),
             )
         )
     if settings.metrics.exporter_enabled:
-        # The exporter serves numbers only (no keys, no values); any scraper may read them.
         rules.append(
-            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                ports=[
-                    k8s.networking.v1.NetworkPolicyPortArgs(
-                        port=settings.metrics.exporter_port, protocol="TCP"
-                    )
-                ]
+            _port_rule(
+                settings.metrics.exporter_port,
+                k8s.networking.v1.NetworkPolicyPeerArgs(
+                    namespace_selector=namespace_peer(settings.metrics.monitoring_namespace)
+                ),
             )
         )
     return rules
@@ -568,19 +593,35 @@ class RedisBroker(pulumi.ComponentResource):
         celery_password = self._password(
             "broker_password", "broker-celery-password", secrets, child
         )
+        # One generated password per reader: each reaches only the client that needs it (the
+        # kubelet's probes, the check, KEDA, the exporter), so none can pass for another.
         probe_password = self._password("probe_password", "broker-probe-password", secrets, child)
+        check_password = self._password("check_password", "broker-check-password", secrets, child)
+        keda_password = self._password("keda_password", "broker-keda-password", secrets, child)
+        exporter_password = self._password(
+            "exporter_password", "broker-exporter-password", secrets, child
+        )
         self.celery_password = celery_password
         self.probe_password = probe_password
+        self.check_password = check_password
+        self.keda_password = keda_password
+        self.exporter_password = exporter_password
 
         self.broker_url = self._client_url(CELERY_USER, celery_password, broker.broker_db)
         self.result_backend_url = self._client_url(CELERY_USER, celery_password, broker.result_db)
-        self.check_url = self._client_url(PROBE_USER, probe_password, broker.broker_db)
+        self.check_url = self._client_url(CHECK_USER, check_password, broker.broker_db)
 
-        users = {CELERY_PASSWORD_KEY: celery_password, PROBE_PASSWORD_KEY: probe_password}
+        users = {
+            CELERY_PASSWORD_KEY: celery_password,
+            PROBE_PASSWORD_KEY: probe_password,
+            CHECK_PASSWORD_KEY: check_password,
+            KEDA_PASSWORD_KEY: keda_password,
+            EXPORTER_PASSWORD_KEY: exporter_password,
+        }
         if settings.metrics.exporter_enabled:
-            # redis_exporter reads the probe password from a JSON map keyed by address.
+            # redis_exporter reads its password from a JSON map keyed by address.
             users[metrics.PASSWORD_MAP_KEY] = metrics.exporter_password_map(
-                settings, probe_password
+                settings, exporter_password
             )
         if PREVIOUS_PASSWORD_CONFIG in secrets:
             # A rotation in progress: the celery user accepts the old password as well.

@@ -1,9 +1,11 @@
 r"""Broker metrics: the redis_exporter sidecar, its Service, scrape config and alert rules.
 
 Why a sidecar: it reaches Redis on localhost, so the broker port never opens to the monitoring
-namespace (the NetworkPolicy admits only the metrics port), and it lives and dies with the pod
-it describes. It authenticates as the read-only `probe` user (components/redis_config.py), so a
-leaked scrape credential writes nothing.
+namespace (the NetworkPolicy admits only the metrics port, and only from
+`metrics.monitoring_namespace`), and it lives and dies with the pod it describes. It
+authenticates as its own `exporter` user (components/redis_config.py): sizes, INFO, CONFIG GET
+and its script on the stack's queue keys, so a leaked scrape credential writes nothing and
+reads no task.
 
 What Prometheus can see through it, and so what the alerts can say:
 - INFO and CONFIG GET: up/down, memory against maxmemory, rejected connections, AOF/RDB status.
@@ -13,9 +15,12 @@ What Prometheus can see through it, and so what the alerts can say:
   (an empty list is deleted) are exported as 0, so every queue always has a series.
 - The age of the oldest unacknowledged message needs a Lua script (`--script`): kombu keeps
   delivered messages in the `unacked` hash and their delivery time in the `unacked_index`
-  sorted set, which no single read command turns into an age. The exporter runs scripts with
-  EVAL and reports any script error as `redis_up 0`, so the script (and its alert) is enabled
-  only when the probe user's ACL grants `eval`; see `probe_may_run_scripts`.
+  sorted set, which no single read command turns into an age. The script reads the index
+  only: which queue a message came from is written inside the message, and the exporter user
+  may not read messages (they carry whole task bodies). So the age is the broker's, and its
+  alert compares it with the longest any pool allows. The exporter runs scripts with EVAL and
+  reports any script error as `redis_up 0`, so the script (and its alert) is enabled only when
+  the exporter user's ACL grants `eval`; see `exporter_may_run_scripts`.
 - Consumers are invisible to Redis as such: a worker is one of many BRPOP clients, and
   `_kombu.binding.*` sets outlive the workers that created them. The alert for a queue nobody
   consumes is therefore behavioural: tasks waited for longer than the pool's hard time limit
@@ -47,7 +52,7 @@ COMPONENT = "redis-metrics"
 PORT_NAME = "metrics"
 METRICS_PATH = "/metrics"
 HEALTH_PATH = "/health"
-PROBE_USER = redis_config.PROBE_USER
+EXPORTER_USER = redis_config.EXPORTER_USER
 
 PASSWORD_MAP_KEY = "exporter-password-map.json"  # noqa: S105 - a Secret key name, not a password
 """Key the broker adds to its users Secret: `exporter_password_map(...)`, a JSON object."""
@@ -59,11 +64,9 @@ SCRIPT_KEY = "celery-unacked.lua"
 """Key of the script in the ConfigMap the broker creates from `exporter_script_data(settings)`."""
 
 MONITORING_API = "monitoring.coreos.com/v1"
-KOMBU_UNACKED_INDEX = "unacked_index"
-"""kombu's sorted set of delivered, unacknowledged messages (score: delivery time)."""
-KOMBU_UNACKED = "unacked"
-"""kombu's hash of those messages: delivery tag -> JSON `[message, exchange, routing_key]`."""
-OLDEST_UNACKED_PREFIX = "oldest_unacked_delivered_at:"
+KOMBU_UNACKED_INDEX = redis_config.KOMBU_UNACKED_INDEX
+KOMBU_UNACKED = redis_config.KOMBU_UNACKED
+OLDEST_UNACKED_KEY = "oldest_unacked_delivered_at"
 QUEUE_DEPTH_RECORD = "queue:redis_key_size:sum"
 """Recorded series: a queue's waiting tasks, its priority lists summed, labelled `queue`."""
 SECRET_FILE_MODE = redis_config.SECRET_FILE_MODE
@@ -94,39 +97,35 @@ def check_single_keys(settings: StackSettings) -> str:
     return ",".join(f"db{settings.broker.broker_db}={quote(key, safe='')}" for key in keys)
 
 
-def probe_may_run_scripts() -> bool:
-    """Whether the probe user's ACL grants EVAL, which the exporter's `--script` needs.
+def exporter_may_run_scripts() -> bool:
+    """Whether the exporter user's ACL grants EVAL, which the exporter's `--script` needs.
 
     Without it every scrape would fail (the exporter turns a script error into `redis_up 0`),
-    so the oldest-unacked script and its alert appear only once redis_config grants `eval`.
+    so the oldest-unacked script and its alert appear only while redis_config grants `eval`.
     """
-    granted = {command for commands in redis_config.PROBE_COMMANDS.values() for command in commands}
+    granted = {
+        command for commands in redis_config.EXPORTER_COMMANDS.values() for command in commands
+    }
     return "eval" in granted
 
 
 def unacked_script(settings: StackSettings) -> str:
-    """Lua for `--script`: the oldest unacknowledged message's delivery time and its queue.
+    """Lua for `--script`: how many messages are unacknowledged and the oldest one's delivery.
 
     `no-writes` lets Redis run it while the broker is full (OOM) and under a read-only user.
-    Only the tail of the oldest message is inspected for its routing key: a message can carry
-    a whole PDF, and copying every unacked message on each scrape would cost more than the
-    answer is worth. Celery routes a task to the queue named by its routing key.
+    It reads kombu's index only (delivery tags and times), never a message: the exporter user
+    may not (messages carry whole task bodies), so the script cannot tell the message's queue.
     """
     return "\n".join(
         [
             "#!lua flags=no-writes",
-            "-- Rendered by components/metrics.py; run by redis_exporter as the probe user.",
+            "-- Rendered by components/metrics.py; run by redis_exporter as the exporter user.",
             f"redis.call('SELECT', '{settings.broker.broker_db}')",
             f"local count = redis.call('ZCARD', '{KOMBU_UNACKED_INDEX}')",
             "local result = {'unacked_messages', tostring(count)}",
             f"local oldest = redis.call('ZRANGE', '{KOMBU_UNACKED_INDEX}', 0, 0, 'WITHSCORES')",
             "if #oldest == 2 then",
-            "  local queue = 'unknown'",
-            f"  local entry = redis.call('HGET', '{KOMBU_UNACKED}', oldest[1])",
-            "  if entry then",
-            '    queue = string.match(string.sub(entry, -1024), \'"([^"]*)"%s*%]%s*$\') or queue',
-            "  end",
-            f"  table.insert(result, '{OLDEST_UNACKED_PREFIX}' .. queue)",
+            f"  table.insert(result, '{OLDEST_UNACKED_KEY}')",
             "  table.insert(result, oldest[2])",
             "end",
             "return result",
@@ -136,8 +135,8 @@ def unacked_script(settings: StackSettings) -> str:
 
 
 def exporter_script_data(settings: StackSettings) -> dict[str, str]:
-    """ConfigMap data holding the script, or nothing when the probe user may not run scripts."""
-    return {SCRIPT_KEY: unacked_script(settings)} if probe_may_run_scripts() else {}
+    """ConfigMap data holding the script, or nothing when the exporter may not run scripts."""
+    return {SCRIPT_KEY: unacked_script(settings)} if exporter_may_run_scripts() else {}
 
 
 # --- the sidecar --------------------------------------------------------------------------
@@ -150,7 +149,7 @@ def exporter_redis_address(settings: StackSettings) -> str:
 
 
 def exporter_password_map(
-    settings: StackSettings, probe_password: pulumi.Input[str]
+    settings: StackSettings, exporter_password: pulumi.Input[str]
 ) -> pulumi.Output[str]:
     """Return the `--redis.password-file` content: JSON mapping the Redis address to the password.
 
@@ -159,7 +158,7 @@ def exporter_password_map(
     both spellings are listed and any pinned release finds its entry.
     """
     return pulumi.Output.secret(
-        pulumi.Output.from_input(probe_password).apply(
+        pulumi.Output.from_input(exporter_password).apply(
             lambda password: password_map_json(settings, password)
         )
     )
@@ -168,7 +167,7 @@ def exporter_password_map(
 def password_map_json(settings: StackSettings, password: str) -> str:
     """Return the password file's text for a resolved password (see `exporter_password_map`)."""
     address = exporter_redis_address(settings)
-    with_user = address.replace("://", f"://{PROBE_USER}@", 1)
+    with_user = address.replace("://", f"://{EXPORTER_USER}@", 1)
     return json.dumps({address: password, with_user: password}, sort_keys=True)
 
 
@@ -182,7 +181,7 @@ def exporter_args(settings: StackSettings, tls_ca_file: str | None = None) -> li
     timeout = max(1, scrape_timeout_seconds(settings) // 2)
     args = [
         f"--redis.addr={exporter_redis_address(settings)}",
-        f"--redis.user={PROBE_USER}",
+        f"--redis.user={EXPORTER_USER}",
         f"--redis.password-file={PASSWORD_DIR}/{PASSWORD_MAP_KEY}",
         f"--web.listen-address=:{settings.metrics.exporter_port}",
         f"--web.telemetry-path={METRICS_PATH}",
@@ -191,13 +190,13 @@ def exporter_args(settings: StackSettings, tls_ca_file: str | None = None) -> li
         f"--check-single-keys={check_single_keys(settings)}",
         # Queue lists are not strings; never GET a value into a label.
         "--disable-exporting-key-values",
-        # The probe user may not run CLIENT SETNAME or LATENCY HISTOGRAM: skip, not fail.
+        # The exporter user may not run CLIENT SETNAME or LATENCY HISTOGRAM: skip, not fail.
         "--set-client-name=false",
         "--exclude-latency-histogram-metrics",
         # Only the broker's numbers; the exporter's Go runtime is not what anyone pages on.
         "--redis-only-metrics",
     ]
-    if probe_may_run_scripts():
+    if exporter_may_run_scripts():
         args.append(f"--script={SCRIPT_DIR}/{SCRIPT_KEY}")
     if settings.tls.enabled:
         if tls_ca_file is None:
@@ -236,7 +235,7 @@ def exporter_container(
     mounts = [
         k8s.core.v1.VolumeMountArgs(name=PASSWORD_VOLUME, mount_path=PASSWORD_DIR, read_only=True)
     ]
-    if probe_may_run_scripts():
+    if exporter_may_run_scripts():
         mounts.append(
             k8s.core.v1.VolumeMountArgs(name=SCRIPT_VOLUME, mount_path=SCRIPT_DIR, read_only=True)
         )
@@ -265,7 +264,7 @@ def exporter_volumes(
 
     Projecting the one key keeps the Celery user's password out of the exporter's filesystem.
     `script_config_map_name` is the ConfigMap holding `exporter_script_data(settings)`; it is
-    needed only while `probe_may_run_scripts()`.
+    needed only while `exporter_may_run_scripts()`.
     """
     volumes = [
         k8s.core.v1.VolumeArgs(
@@ -277,10 +276,10 @@ def exporter_volumes(
             ),
         )
     ]
-    if probe_may_run_scripts():
+    if exporter_may_run_scripts():
         if script_config_map_name is None:
             message = (
-                "exporter_volumes: the probe user may run scripts; pass script_config_map_name"
+                "exporter_volumes: the exporter user may run scripts; pass script_config_map_name"
             )
             raise ValueError(message)
         volumes.append(
@@ -436,6 +435,8 @@ def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
             ),
         ),
     ]
+    if exporter_may_run_scripts():
+        rules.append(oldest_unacked_rule(settings))
     return rules + persistence_rules(settings)
 
 
@@ -515,33 +516,33 @@ def pool_rules(settings: StackSettings, pool: PoolSettings) -> list[dict[str, An
             extra_labels=pool_label,
         ),
     ]
-    if probe_may_run_scripts():
-        rules.append(oldest_unacked_rule(settings, pool))
     return rules
 
 
-def oldest_unacked_rule(settings: StackSettings, pool: PoolSettings) -> dict[str, Any]:
-    """Return a delivered task of this pool unacknowledged for longer than its threshold."""
-    threshold = oldest_unacked_threshold(pool)
-    prefix = re.escape(OLDEST_UNACKED_PREFIX)
-    delivered = (
-        f"label_replace(redis_script_values{{{_selector(settings)},key=~`{prefix}({_alternatives(pool.queues)})`}},"
-        f' "queue", "$1", "key", `{prefix}(.+)`)'
-    )
+def oldest_unacked_rule(settings: StackSettings) -> dict[str, Any]:
+    """Return a delivered task unacknowledged for longer than any pool allows.
+
+    Broker-wide: the exporter may not read the message that names its queue (see the module
+    docstring), so the oldest delivery is compared with the longest pool threshold. A task
+    older than that is held past every pool's limit, whichever pool runs it.
+    """
+    threshold = max(oldest_unacked_threshold(pool) for pool in settings.workers.pools)
+    delivered = f'redis_script_values{{{_selector(settings)},key="{OLDEST_UNACKED_KEY}"}}'
     return _rule(
         "CeleryTaskUnackedTooLong",
         f"time() - {delivered} > {threshold}",
         duration=None,
         severity="warning",
         summary=(
-            f"A task of pool {pool.name} has been delivered but unacknowledged for over "
-            f"{threshold} s; at {settings.visibility_timeout} s Redis redelivers it (runs twice)."
+            f"A task has been delivered but unacknowledged for over {threshold} s, longer than "
+            f"any pool allows; at {settings.visibility_timeout} s Redis redelivers it (runs twice)."
         ),
         runbook=(
             "Find the worker holding it (`celery inspect active`/`reserved`); a hung task needs "
-            "a time limit, a dead worker's tasks come back at the visibility timeout."
+            "a time limit, a dead worker's tasks come back at the visibility timeout. "
+            "Threshold: the longest workers.pools[].alert_oldest_unacked_seconds "
+            "(default: time_limit)."
         ),
-        extra_labels={"pool": pool.name},
     )
 
 

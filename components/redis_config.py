@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
+from components import celery_config
 from components.quantities import memory_bytes
 from components.settings import StackSettings
 
@@ -45,6 +47,9 @@ CELERY_PASSWORD_FILE = "celery-password"  # noqa: S105 - a file name, not a pass
 CELERY_PREVIOUS_PASSWORD_FILE = "celery-password-previous"  # noqa: S105 - a file name
 """Present only during a password rotation: the old password the celery user still accepts."""
 PROBE_PASSWORD_FILE = "probe-password"  # noqa: S105 - a file name, not a password
+CHECK_PASSWORD_FILE = "check-password"  # noqa: S105 - a file name, not a password
+KEDA_PASSWORD_FILE = "keda-password"  # noqa: S105 - a file name, not a password
+EXPORTER_PASSWORD_FILE = "exporter-password"  # noqa: S105 - a file name, not a password
 
 # The TLS Secret's keys, as kubernetes.io/tls Secrets and cert-manager name them.
 TLS_DIR = "/etc/redis-tls"
@@ -59,6 +64,8 @@ RELOADER_COMMANDS: dict[str, tuple[str, ...]] = {
     "acl": ("acl|setuser",),
     # Re-read renewed TLS files: Redis reloads them on CONFIG SET, even to the same path.
     "tls": ("config|set",),
+    # The script watchdog: the only user that may stop a script another user started.
+    "watchdog": ("script|kill",),
     "connection": ("ping",),
 }
 """The pod-local admin of the reloader sidecar: exactly what applying a change needs."""
@@ -106,28 +113,69 @@ CELERY_COMMANDS: dict[str, tuple[str, ...]] = {
     "results": ("set", "setex", "get", "mget", "expire", "pttl", "incr", "lrange", "zcount"),
 }
 
-# The probe user: Kubernetes probes (PING, INFO), `brokerctl check`, KEDA and the exporter.
-# Only read commands are granted, so even a leaked probe password writes nothing. Keys are
-# `~*`, not `%R~*`: Redis treats EVAL's key arguments as read-write, and KEDA's scaler passes
-# the list as KEYS[1]; every command a script runs is still checked against this list.
+# Readers. None of them may read a value: no GET, HGET, LRANGE, LINDEX, SORT, DUMP, SCAN of
+# hashes; kombu's `unacked` hash and the queue lists hold whole task bodies (PDFs). Each gets
+# sizes, INFO and CONFIG GET at most, and only the one that runs Lua (KEDA, the exporter) may
+# EVAL: ACL rules apply to every command inside a script, so a script reads no more than its
+# user could directly. A script can still loop forever; busy-reply-threshold and the reloader's
+# watchdog (SCRIPT KILL) bound that, and a reader's script cannot write, so it stays killable.
+
+# The probe user: the kubelet's probes in the broker pod (redis-cli: AUTH, PING, INFO).
 PROBE_COMMANDS: dict[str, tuple[str, ...]] = {
-    # redis-py 8 handshake; redis-cli in the probes sends only AUTH.
+    "connection": ("hello", "ping"),
+    "health": ("info",),
+}
+
+# The check user: `brokerctl check` and the gate Job (brokerctl/brokercheck.py,
+# `_read_broker_state`): INFO, CONFIG GET appendfsync/save, LLEN of every queue's lists and
+# ZCARD of kombu's unacked index on any key (sizes only, so `check --pool` works for any
+# queue), and ZRANGE of the index's oldest entry (delivery tag and time) through a selector
+# restricted to that one key. Its canary and control commands run as the celery user.
+CHECK_COMMANDS: dict[str, tuple[str, ...]] = {
     "connection": ("hello", "ping", "select"),
-    # Health: INFO for loading/persistence/memory, CONFIG GET for appendfsync and save.
     "health": ("info", "config|get"),
-    # KEDA's redis scaler reads a list's length through EVAL of a small Lua script, and the
-    # exporter's unacked-age script runs by EVAL too. ACL rules still apply inside scripts,
-    # so a script can read, never write; lua-time-limit bounds a runaway one.
+    "sizes": ("llen", "zcard"),
+}
+CHECK_INDEX_COMMANDS = ("zrange",)
+"""Granted to the check user on kombu's `unacked_index` only (an ACL selector)."""
+
+# The KEDA user: KEDA's redis scaler PINGs on connect, then EVALs a script that calls TYPE and,
+# for a list (or a missing key), LLEN on KEYS[1]; only the stack's queue lists are its keys.
+KEDA_COMMANDS: dict[str, tuple[str, ...]] = {
+    "connection": ("hello", "ping", "select"),
     "scripts": ("eval",),
-    # Queue and unacked sizes the check and KEDA read (kombu's list, hash and sorted set).
-    "queues": (
-        "llen", "zcard", "zrange", "zrangebyscore",
-        "hget", "hlen", "hkeys", "type", "exists", "scan",
-    ),
-}  # fmt: skip
+    "lists": ("type", "llen"),
+}
+
+# The exporter user: redis_exporter's scrape (CONFIG GET *, INFO ALL, SELECT; TYPE then the
+# size command of each `--check-single-keys` key) and its `--script` (ZCARD and ZRANGE of the
+# unacked index), on the stack's queue lists and kombu's two unacked keys only. SLOWLOG stays
+# refused: it would show the arguments of slow commands, task bodies included.
+EXPORTER_COMMANDS: dict[str, tuple[str, ...]] = {
+    "connection": ("hello", "ping", "select"),
+    "health": ("info", "config|get"),
+    "sizes": ("type", "llen", "zcard", "hlen"),
+    "scripts": ("eval",),
+    "unacked": ("zrange",),
+}
+
+SCRIPT_COMMANDS = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro", "function")
+"""Commands that run Lua; a user granted none of them cannot start a script at all."""
 
 SINCE_7_2_COMMANDS = ("client|setinfo",)
 """redis-py sends CLIENT SETINFO after connecting; the start script grants it on Redis 7.2+."""
+
+BUSY_REPLY_THRESHOLD_MS = 1000
+"""busy-reply-threshold: a script running longer makes Redis answer BUSY and become killable.
+
+The broker's own scripts (kombu's bindings, Celery's chord counter, KEDA's and the exporter's
+reads) take microseconds; a second is a generous bound for any of them.
+"""
+WATCHDOG_INTERVAL_SECONDS = 1
+"""How often the reloader's watchdog sends SCRIPT KILL (a no-op NOTBUSY when nothing runs)."""
+SCRIPT_KILL_BOUND_SECONDS = 3
+"""From a script's start to its kill: busy-reply-threshold, one watchdog interval, one second
+for redis-cli to start and reach Redis. Liveness counts BUSY as alive for this long."""
 
 STARTUP_BASE_SECONDS = 30
 """Startup probe budget besides loading the data: process start, ACL file, first fsync."""
@@ -145,19 +193,67 @@ def acl_commands(groups: dict[str, tuple[str, ...]]) -> str:
 CELERY_USER = "celery"
 """The workers' user: Celery's and kombu's commands only."""
 PROBE_USER = "probe"
-"""The read-only user of probes, `brokerctl check`, KEDA and the exporter."""
+"""The kubelet probes' user: PING and INFO, no key at all."""
+CHECK_USER = "check"
+"""`brokerctl check` and the gate Job: INFO, CONFIG GET and sizes; never a value."""
+KEDA_USER = "keda"
+"""KEDA's redis scaler: the length of the stack's queue lists, read through its Lua script."""
+EXPORTER_USER = "exporter"
+"""redis_exporter: INFO, CONFIG GET, sizes of the queue lists and unacked keys, its script."""
+READER_PASSWORD_FILES = {
+    PROBE_USER: PROBE_PASSWORD_FILE,
+    CHECK_USER: CHECK_PASSWORD_FILE,
+    KEDA_USER: KEDA_PASSWORD_FILE,
+    EXPORTER_USER: EXPORTER_PASSWORD_FILE,
+}
+"""Every reader and the users Secret file holding its password (one generated password each)."""
 SECRET_FILE_MODE = 0o440
 """Mode of mounted Secret files: owner root, group fsGroup (the pod's uid), no one else."""
 
+KOMBU_UNACKED = "unacked"
+"""kombu's hash of delivered, unacknowledged messages: delivery tag -> the whole message."""
+KOMBU_UNACKED_INDEX = "unacked_index"
+"""kombu's sorted set of those delivery tags, scored by delivery time."""
 
-def acl_user_rules() -> dict[str, str]:
-    """Each user's ACL rules without its password, as the start script writes them."""
+
+def queue_key_patterns(queues: Sequence[str]) -> list[str]:
+    """ACL key patterns (without the `~`) matching exactly the Redis lists of `queues`.
+
+    kombu keeps priority `p` of queue `q` in `q` + two control bytes + `p`; the pattern spells
+    those bytes `??` so the ACL file stays printable. Queue names are letters, digits and
+    `_.:-` (the settings model), none of them a glob character.
+    """
+    return [
+        name.replace(celery_config.KOMBU_PRIORITY_SEPARATOR, "??")
+        for queue in dict.fromkeys(queues)
+        for _, name in celery_config.priority_lists(queue)
+    ]
+
+
+def acl_user_rules(queues: Sequence[str] = ()) -> dict[str, str]:
+    """Each user's ACL rules without its password, as the start script writes them.
+
+    `queues` are the stack's queues: the KEDA and exporter users may touch only their lists
+    (and the exporter kombu's two unacked keys); with none, those users have no queue keys.
+    """
+    queue_keys = queue_key_patterns(queues)
+    # EVAL treats KEYS[] as read-write, so KEDA's patterns grant both; it has no write command.
+    keda_keys = " ".join(f"~{key}" for key in queue_keys)
+    exporter_keys = " ".join(
+        f"%R~{key}" for key in [*queue_keys, KOMBU_UNACKED, KOMBU_UNACKED_INDEX]
+    )
+    check_index = f"(%R~{KOMBU_UNACKED_INDEX} {acl_commands({'index': CHECK_INDEX_COMMANDS})})"
     return {
         # default off: a client that does not authenticate can do nothing at all.
         "default": "off resetpass resetkeys resetchannels -@all",
         CELERY_USER: f"on ~* &* {acl_commands(CELERY_COMMANDS)}",
-        PROBE_USER: f"on ~* resetchannels {acl_commands(PROBE_COMMANDS)}",
-        # No keys, no channels: it can only re-apply users and TLS files, from inside the pod.
+        PROBE_USER: f"on resetkeys resetchannels {acl_commands(PROBE_COMMANDS)}",
+        CHECK_USER: (f"on %R~* resetchannels {acl_commands(CHECK_COMMANDS)} {check_index}"),
+        KEDA_USER: f"on resetkeys {keda_keys} resetchannels {acl_commands(KEDA_COMMANDS)}",
+        EXPORTER_USER: (
+            f"on resetkeys {exporter_keys} resetchannels {acl_commands(EXPORTER_COMMANDS)}"
+        ),
+        # No keys, no channels: it re-applies users and TLS files and kills runaway scripts.
         RELOADER_USER: f"on resetkeys resetchannels {acl_commands(RELOADER_COMMANDS)}",
     }
 
@@ -252,6 +348,12 @@ def redis_conf(settings: StackSettings) -> str:
         "",
         *persistence_lines(settings),
         "",
+        "# A Lua script blocks every client while it runs. Past this many milliseconds Redis",
+        "# answers BUSY to others and accepts SCRIPT KILL, which the reloader's watchdog sends:",
+        "# a runaway script (only KEDA, the exporter and Celery may run any) ends within",
+        f"# about {SCRIPT_KILL_BOUND_SECONDS} s, and liveness tolerates BUSY for that long.",
+        f"busy-reply-threshold {BUSY_REPLY_THRESHOLD_MS}",
+        "",
         "# Administrative surfaces stay shut even to a user an operator might add later.",
         "enable-debug-command no",
         "enable-module-command no",
@@ -266,21 +368,30 @@ def config_checksum(settings: StackSettings) -> str:
     return hashlib.sha256(redis_conf(settings).encode()).hexdigest()
 
 
-def _user_line(name: str, hashes: str, since_7_2: bool) -> str:
+def _user_line(name: str, hashes: str, rules: str, since_7_2: bool) -> str:
     """One `echo` of the ACL file: user, password hashes (shell variables), rules."""
     extra = "$since_7_2" if since_7_2 else ""
-    return f'    echo "user {name} on {hashes} {acl_user_rules()[name].removeprefix("on ")}{extra}"'
+    return f'    echo "user {name} on {hashes} {rules.removeprefix("on ")}{extra}"'
 
 
-def acl_functions(*, tls: bool) -> str:
+def acl_functions(*, tls: bool, queues: Sequence[str] = ()) -> str:
     """Shell functions that write the ACL file and checksum what it was written from.
 
     The only place the ACL file is written: the start script runs them before Redis starts,
-    the reloader after a users Secret change. Passwords are hashed by sha256sum reading the
+    the reloader after a users Secret change (`queues`: see `acl_user_rules`). Passwords are
+    hashed by sha256sum reading the
     Secret's files on stdin, so they never appear in argv, the environment or a log. With
     `tls`, `tls_checksum` fingerprints the TLS files the same way, for the same comparison.
     """
     since_7_2 = " ".join(f"+{command}" for command in SINCE_7_2_COMMANDS)
+    rules = acl_user_rules(queues)
+    reader_hashes = [
+        f'  {user}="#$(hash_of "${ENV_USERS_DIR}/{file}")" || return 1'
+        for user, file in READER_PASSWORD_FILES.items()
+    ]
+    reader_lines = [
+        _user_line(user, f"${user}", rules[user], since_7_2=True) for user in READER_PASSWORD_FILES
+    ]
     lines = [
         "# --- acl_functions (components/redis_config.py): shared by redis-start and reloader ---",
         f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
@@ -307,13 +418,13 @@ def acl_functions(*, tls: bool) -> str:
         '  if [ -e "$previous" ]; then',
         '    celery="$celery #$(hash_of "$previous")" || return 1',
         "  fi",
-        f'  probe="#$(hash_of "${ENV_USERS_DIR}/{PROBE_PASSWORD_FILE}")" || return 1',
+        *reader_hashes,
         '  reloader="#$(hash_of "$reloader_password_file")" || return 1',
         "  {",
-        f'    echo "user default {acl_user_rules()["default"]}"',
-        _user_line("celery", "$celery", since_7_2=True),
-        _user_line("probe", "$probe", since_7_2=True),
-        _user_line(RELOADER_USER, "$reloader", since_7_2=False),
+        f'    echo "user default {rules["default"]}"',
+        _user_line(CELERY_USER, "$celery", rules[CELERY_USER], since_7_2=True),
+        *reader_lines,
+        _user_line(RELOADER_USER, "$reloader", rules[RELOADER_USER], since_7_2=False),
         f'  }} > "${ENV_ACL_FILE}.new.$$" || return 1',
         f'  mv "${ENV_ACL_FILE}.new.$$" "${ENV_ACL_FILE}"',
         "}",
@@ -324,8 +435,10 @@ def acl_functions(*, tls: bool) -> str:
     return "\n".join([*lines, "# --- end of acl_functions ---"])
 
 
-def start_script(*, tls: bool = False) -> str:
+def start_script(*, tls: bool = False, queues: Sequence[str] = ()) -> str:
     """Write the ACL file from the mounted users Secret, then exec redis-server as PID 1.
+
+    `queues` are the stack's queues, whose lists the KEDA and exporter users may read.
 
     It first makes the reloader's password: random, new at every start, in the private
     memory-backed volume both containers share; only its hash reaches the ACL. The checksums
@@ -337,7 +450,7 @@ def start_script(*, tls: bool = False) -> str:
         [
             "set -eu",
             "umask 077",
-            acl_functions(tls=tls),
+            acl_functions(tls=tls, queues=queues),
             "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > \"$reloader_password_file\"",
             "# Checksums first: a Secret update racing this start only causes one more reload.",
             'users_checksum > "$run_dir/users.sha256"',
@@ -357,8 +470,16 @@ RELOADER_STALL_PASSES = 3
 CLI_TIMEOUT_SECONDS = 10
 
 
-def reloader_script(*, tls: bool) -> str:
+def reloader_script(*, tls: bool, queues: Sequence[str] = ()) -> str:
     """Return the reloader sidecar's loop: apply a changed users or TLS Secret to running Redis.
+
+    It is also the script watchdog. Every WATCHDOG_INTERVAL_SECONDS it sends SCRIPT KILL as
+    the pod-local reloader user, the only user allowed to: Redis processes it only once a
+    script has run past busy-reply-threshold (before that it serves nobody), so only a runaway
+    script is killed, and every client, workers first, is served again within
+    SCRIPT_KILL_BOUND_SECONDS. Readers cannot write, so their scripts are always killable; a
+    celery-user script that wrote before looping is not (Redis forbids it: its effects would be
+    half applied), which the watchdog logs; liveness then restarts Redis after its window.
 
     Every REDIS_RELOAD_SECONDS it compares checksums of the mounted files with those recorded
     when they were last applied. A users change rewrites the ACL file (acl_functions) and
@@ -375,7 +496,7 @@ def reloader_script(*, tls: bool) -> str:
     lines = [
         "set -u",
         "umask 077  # the ACL file it rewrites holds password hashes",
-        acl_functions(tls=tls),
+        acl_functions(tls=tls, queues=queues),
         "cli() {",
         f'  REDISCLI_AUTH="$(cat "$reloader_password_file")" timeout {CLI_TIMEOUT_SECONDS} \\',
         f'    redis-cli --no-auth-warning --user {RELOADER_USER} -h 127.0.0.1 -p "${ENV_PORT}"'
@@ -391,6 +512,15 @@ def reloader_script(*, tls: bool) -> str:
         '    reply="$(printf \'ACL SETUSER %s reset %s\\n\' "$name" "$rules" | cli)"',
         '    [ "$reply" = OK ] || { echo "reloader: ACL SETUSER $name: $reply" >&2; return 1; }',
         f'  done < "${ENV_ACL_FILE}"',
+        "}",
+        "watchdog() {",
+        "  # NOTBUSY (nothing to kill) is the usual answer; the reply goes to the log otherwise.",
+        '  reply="$(cli SCRIPT KILL 2>&1)"',
+        '  case "$reply" in',
+        "    NOTBUSY*) ;;",
+        '    OK) echo "watchdog: killed a script that ran past busy-reply-threshold" ;;',
+        '    *) echo "watchdog: SCRIPT KILL: $reply" >&2 ;;',
+        "  esac",
         "}",
         "reload_users() {",
         '  current="$(users_checksum)"',
@@ -426,10 +556,18 @@ def reloader_script(*, tls: bool) -> str:
         # out its whole grace period; sleeping in the background lets the trap run at once.
         'sleeping=""',
         "trap 'kill $sleeping 2>/dev/null; exit 0' TERM INT",
+        "last_reload=0",
         "while :; do",
-        *(f'  {step} || echo "reloader: {step} failed; retrying next pass" >&2' for step in passes),
+        "  watchdog",
+        f'  if [ $(( $(date +%s) - last_reload )) -ge "${ENV_RELOAD_SECONDS}" ]; then',
+        *(
+            f'    {step} || echo "reloader: {step} failed; retrying next pass" >&2'
+            for step in passes
+        ),
+        "    last_reload=$(date +%s)",
+        "  fi",
         f'  touch "$run_dir/{RELOADER_HEARTBEAT}"',
-        f'  sleep "${ENV_RELOAD_SECONDS}" & sleeping=$!',
+        f"  sleep {WATCHDOG_INTERVAL_SECONDS} & sleeping=$!",
         '  wait "$sleeping"',
         "done",
         "",
@@ -486,10 +624,18 @@ def _probe(*lines: str, tls: bool) -> list[str]:
 def liveness_command(*, tls: bool = False) -> list[str]:
     """Alive when Redis answers at all: PONG, or LOADING while it replays a large AOF.
 
-    Restarting a loading broker would only start the replay again, forever.
+    Restarting a loading broker would only start the replay again, forever. BUSY (a script
+    past busy-reply-threshold) is alive too if it ends within SCRIPT_KILL_BOUND_SECONDS, the
+    time the reloader's watchdog takes to kill it: a restart would cost more than the script.
+    A script still running after that (one that wrote, which SCRIPT KILL cannot stop) fails.
     """
     return _probe(
         'reply="$(cli ping)"',
+        'case "$reply" in',
+        "  BUSY*)",
+        f"    sleep {SCRIPT_KILL_BOUND_SECONDS}",
+        '    reply="$(cli ping)" ;;',
+        "esac",
         'case "$reply" in',
         "  PONG | LOADING*) exit 0 ;;",
         '  *) echo "liveness: $reply"; exit 1 ;;',

@@ -42,6 +42,9 @@ PROBE_PASSWORD = "e2e-probe-password"
 SECRET_VALUES = {
     "redacted-broker-celery-password": CELERY_PASSWORD,
     "redacted-broker-probe-password": PROBE_PASSWORD,
+    "redacted-broker-check-password": "e2e-check-password",
+    "redacted-broker-keda-password": "e2e-keda-password",
+    "redacted-broker-exporter-password": "e2e-exporter-password",
 }
 """What `pulumi up` would put where render leaves placeholders (generated passwords)."""
 

@@ -251,20 +251,18 @@ def test_queue_that_never_shrinks_is_reported_as_not_consumed(tmp_path: Path) ->
 def test_task_unacked_past_the_pool_time_limit_fires_when_the_script_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(redis_config.PROBE_COMMANDS, "scripts", ("eval",))
+    monkeypatch.setitem(redis_config.EXPORTER_COMMANDS, "scripts", ("eval",))
     settings = stack()
     base = recorded(settings)
     sel = f'job="{metrics.metrics_service_name(settings)}",namespace="{settings.namespace}"'
-    script = f'redis_script_values{{{sel},key="oldest_unacked_delivered_at:celery"}}'
+    script = f'redis_script_values{{{sel},key="oldest_unacked_delivered_at"}}'
 
     def series(delivered_at: int) -> list[dict[str, str]]:
         return [*with_changes(base, {}), {"series": script, "values": f"{delivered_at}x60"}]
 
     labels = target(
         settings,
-        key="oldest_unacked_delivered_at:celery",
-        queue="celery",
-        pool="default",
+        key="oldest_unacked_delivered_at",
         severity="warning",
     )
     run_promtool(

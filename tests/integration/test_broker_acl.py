@@ -1,10 +1,14 @@
-"""Least privilege against a real broker: Celery works as `celery`, and nothing more does.
+"""Least privilege against a real broker: each user runs what its client needs, nothing more.
 
 The workload is the one the celery user's command list was derived from (see
 components/redis_config.py): a real worker with events, gossip and mingle, a producer with
 plain, countdown, group, chord, forget, revoke and the check's canary, control and inspect
 broadcasts, a visibility-timeout restore and a soft shutdown that requeues a running task.
 After it, the ACL LOG must be empty: any command Celery needs and the ACL lacks shows there.
+
+The readers (the kubelet's probe, the check, KEDA, the exporter) each run what their client
+sends, replayed from its source, and are refused every way to see a task body (queued, being
+run, or a result), to write, and, unless they need Lua, to start a script.
 """
 
 from __future__ import annotations
@@ -16,8 +20,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.broker_boot import (
+    CHECK_PASSWORD,
+    EXPORTER_PASSWORD,
+    KEDA_PASSWORD,
+    booted_broker,
+    rendered_broker,
+)
 from tests.support.celery_worker import running_worker, worker_argv, worker_env
+from tests.support.check_cli import run_check
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
 
 APP = """
@@ -93,23 +104,38 @@ REFUSED_TO_CELERY = [
     ("CLIENT", "KILL", "TYPE", "normal"),
 ]
 
-PROBE_READS = [
-    ("PING",),
-    ("INFO", "persistence"),
-    ("CONFIG", "GET", "appendfsync"),
-    ("LLEN", "celery"),
-    ("ZCARD", "unacked_index"),
-    ("ZRANGE", "unacked_index", "0", "0", "WITHSCORES"),
-    ("ZRANGEBYSCORE", "unacked_index", "-inf", "+inf", "WITHSCORES"),
-    ("HGET", "unacked", "x"),
-    ("HLEN", "unacked"),
-    ("HKEYS", "unacked"),
-    ("TYPE", "celery"),
-    ("EXISTS", "celery"),
-    ("SCAN", "0"),
-]
+READERS = {
+    "probe": PROBE_PASSWORD,
+    "check": CHECK_PASSWORD,
+    "keda": KEDA_PASSWORD,
+    "exporter": EXPORTER_PASSWORD,
+}
+"""Every reader of the rendered ACL and its test password (placeholders replaced)."""
 
-PROBE_WRITES = [
+PDF = "JVBERi0xLjcKJeLjz9MK-a-whole-pdf"
+"""A task body's bytes, in every place kombu keeps one; no reader may ever see them."""
+
+READS_OF_TASK_BODIES = [
+    ("GET", "celery-task-meta-1"),
+    ("HGET", "unacked", "tag-1"),
+    ("HGETALL", "unacked"),
+    ("HVALS", "unacked"),
+    ("HSCAN", "unacked", "0"),
+    ("HRANDFIELD", "unacked", "1", "WITHVALUES"),
+    ("LRANGE", "celery", "0", "-1"),
+    ("LINDEX", "celery", "0"),
+    ("LPOS", "celery", PDF),
+    ("SORT", "celery", "ALPHA"),
+    ("DUMP", "unacked"),
+    ("OBJECT", "ENCODING", "unacked"),
+    ("MONITOR",),
+    ("SLOWLOG", "GET"),
+    ("CLIENT", "LIST"),
+    ("KEYS", "*"),
+]
+"""Every way to see a queued, delivered or finished task's bytes (or others' commands)."""
+
+WRITES = [
     ("SET", "k", "v"),
     ("LPUSH", "celery", "x"),
     ("DEL", "celery"),
@@ -117,11 +143,38 @@ PROBE_WRITES = [
     ("PUBLISH", "c", "m"),
     ("FLUSHALL",),
     ("CONFIG", "SET", "appendfsync", "no"),
-    # EVAL is granted (KEDA and the exporter read through Lua), but ACL rules still apply
-    # to every command a script runs: a script that writes is refused like a direct write.
-    ("EVAL", "return redis.call('SET', KEYS[1], 'x')", "1", "celery"),
-    ("EVAL", "return redis.call('LPUSH', KEYS[1], 'x')", "1", "celery"),
+    ("SCRIPT", "FLUSH"),
+    ("SCRIPT", "KILL"),
+    ("FUNCTION", "KILL"),
+    ("SHUTDOWN", "NOSAVE"),
 ]
+
+SCRIPTS = [
+    ("EVAL", "return 1", "0"),
+    ("EVAL_RO", "return 1", "0"),
+    ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"),
+    ("SCRIPT", "LOAD", "return 1"),
+    ("FCALL", "f", "0"),
+    ("FUNCTION", "LIST"),
+]
+"""Ways to run Lua: refused to users that need no script, so theirs cannot loop forever."""
+
+KEDA_SCRIPT = """
+\t\tlocal listName = KEYS[1]
+\t\tlocal listType = redis.call('type', listName).ok
+\t\tlocal cmd = {
+\t\t\tzset = 'zcard',
+\t\t\tset = 'scard',
+\t\t\tlist = 'llen',
+\t\t\thash = 'hlen',
+\t\t\tnone = 'llen'
+\t\t}
+
+\t\treturn redis.call(cmd[listType], listName)
+\t"""
+"""KEDA's redis scaler script (pkg/scalers/redis_scaler.go), EVALed with the list as KEYS[1]."""
+
+PRIORITY = "\x06\x16"
 
 
 @pytest.fixture(scope="module")
@@ -166,26 +219,139 @@ def test_celery_user_is_refused_administrative_commands(broker_server, command):
         client.execute_command(*command)
 
 
-@pytest.mark.parametrize("command", PROBE_READS, ids=lambda c: " ".join(c[:2]))
-def test_probe_user_can_read_what_probes_and_check_need(broker_server, command):
-    client = broker_server.client("probe", PROBE_PASSWORD)
-    client.execute_command(*command)
+@pytest.fixture(scope="module")
+def task_bodies(broker_server):
+    """Put a task body where kombu and Celery keep them: a queue, the unacked hash, a result."""
+    admin = broker_server.admin()
+    admin.lpush("celery", PDF)
+    admin.lpush(f"celery{PRIORITY}3", PDF)
+    admin.hset("unacked", "tag-1", f'[{{"body": "{PDF}"}}, "", "celery"]')
+    admin.zadd("unacked_index", {"tag-1": 1700000000.5})
+    admin.set("celery-task-meta-1", PDF)
+    return admin
 
 
-@pytest.mark.parametrize("command", PROBE_WRITES, ids=lambda c: " ".join(c[:2]))
-def test_probe_user_cannot_write(broker_server, command):
-    client = broker_server.client("probe", PROBE_PASSWORD)
+def reader(broker_server, user: str) -> redis.Redis:
+    return broker_server.client(user, READERS[user])
+
+
+def acl_denials(admin, user: str) -> list[dict]:
+    return [entry for entry in admin.acl_log() if entry.get("username") == user]
+
+
+@pytest.mark.parametrize("user", READERS)
+@pytest.mark.parametrize("command", READS_OF_TASK_BODIES, ids=lambda c: " ".join(c[:2]))
+def test_no_reader_can_read_a_task_body(broker_server, task_bodies, user, command):
     with pytest.raises(redis.ResponseError, match=REFUSAL):
-        client.execute_command(*command)
+        reader(broker_server, user).execute_command(*command)
 
 
-def test_probe_user_may_read_through_a_script_as_keda_does(broker_server):
-    client = broker_server.client("probe", PROBE_PASSWORD)
-    script = (
-        "return redis.call(redis.call('TYPE', KEYS[1]).ok == 'none' and 'LLEN' or 'LLEN', KEYS[1])"
-    )
-    length = client.execute_command("EVAL", script, "1", "celery")
-    assert length == client.llen("celery"), "KEDA's read through EVAL disagrees with LLEN"
+@pytest.mark.parametrize("user", ["keda", "exporter"])
+def test_a_reader_that_runs_lua_cannot_read_a_task_body_through_a_script(
+    broker_server, task_bodies, user
+):
+    client = reader(broker_server, user)
+    for script in (
+        "return redis.call('HGET', 'unacked', 'tag-1')",
+        "return redis.call('LRANGE', KEYS[1], 0, -1)",
+        "return redis.call('GET', 'celery-task-meta-1')",
+    ):
+        with pytest.raises(redis.ResponseError) as refused:
+            client.execute_command("EVAL", script, "1", "celery")
+        assert PDF not in str(refused.value), f"{user}'s script read a task body"
+
+
+@pytest.mark.parametrize("user", READERS)
+@pytest.mark.parametrize("command", WRITES, ids=lambda c: " ".join(c[:2]))
+def test_no_reader_can_write_or_administer(broker_server, user, command):
+    with pytest.raises(redis.ResponseError, match=REFUSAL):
+        reader(broker_server, user).execute_command(*command)
+
+
+@pytest.mark.parametrize("user", ["probe", "check"])
+@pytest.mark.parametrize("command", SCRIPTS, ids=lambda c: " ".join(c[:2]))
+def test_readers_that_need_no_script_cannot_start_one(broker_server, user, command):
+    with pytest.raises(redis.ResponseError, match=REFUSAL):
+        reader(broker_server, user).execute_command(*command)
+
+
+def test_probe_user_runs_exactly_what_the_kubelet_probes_run(broker_server):
+    client = reader(broker_server, "probe")
+    assert client.ping()
+    assert "loading" in client.info("persistence"), "INFO persistence is the readiness check"
+    for command in (("CONFIG", "GET", "save"), ("LLEN", "celery"), ("ZCARD", "unacked_index")):
+        with pytest.raises(redis.ResponseError, match=REFUSAL):
+            client.execute_command(*command)
+
+
+def test_check_user_runs_what_brokercheck_reads_and_nothing_is_denied(broker_server, task_bodies):
+    task_bodies.execute_command("ACL", "LOG", "RESET")
+    client = reader(broker_server, "check")
+    assert client.ping()
+    pipe = client.pipeline(transaction=False)
+    pipe.info()
+    pipe.config_get("appendfsync")
+    pipe.config_get("save")
+    for key in ("celery", *(f"celery{PRIORITY}{step}" for step in (3, 6, 9)), "any-queue"):
+        pipe.llen(key)
+    pipe.zcard("unacked_index")
+    pipe.zrange("unacked_index", 0, 0, withscores=True)
+    answers = pipe.execute(raise_on_error=False)
+    errors = [answer for answer in answers if isinstance(answer, Exception)]
+    assert not errors, f"the check user was refused what brokercheck reads: {errors}"
+    assert answers[-1] == [(b"tag-1", 1700000000.5)], "the oldest delivery is the check's input"
+    assert not acl_denials(task_bodies, "check"), "the check's reads were logged as denied"
+    with pytest.raises(redis.ResponseError, match=REFUSAL):
+        client.zrange("other-sorted-set", 0, -1)
+
+
+def test_real_check_passes_with_the_check_users_url(broker_server, task_bodies, tmp_path):
+    task_bodies.execute_command("ACL", "LOG", "RESET")
+    run = run_check(
+        "--url", broker_server.url("check", CHECK_PASSWORD),
+        "--worker-url", broker_server.url("celery", CELERY_PASSWORD),
+        "--expect-persistence", "aof-always",
+        "--expect-workers", "0",
+        "--no-canary",
+        "--json",
+    )  # fmt: skip
+    statuses = run.statuses()
+    assert run.returncode == 0, f"the check failed as the check user: {statuses}\n{run.stderr}"
+    assert statuses["connect"] == "pass", f"check user could not connect: {run.check('connect')}"
+    assert not acl_denials(task_bodies, "check"), "the real check was refused a command"
+
+
+def test_keda_user_reads_every_queue_list_through_kedas_script(broker_server, task_bodies):
+    task_bodies.execute_command("ACL", "LOG", "RESET")
+    client = reader(broker_server, "keda")
+    assert client.ping()
+    for queue in ("celery", "short"):
+        for step in ("", *(f"{PRIORITY}{s}" for s in (3, 6, 9))):
+            key = f"{queue}{step}"
+            length = client.execute_command("EVAL", KEDA_SCRIPT, "1", key)
+            assert length == task_bodies.llen(key), f"KEDA's read of {key!r} disagrees with LLEN"
+    assert not acl_denials(task_bodies, "keda"), "KEDA's script was refused a command"
+    for key in ("unacked", "unacked_index", "celery-task-meta-1", "other-queue"):
+        with pytest.raises(redis.ResponseError, match=REFUSAL):
+            client.execute_command("EVAL", KEDA_SCRIPT, "1", key)
+
+
+def test_exporter_user_runs_its_scrape_and_script(broker_server, task_bodies):
+    broker = rendered_broker("prod")
+    script = broker.find("ConfigMap", "-broker-exporter-script")["data"]["celery-unacked.lua"]
+    task_bodies.execute_command("ACL", "LOG", "RESET")
+    client = reader(broker_server, "exporter")
+    assert client.config_get("*")["maxmemory"] != "0", "CONFIG GET * feeds the memory alerts"
+    assert "used_memory" in client.info("all")
+    client.execute_command("SELECT", "0")
+    sizes = {"list": client.llen, "hash": client.hlen, "zset": client.zcard}
+    for key in ("celery", f"celery{PRIORITY}3", "short", "unacked", "unacked_index"):
+        kind = client.type(key).decode()
+        if kind != "none":
+            sizes[kind](key)
+    values = client.execute_command("EVAL", script, "0")
+    assert values == [b"unacked_messages", b"1", b"oldest_unacked_delivered_at", b"1700000000.5"]
+    assert not acl_denials(task_bodies, "exporter"), "the exporter's scrape was refused a command"
 
 
 def test_written_acl_file_switches_the_default_user_off(broker_server):

@@ -62,9 +62,15 @@ TLS_HOST = "localhost"
 """The name TLS clients use: one of the rendered Certificate's names that reaches this host."""
 ADMIN_USER = "test-admin"
 ADMIN_PASSWORD = "admin-Pa55-Qz81"
+CHECK_PASSWORD = "check-Pa55-Lm4Tz"
+KEDA_PASSWORD = "keda-Pa55-Rb8Nw"
+EXPORTER_PASSWORD = "exporter-Pa55-Vd2Hq"
 PLACEHOLDER_PASSWORDS = {
     "redacted-broker-celery-password": CELERY_PASSWORD,
     "redacted-broker-probe-password": PROBE_PASSWORD,
+    "redacted-broker-check-password": CHECK_PASSWORD,
+    "redacted-broker-keda-password": KEDA_PASSWORD,
+    "redacted-broker-exporter-password": EXPORTER_PASSWORD,
 }
 """Render's stand-ins for generated passwords, and the test values that replace them."""
 

@@ -68,7 +68,7 @@ def test_exporter_argv_is_printable_and_holds_no_password() -> None:
     assert all(arg.isprintable() for arg in args), (
         "control characters belong percent-encoded in argv"
     )
-    assert flag_values(args, "--redis.user") == ["probe"]
+    assert flag_values(args, "--redis.user") == ["exporter"]
     assert flag_values(args, "--redis.password-file") == [
         f"{metrics.PASSWORD_DIR}/{metrics.PASSWORD_MAP_KEY}"
     ]
@@ -105,15 +105,15 @@ def test_password_map_matches_the_address_with_and_without_user(tls: bool) -> No
     scheme = "rediss" if tls else "redis"
     assert result == {
         f"{scheme}://localhost:6379": "s3cret",
-        f"{scheme}://probe@localhost:6379": "s3cret",
+        f"{scheme}://exporter@localhost:6379": "s3cret",
     }
 
 
-def test_unacked_script_and_alert_appear_only_when_the_probe_may_eval(
+def test_unacked_script_and_alert_appear_only_when_the_exporter_may_eval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = stack()
-    monkeypatch.setitem(redis_config.PROBE_COMMANDS, "scripts", ())
+    monkeypatch.setitem(redis_config.EXPORTER_COMMANDS, "scripts", ())
     names = [
         rule.get("alert")
         for group in metrics.alert_rules(settings)["groups"]
@@ -121,13 +121,13 @@ def test_unacked_script_and_alert_appear_only_when_the_probe_may_eval(
     ]
     assert "CeleryTaskUnackedTooLong" not in names, "without +eval every scrape would fail"
     assert not flag_values(metrics.exporter_args(settings), "--script")
-    monkeypatch.setitem(redis_config.PROBE_COMMANDS, "scripts", ("eval",))
+    monkeypatch.setitem(redis_config.EXPORTER_COMMANDS, "scripts", ("eval",))
     names = [
         rule.get("alert")
         for group in metrics.alert_rules(settings)["groups"]
         for rule in group["rules"]
     ]
-    assert names.count("CeleryTaskUnackedTooLong") == 2, "one unacked alert per pool"
+    assert names.count("CeleryTaskUnackedTooLong") == 1, "one broker-wide unacked alert"
     assert flag_values(metrics.exporter_args(settings), "--script") == [
         f"{metrics.SCRIPT_DIR}/{metrics.SCRIPT_KEY}"
     ]
