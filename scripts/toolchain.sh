@@ -87,6 +87,16 @@ build_pulumi() {
   done_build pulumi "$stamp"
 }
 
+install_dynamic_host() {
+  # Python dynamic resources (components/generated_secret.py) run in a plugin that Pulumi's
+  # release archive ships beside the CLI: a two-line script starting the SDK's own host. A CLI
+  # built from source lacks it, so write the same thing here (for the python3 on PATH, which
+  # must have the pulumi SDK: the project's virtualenv).
+  local path="$bin_dir/pulumi-resource-pulumi-python"
+  printf '#!/bin/sh\nexec python3 -u -m pulumi.dynamic "$@"\n' >"$path"
+  chmod 755 "$path"
+}
+
 build_provider() {
   local name=pulumi-resource-kubernetes stamp="provider $PROVIDER_VERSION $PROVIDER_MODULE_VERSION"
   local work="$cache_root/work/provider" module=github.com/pulumi/pulumi-kubernetes/provider/v4
@@ -159,7 +169,10 @@ wanted=("$@")
 start=$(date +%s)
 for tool in "${wanted[@]}"; do
   case $tool in
-  pulumi) timed pulumi build_pulumi ;;
+  pulumi)
+    timed pulumi build_pulumi
+    install_dynamic_host
+    ;;
   provider) timed "kubernetes provider" build_provider ;;
   kubernetes) timed "kubernetes control plane" build_kubernetes ;;
   *)

@@ -1,0 +1,1 @@
+"""Real-engine tests: the real Pulumi CLI and provider against a real control plane."""

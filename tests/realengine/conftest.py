@@ -1,0 +1,48 @@
+"""Fixtures of the real-engine tests: one control plane per session, stacks in project copies.
+
+These tests need the toolchain that scripts/toolchain.sh builds (make test runs it first),
+Debian's etcd and openssl. They FAIL when one is missing, never skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.realengine.controlplane import ControlPlane
+from tests.realengine.engine import RealStack, copy_project
+
+CONTEXT = "real-engine"
+"""The kubeconfig context name the test stacks deploy to (their `kube_context`)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is a real_engine test (`pytest -m real_engine` runs them alone)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.real_engine)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """Run a real API server, controller manager and scheduler on loopback for the session."""
+    with ControlPlane(tmp_path_factory.mktemp("control-plane"), context=CONTEXT) as cluster:
+        yield cluster
+
+
+def new_stack(
+    root: Path, stack: str, cluster: ControlPlane, stack_file: str | None = None
+) -> RealStack:
+    """Copy the project under `root` and init `stack` on a fresh local backend.
+
+    `stack_file`, when given, replaces the copy's config/Pulumi.<stack>.yaml.
+    """
+    work_dir = copy_project(root / "project")
+    if stack_file is not None:
+        (work_dir / "config" / f"Pulumi.{stack}.yaml").write_text(stack_file)
+    real = RealStack(work_dir, stack, root / "state", cluster.kubeconfig)
+    real.init()
+    return real
