@@ -145,7 +145,7 @@ _SECRET_PARAM = re.compile(
     # `?password=`, `&password=`, `;sentinel_password=`, `?auth_token=`...: any option whose
     # name speaks of a credential, in a URL query or a `name=value` list.
     r"(?P<name>(?:^|[?&;,\s])[^=&?;,\s'\"]*(?:pass|secret|token|auth|credential)"
-    r"[^=&?;,\s'\"]*=)(?P<value>[^&;,\s'\"#]*)",
+    r"[^=&?;,\s'\"]*=)(?P<value>[^&;,\s'\"#]+)",
     re.IGNORECASE,
 )
 _SECRET_FIELD = re.compile(
@@ -185,6 +185,30 @@ def url_secrets(url: str) -> set[str]:
     return found | {unquote(secret) for secret in found} - {""}
 
 
+def _mask_occurrences(text: str, secrets: Iterable[str]) -> str:
+    """Mask every occurrence of every secret, overlapping ones as one span.
+
+    Replacing one secret after another would cut an overlapping one in two and leave its
+    tail readable (a URL's tail read as a "password" overlaps the real one).
+    """
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        start = text.find(secret)
+        while start != -1:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    pieces, position = [], 0
+    for start, end in sorted(spans):
+        if end <= position:
+            continue
+        if start > position:
+            pieces += [text[position:start], MASK]
+        elif not pieces:
+            pieces.append(MASK)
+        position = max(position, end)
+    return "".join([*pieces, text[position:]])
+
+
 class Masker:
     """Replaces known passwords, and any credential inside a URL or option, with `***`."""
 
@@ -200,12 +224,11 @@ class Masker:
 
     def __call__(self, text: object) -> str:
         """Return `text` as a string with every known secret and URL credential masked."""
-        masked = str(text)
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            masked = masked.replace(secret, MASK)
-        masked = _URL_USERINFO.sub(_masked_userinfo, masked)
+        masked = _mask_occurrences(str(text), self._secrets)
+        # Options first: a bare `@` inside `?password=` would otherwise end a URL's userinfo.
+        masked = _SECRET_FIELD.sub(lambda match: f"{match['name']}{MASK}", masked)
         masked = _SECRET_PARAM.sub(lambda match: f"{match['name']}{MASK}", masked)
-        return _SECRET_FIELD.sub(lambda match: f"{match['name']}{MASK}", masked)
+        return _URL_USERINFO.sub(_masked_userinfo, masked)
 
 
 class _MaskingFilter(logging.Filter):
@@ -649,7 +672,7 @@ def _parse_pool(spec: str) -> Pool:
 
 
 # --------------------------------------------------------------------------------------
-# Stack outputs (the lead's contract: plain values after --show-secrets)
+# Stack outputs (`pulumi stack output --json --show-secrets`: plain values, secrets shown)
 # --------------------------------------------------------------------------------------
 
 
