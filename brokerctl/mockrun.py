@@ -1,26 +1,31 @@
 """Run the real `__main__.py` under Pulumi's mock runtime, as `pulumi up` would, offline.
 
-The stack file is read and handed to the program the way the Pulumi CLI does it (values as
-strings, structured values as JSON, secure values marked secret). Nothing secret exists here:
-a `secure:` value and every generated password become a fixed placeholder, so a render is
-deterministic and can be committed, diffed and shared. Tests substitute test values for them.
+The stack file is read exactly as the Pulumi CLI reads it (brokerctl/stackfile.py) and handed
+to the program the way the CLI's Python language host does: PULUMI_CONFIG and
+PULUMI_CONFIG_SECRET_KEYS in the environment. Whatever config the shell had in those variables
+is set aside for the run, so nothing but the stack file reaches the program. Nothing secret
+exists here: a `secure:` value and every generated password become a fixed placeholder, so a
+render is deterministic and can be committed, diffed and shared. Tests substitute test values
+for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import runpy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 
+from brokerctl import stackfile
 from brokerctl.errors import EXIT_USAGE, CommandError
 from components.settings import PROJECT
 
@@ -105,23 +110,6 @@ def available_stacks(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in files)
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "not valid YAML"
-        message = f"{relative(path)}:{where}: {problem}; allowed: a YAML mapping"
-        raise CommandError(message, EXIT_USAGE) from None
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        message = f"{relative(path)}: top level is {type(document).__name__}; allowed: a mapping"
-        raise CommandError(message, EXIT_USAGE)
-    return document
-
-
 def relative(path: Path) -> str:
     """Return a path as a person in the project folder would type it."""
     try:
@@ -130,49 +118,68 @@ def relative(path: Path) -> str:
         return str(path)
 
 
-def _as_cli_string(value: Any) -> str:
-    """Encode a value as the Pulumi CLI passes config to programs."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    if value is None:
-        return ""
-    return str(value)
-
-
-def _full_key(key: str) -> str:
-    return key if ":" in key else f"{PROJECT}:{key}"
-
-
 def read_stack_config(
     stack: str, config_dir: Path = CONFIG_DIR
 ) -> tuple[dict[str, str], list[str]]:
-    """Read a stack file (plus project-level config values) into the CLI's string form."""
+    """Read a stack file (plus Pulumi.yaml's config) into the strings the CLI hands a program.
+
+    Returns the config and the keys that are secrets (their values are placeholders). A file
+    the Pulumi CLI would refuse (duplicate keys, a number it cannot store, ...) is a
+    CommandError with exit 2 naming the file and key.
+    """
     path = stack_file(stack, config_dir)
     if not path.is_file():
         allowed = ", ".join(available_stacks(config_dir)) or "none"
         message = f"{relative(path)}: no such stack file; allowed stacks: {allowed}"
         raise CommandError(message, EXIT_USAGE)
-    project = _load_yaml(PROJECT_ROOT / "Pulumi.yaml")
-    config: dict[str, str] = {}
-    secret_keys: list[str] = []
-    for key, spec in (project.get("config") or {}).items():
-        if isinstance(spec, dict) and "value" in spec:
-            config[_full_key(key)] = _as_cli_string(spec["value"])
-    document = _load_yaml(path)
-    stack_config = document.get("config") or {}
-    if not isinstance(stack_config, dict):
-        message = f"{relative(path)}: config is not a mapping; allowed: key: value pairs"
-        raise CommandError(message, EXIT_USAGE)
-    for key, value in stack_config.items():
-        full = _full_key(str(key))
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            config[full] = placeholder(full.partition(":")[2])
-            secret_keys.append(full)
-        else:
-            config[full] = _as_cli_string(value)
-    return config, secret_keys
+    program_config = stackfile.read_program_config(
+        PROJECT_ROOT / "Pulumi.yaml", path, shown=relative, stand_in=placeholder
+    )
+    return program_config.values, program_config.secret_keys
+
+
+LANGUAGE_HOST_CONFIG = "PULUMI_CONFIG"
+LANGUAGE_HOST_SECRET_KEYS = "PULUMI_CONFIG_SECRET_KEYS"  # noqa: S105 (a variable name)
+
+
+def language_host_env(config: dict[str, str], secret_keys: list[str]) -> dict[str, str]:
+    """Return the variables Pulumi's Python language host sets for a program (constructConfig)."""
+    return {
+        LANGUAGE_HOST_CONFIG: json.dumps(config, sort_keys=True),
+        LANGUAGE_HOST_SECRET_KEYS: json.dumps(sorted(secret_keys)),
+    }
+
+
+@contextlib.contextmanager
+def program_environment(
+    config: dict[str, str], secret_keys: list[str], stack_file_shown: str
+) -> Iterator[None]:
+    """Hand the program its config as the language host does, and only that config.
+
+    Every PULUMI_CONFIG* variable of the shell is set aside for the run and restored after:
+    `pulumi.Config` reads PULUMI_CONFIG_<KEY> before PULUMI_CONFIG, so a stray variable could
+    otherwise put a real password into rendered files.
+    """
+    names = [name for name in os.environ if name.startswith(LANGUAGE_HOST_CONFIG)]
+    saved = {name: os.environ.pop(name) for name in [*names, STACK_FILE_ENV] if name in os.environ}
+    os.environ.update(language_host_env(config, secret_keys))
+    os.environ[STACK_FILE_ENV] = stack_file_shown
+    try:
+        yield
+    finally:
+        for name in [*language_host_env({}, []), STACK_FILE_ENV]:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+def forget_mock_root_stack() -> None:
+    """Drop the root stack `set_mocks` registers, so the program's `run_in_stack` makes its own.
+
+    The Pulumi SDK has no public call for this: `set_root_resource` is typed for a Resource
+    and None is what its own `reset_options` stores. tests/unit/test_render_secrets_sdk_internals
+    fails if an SDK upgrade changes that.
+    """
+    pulumi.runtime.settings.set_root_resource(None)  # type: ignore[arg-type]
 
 
 def run_program(
@@ -188,19 +195,21 @@ def run_program(
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # before set_mocks: the mock monitor binds to the current loop
+    # pulumi.Config reads this first; set so no earlier in-process run's config can linger.
     pulumi.runtime.set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(
         mocks, project=PROJECT, stack=stack, preview=False, monitor=_RecordingMonitor(mocks)
     )
     # set_mocks registers a finished root stack of its own; the program gets a fresh one, as
     # under the language host, so its exports become the stack's outputs.
-    pulumi.runtime.settings.ROOT.set(None)
+    forget_mock_root_stack()
     main_py = str(PROJECT_ROOT / "__main__.py")
-    os.environ[STACK_FILE_ENV] = relative(stack_file(stack, config_dir))
+    shown = relative(stack_file(stack, config_dir))
     try:
-        loop.run_until_complete(
-            pulumi.runtime.run_in_stack(lambda: runpy.run_path(main_py, run_name="__main__"))
-        )
+        with program_environment(config, secret_keys, shown):
+            loop.run_until_complete(
+                pulumi.runtime.run_in_stack(lambda: runpy.run_path(main_py, run_name="__main__"))
+            )
     finally:
         loop.close()
         asyncio.set_event_loop(None)

@@ -1,14 +1,19 @@
 """Read a stack's config into the settings model; the only place that touches Pulumi config.
 
-The Pulumi CLI hands a program its config as strings: scalars as text, structured values as
-JSON. `parse_stack_config` turns that into a validated `StackSettings` or one `SettingsError`
-listing every problem (stack file, key path, bad value, what is allowed). `SettingsError` is
-a `pulumi.RunError`, which Pulumi's Python language host reports as a plain error message
-without a traceback; `brokerctl render` maps it to exit code 2.
+The Pulumi CLI hands a program its config as strings (scalars as text, structured values as
+JSON; see brokerctl/stackfile.py for exactly how a stack file becomes those strings), through
+the PULUMI_CONFIG environment variable its Python language host sets. `brokerctl render` and
+`settings` hand over the same strings the same way. `parse_stack_config` turns them into a
+validated `StackSettings` or one `SettingsError` listing every problem (stack file, key path,
+bad value, what is allowed), including keys outside this project's namespace, which the
+program would otherwise silently ignore. `SettingsError` is a `pulumi.RunError`, which Pulumi's
+Python language host reports as a plain error message without a traceback; `brokerctl render`
+maps it to exit code 2.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import types
@@ -23,6 +28,11 @@ from pydantic import BaseModel, ValidationError
 from components.settings import PROJECT, SECRET_KEYS, CrossFieldProblem, StackSettings
 
 Path = tuple[str | int, ...]
+
+PULUMI_ENGINE_KEYS = frozenset(
+    {"pulumi:disable-default-providers", "pulumi:tags", "pulumi:autonaming"}
+)
+"""`pulumi:` keys the Pulumi engine itself reads (Pulumi.yaml sets the first for every stack)."""
 
 
 class SettingsError(pulumi.RunError):
@@ -129,13 +139,56 @@ def _describe_errors(error: ValidationError) -> Iterable[str]:
         yield f"{key_path(loc)} = {item['input']!r}: {message}"
 
 
+def _shown(text: str, secret: bool) -> str:
+    """Show a raw value as an error message may: never a secret, never a whole document."""
+    if secret:
+        return "[secret]"
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _foreign_key_problem(full_key: str, text: str, secret: bool) -> str | None:
+    """Why a key outside this project's namespace is refused, or None for the engine's own keys.
+
+    The program reads only `celery-redis:` keys, so any other key would be silently ignored:
+    a typo such as `celery_redis:broker` would deploy prod with default settings.
+    """
+    if full_key in PULUMI_ENGINE_KEYS:
+        return None
+    namespace, _, name = full_key.partition(":")
+    shown = f"{full_key} = {_shown(text, secret)}"
+    if namespace == "kubernetes":
+        return (
+            f"{shown}: ignored (every object goes through this project's explicit Kubernetes "
+            f"provider, which reads no `kubernetes:` config); allowed: {PROJECT}:kube_context "
+            f"for the kubeconfig context, {PROJECT}:namespace for the namespace"
+        )
+    if namespace == "pulumi":
+        allowed = ", ".join(sorted(PULUMI_ENGINE_KEYS))
+        return f"{shown}: not a key the Pulumi engine reads; allowed pulumi: keys: {allowed}"
+    settings = sorted([*StackSettings.model_fields, *SECRET_KEYS])
+    close_namespace = (
+        namespace.lower().replace("_", "-").replace(".", "-") == PROJECT
+        or difflib.SequenceMatcher(None, namespace.lower(), PROJECT).ratio() >= 0.75
+    )
+    hint = ""
+    if close_namespace or name in settings:
+        guess = difflib.get_close_matches(name, settings, n=1, cutoff=0.6)
+        hint = f" (did you mean {PROJECT}:{guess[0] if guess else name}?)"
+    return (
+        f"{shown}: outside this project's namespace, so the program would ignore it{hint}; "
+        f"allowed: {PROJECT}:<setting>, settings: {', '.join(settings)}"
+    )
+
+
 def parse_stack_config(
     config: Mapping[str, str], secret_keys: Iterable[str], stack_file: str
 ) -> tuple[StackSettings, dict[str, str]]:
     """Validate a stack's raw config (the CLI's strings); return settings and secret raw values.
 
-    Raises `SettingsError` naming every problem. Secrets are checked for being secrets: a
-    password in plain text in a stack file would sit in the repository.
+    Raises `SettingsError` naming every problem. A key outside this project's namespace is a
+    problem (it would be ignored), except the few the Pulumi engine reads itself. Secrets are
+    checked for being secrets: a password in plain text in a stack file would sit in the
+    repository.
     """
     secret_set = set(secret_keys)
     values: dict[str, Any] = {}
@@ -144,6 +197,9 @@ def parse_stack_config(
     for full_key, text in sorted(config.items()):
         namespace, _, name = full_key.partition(":")
         if namespace != PROJECT:
+            foreign = _foreign_key_problem(full_key, text, full_key in secret_set)
+            if foreign:
+                problems.append(foreign)
             continue
         if name in SECRET_KEYS:
             if full_key not in secret_set:
@@ -164,23 +220,44 @@ def parse_stack_config(
     return settings, secrets
 
 
-def _current_config() -> tuple[dict[str, str], list[str]]:
-    """All config the Pulumi runtime holds for this run (set by the CLI or by the mocks)."""
+def explicit_runtime_config() -> dict[str, str]:
+    """Return the config set with `pulumi.runtime.set_all_config` (mocks and tests), if any.
+
+    The SDK has no public call that lists those keys, so this reads the module variable
+    `set_all_config` fills; tests/unit/test_render_secrets_sdk_internals.py fails if an SDK
+    upgrade moves it.
+    """
     from pulumi.runtime import config as runtime_config
 
-    merged = dict(runtime_config.get_config_env())
-    merged.update(runtime_config.CONFIG.get())
-    secret_keys = set(runtime_config.get_config_secret_keys_env())
-    secret_keys.update(runtime_config._SECRET_KEYS.get())
-    return {k: str(v) for k, v in merged.items()}, sorted(secret_keys)
+    return {key: str(value) for key, value in runtime_config.CONFIG.get().items()}
+
+
+def _current_config() -> tuple[dict[str, str], list[str]]:
+    """Return the config this run was handed: set explicitly, or where the language host puts it.
+
+    `pulumi up` runs the program with PULUMI_CONFIG (every key, as text) and
+    PULUMI_CONFIG_SECRET_KEYS set by Pulumi's Python language host. Under mocks the config is
+    set explicitly and then it alone counts: `brokerctl render` must never pick up credentials
+    a shell left in PULUMI_CONFIG.
+    """
+    from pulumi.runtime import get_config_env, get_config_secret_keys_env, is_config_secret
+
+    explicit = explicit_runtime_config()
+    if explicit:
+        return explicit, sorted(key for key in explicit if is_config_secret(key))
+    values = {key: str(value) for key, value in get_config_env().items()}
+    return values, sorted(get_config_secret_keys_env())
 
 
 def load_stack_config() -> StackConfig:
-    """Read and validate the running stack's config; raise SettingsError before any resource."""
+    """Read and validate the running stack's config; raise SettingsError before any resource.
+
+    Secrets are taken from the same config that was validated (not looked up again through
+    `pulumi.Config`, which would also consult PULUMI_CONFIG_<KEY> variables).
+    """
     raw, secret_keys = _current_config()
     settings, secret_values = parse_stack_config(
         raw, secret_keys, stack_file_for(pulumi.get_stack())
     )
-    config = pulumi.Config(PROJECT)
-    secrets = {name: config.require_secret(name) for name in secret_values}
+    secrets = {name: pulumi.Output.secret(text) for name, text in secret_values.items()}
     return StackConfig(settings=settings, secrets=secrets)
