@@ -53,6 +53,9 @@ def settings_for(mode: str) -> StackSettings:
                 "persistence": mode,
                 "resources": {"memory_request": "4Gi", "memory_limit": "4Gi"},
             },
+            "workers": {
+                "pools": [{"name": "bench", "image": "registry.example.com/transcritor-pdf:1.0.0"}]
+            },
         }
     )
 

@@ -53,11 +53,13 @@ def timed(command: list[str], repeat: int) -> float:
 def pools_stack(count: int) -> str:
     """Return a stack file with `count` worker pools, each on its own queue."""
     pools = "".join(
-        f"      - name: pool{i}\n        queues: [q{i}]\n        autoscaling: {{enabled: true}}\n"
+        f"      - name: pool{i}\n        image: registry.example.com/transcritor-pdf:1.0.0\n"
+        f"        queues: [q{i}]\n        autoscaling: {{enabled: true}}\n"
         for i in range(count)
     )
     return (
-        "config:\n  celery-redis:broker:\n    persistence: aof\n"
+        "config:\n  celery-redis:kube_context: bench\n"
+        "  celery-redis:broker:\n    persistence: aof\n"
         f"  celery-redis:workers:\n    pools:\n{pools}"
     )
 

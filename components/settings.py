@@ -5,16 +5,40 @@ an environment changes; everything else is a default here, documented beside the
 README's settings reference is generated from these descriptions (tests/unit fails when they
 drift). Models forbid unknown keys at every depth: a typo must never fall back to a default.
 
-Only `load_settings` reads Pulumi config; components receive the frozen model.
+Only `components.stack_config.load_stack_config` reads Pulumi config; components receive the
+frozen model.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from components.quantities import CpuQuantity, MemoryQuantity, memory_bytes
+from components.images import ImageReference, RedisImage
+from components.k8s_values import (
+    INT32_MAX,
+    DnsLabel,
+    DnsSubdomain,
+    EnvVarName,
+    LabelKey,
+    LabelValue,
+    number_problem,
+)
+from components.quantities import CpuQuantity, MemoryQuantity, cpu_millicores, memory_bytes
 
 PROJECT = "celery-redis"
 """The Pulumi project name, and so the namespace of every config key (`celery-redis:broker`)."""
@@ -22,6 +46,20 @@ PROJECT = "celery-redis"
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 PersistenceMode = Literal["none", "rdb", "aof", "aof-always"]
 PERSISTENT_MODES = ("rdb", "aof", "aof-always")
+
+MIB = 1024**2
+AOF_REWRITE_PERCENTAGE = 100
+"""redis.conf `auto-aof-rewrite-percentage`: Redis rewrites the AOF once it has grown by this
+share of its size after the last rewrite, so between rewrites it reaches twice that size."""
+AOF_REWRITE_MIN_SIZE_MB = 64
+"""redis.conf `auto-aof-rewrite-min-size` in Redis `mb` (MiB): no automatic rewrite below it."""
+FILESYSTEM_USABLE_SHARE = 0.88
+"""Share of a volume's size redis-server can fill. ext4 (what most CSI drivers format) keeps 5%
+for root, and Redis does not run as root; inode tables take about 1.6% and the journal up to
+3.2% of a small volume. 12% covers that, with a little to spare."""
+TASK_FATE_SETTINGS = ("soft_time_limit", "time_limit", "acks_late", "reject_on_worker_lost")
+"""Pool settings that decide what happens to a task once a worker takes it from a queue: pools
+that consume the same queue must agree on them, since either pool may take any of its tasks."""
 
 
 class CrossFieldProblem(ValueError):
@@ -41,10 +79,19 @@ class Section(BaseModel):
 
     Unknown keys are errors, values are never coerced from another type (a quoted "3" for
     replicas is a mistake worth reporting), and settings are frozen so a component cannot
-    change what another one sees.
+    change what another one sees. Every number is finite and fits an int32 (see
+    `number_problem`), so no setting can fail the API server, or a conversion, later.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_int32(cls, value: object) -> object:
+        problem = number_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class Problems:
@@ -90,33 +137,60 @@ class Resources(Section):
 
     @model_validator(mode="after")
     def _request_within_limit(self) -> Resources:
+        problems = Problems()
         if memory_bytes(self.memory_request) > memory_bytes(self.memory_limit):
-            problems = Problems()
             problems.add(
                 ("memory_request",),
                 self.memory_request,
                 f"must not exceed memory_limit ({self.memory_limit}); "
                 "allowed: a quantity <= memory_limit",
             )
-            problems.raise_if_any()
+        # The API server refuses a container whose limit is below its request (any resource).
+        if self.cpu_limit is not None and cpu_millicores(self.cpu_request) > cpu_millicores(
+            self.cpu_limit
+        ):
+            problems.add(
+                ("cpu_request",),
+                self.cpu_request,
+                f"must not exceed cpu_limit ({self.cpu_limit}); "
+                "allowed: a quantity <= cpu_limit, or no cpu_limit",
+            )
+        problems.raise_if_any()
         return self
 
 
 class Toleration(Section):
     """One Kubernetes toleration, for pools or brokers pinned to tainted nodes."""
 
-    key: str = Field(..., description="Taint key to tolerate.")
+    key: LabelKey = Field(..., description="Taint key to tolerate (a label key).")
     operator: Literal["Equal", "Exists"] = Field("Equal", description="How the key is matched.")
-    value: str | None = Field(None, description="Taint value (with operator Equal).")
+    value: LabelValue | None = Field(
+        None, description="Taint value (a label value); only with operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Which taint effect is tolerated; unset tolerates all."
     )
+
+    @model_validator(mode="after")
+    def _exists_takes_no_value(self) -> Toleration:
+        # validateTolerations (Kubernetes core validation): "value must be empty when
+        # `operator` is 'Exists'".
+        if self.operator == "Exists" and self.value:
+            problems = Problems()
+            problems.add(
+                ("value",),
+                self.value,
+                "must be empty with operator Exists (it matches any value of the key); "
+                "allowed: no value, or operator Equal",
+            )
+            problems.raise_if_any()
+        return self
 
 
 class Placement(Section):
     """Where pods may run."""
 
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, description="Node labels the pods require (e.g. a node pool)."
     )
     tolerations: list[Toleration] = Field(
@@ -131,8 +205,9 @@ class Storage(Section):
         "8Gi",
         description="Volume size; bounds the largest AOF/RDB and so the startup probe budget.",
     )
-    storage_class: str | None = Field(
-        None, description="StorageClass of the claim; unset uses the cluster default."
+    storage_class: DnsSubdomain | None = Field(
+        None,
+        description="StorageClass of the claim (an object name); unset uses the cluster default.",
     )
 
 
@@ -154,9 +229,12 @@ def _default_rdb_schedule() -> list[RdbSavePoint]:
 class BrokerSettings(Section):
     """The Redis broker: one StatefulSet, its config, users, storage and probes."""
 
-    image: str = Field(
+    image: RedisImage = Field(
         "docker.io/library/redis:7.2.7",
-        description="Redis image, pinned; 7.2+ (redis.conf keeps to directives 7.0 also loads).",
+        description=(
+            "Redis image, pinned by a version tag (a digest may follow it): Redis 7.0 or later, "
+            "the oldest that loads the rendered redis.conf."
+        ),
     )
     persistence: PersistenceMode = Field(
         "aof",
@@ -349,8 +427,87 @@ class BrokerSettings(Section):
                 self.result_db,
                 f"must differ from broker_db ({self.broker_db}) so results never mix with queues",
             )
+        self._add_storage_problem(problems)
         problems.raise_if_any()
         return self
+
+    def disk_peak_bytes(self) -> tuple[int, str]:
+        """Most bytes the persistence files occupy at once, and how that sum is made up.
+
+        The dataset is at most maxmemory plus one largest message: noeviction checks memory
+        before a write, so the write that crosses maxmemory is stored whole. An RDB file, or
+        an AOF base file (it starts with an RDB preamble), holds at most that dataset.
+
+        rdb: dump.rdb plus the temp-<pid>.rdb that BGSAVE writes in full before renaming it
+        over dump.rdb.
+
+        aof, aof-always: Redis 7 keeps a base file and incr files in appenddirname. It starts
+        a rewrite when they have grown past (1 + auto-aof-rewrite-percentage) times their size
+        after the last rewrite (at least auto-aof-rewrite-min-size); that size is the new base
+        plus what was written while it was made. Until the new base is complete
+        (temp-rewriteaof-bg-<pid>.aof, then renamed into appenddirname) the old base and incr
+        files stay, and a new incr file takes the writes. Writes while a rewrite is due or
+        running are bounded by fork_headroom_ratio x maxmemory: every logged byte is a byte of
+        a message allocated in memory while the fork holds the old pages, which is the write
+        volume the memory headroom already allows for copy-on-write.
+        """
+        maxmemory = self.effective_maxmemory_bytes()
+        dataset = maxmemory + memory_bytes(self.max_message_bytes)
+        if self.persistence == "rdb":
+            return 2 * dataset, (
+                f"dump.rdb {dataset // MIB} MiB + its temp file {dataset // MIB} MiB "
+                "during a snapshot"
+            )
+        if self.persistence not in ("aof", "aof-always"):
+            return 0, "nothing: persistence none writes no files"
+        during_rewrite = int(maxmemory * self.fork_headroom_ratio)
+        growth = (100 + AOF_REWRITE_PERCENTAGE) / 100
+        before_rewrite = max(
+            int((dataset + during_rewrite) * growth), AOF_REWRITE_MIN_SIZE_MB * MIB
+        )
+        total = before_rewrite + dataset + during_rewrite
+        return total, (
+            f"AOF at its rewrite trigger {before_rewrite // MIB} MiB + the new base "
+            f"{dataset // MIB} MiB + writes during the rewrite {during_rewrite // MIB} MiB"
+        )
+
+    def minimum_storage_bytes(self) -> int:
+        """Smallest volume that holds the persistence files at their peak, in whole MiB.
+
+        The peak (`disk_peak_bytes`) plus the filesystem's own share of the volume; 0 for a
+        broker that writes nothing.
+        """
+        peak, _ = self.disk_peak_bytes()
+        if peak == 0:
+            return 0
+        return math.ceil(peak / FILESYSTEM_USABLE_SHARE / MIB) * MIB
+
+    def _add_storage_problem(self, problems: Problems) -> None:
+        """Refuse a volume the persistence files outgrow: a full disk stops the broker.
+
+        aof-always exits on a failed AOF write, aof refuses every write (MISCONF), and rdb
+        refuses writes after a failed snapshot (stop-writes-on-bgsave-error).
+        """
+        minimum = self.minimum_storage_bytes()
+        if not self.persistent or memory_bytes(self.storage.size) >= minimum:
+            return
+        _, breakdown = self.disk_peak_bytes()
+        consequence = {
+            "aof-always": "Redis exits",
+            "aof": "Redis refuses every write",
+            "rdb": "Redis refuses writes after the failed snapshot",
+        }[self.persistence]
+        problems.add(
+            ("storage", "size"),
+            self.storage.size,
+            (
+                f"too small for persistence {self.persistence} with maxmemory "
+                f"{self.effective_maxmemory_bytes() // MIB} MiB ({consequence} when the disk "
+                f"fills): at its peak it writes {breakdown}, and the filesystem keeps "
+                f"{1 - FILESYSTEM_USABLE_SHARE:.0%} of the volume; allowed: at least "
+                f"{minimum // MIB}Mi (README: Storage sizing), or a smaller maxmemory"
+            ),
+        )
 
 
 def _max_maxmemory_mib(broker: BrokerSettings) -> int:
@@ -416,9 +573,12 @@ class PoolSettings(Section):
         min_length=1,
         description="Queues this pool consumes; `celery` is Celery's default queue.",
     )
-    image: str = Field(
-        "registry.example.com/transcritor-pdf:latest",
-        description="The application image (has Celery and the app); set it per stack.",
+    image: ImageReference = Field(
+        ...,
+        description=(
+            "The application image (has Celery and the app), pinned: name:tag (not latest) or "
+            "name@sha256:...; required, there is no default."
+        ),
     )
     app: str = Field(
         "src.celery_app", description="Module (or module:attribute) of the Celery app."
@@ -531,7 +691,7 @@ class PoolSettings(Section):
         default_factory=lambda: Resources(memory_request="512Mi", memory_limit="1Gi"),
         description="Requests and limits of one worker container.",
     )
-    env: dict[str, str] = Field(
+    env: dict[EnvVarName, str] = Field(
         default_factory=dict, description="Extra plain environment variables (no secrets here)."
     )
     broker_url_aliases: list[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]] = Field(
@@ -597,8 +757,8 @@ class BeatSettings(Section):
     enabled: bool = Field(
         False, description="Run one celery beat (Recreate strategy, one replica)."
     )
-    image: str | None = Field(
-        None, description="Image for beat; unset uses the first pool's image."
+    image: ImageReference | None = Field(
+        None, description="Image for beat, pinned; unset uses the first pool's image."
     )
     app: str | None = Field(
         None, description="Celery app module for beat; unset uses the first pool's app."
@@ -617,8 +777,10 @@ class BeatSettings(Section):
     )
 
 
-def _default_pools() -> list[PoolSettings]:
-    return [PoolSettings(name="default")]
+def _default_pools() -> list[dict[str, str]]:
+    # Validated like a stack's own pools (validate_default): the image has no default, so a
+    # stack that leaves out `workers` is told to set workers.pools[0].image.
+    return [{"name": "default"}]
 
 
 class WorkersSettings(Section):
@@ -626,11 +788,12 @@ class WorkersSettings(Section):
 
     pools: list[PoolSettings] = Field(
         default_factory=_default_pools,
+        validate_default=True,
         min_length=1,
         description="Worker pools, one Deployment each.",
     )
     beat: BeatSettings = Field(default_factory=BeatSettings, description="The optional scheduler.")
-    keda_namespace: str = Field(
+    keda_namespace: DnsLabel = Field(
         "keda",
         description=(
             "Namespace of the KEDA operator, admitted to the broker port when a pool uses KEDA."
@@ -645,8 +808,44 @@ class WorkersSettings(Section):
             if pool.name in seen:
                 problems.add(("pools", index, "name"), pool.name, "pool names must be unique")
             seen.add(pool.name)
+        self._add_shared_queue_problems(problems)
         problems.raise_if_any()
         return self
+
+    def _add_shared_queue_problems(self, problems: Problems) -> None:
+        """Pools that consume one queue must agree on what happens to its tasks.
+
+        Either pool may take any task of a shared queue and runs it under its own settings: a
+        pool with a shorter time_limit kills, and acknowledges, a long task that the other pool
+        was sized for, and one without acks_late loses a task the other would requeue. Sharing
+        is allowed when the pools agree (the same queue served from two node pools, say), so no
+        opt-in setting exists: one that admitted disagreeing pools would reopen the hole.
+        """
+        first_consumer: dict[str, int] = {}
+        for index, pool in enumerate(self.pools):
+            for position, queue in enumerate(pool.queues):
+                other_index = first_consumer.setdefault(queue, index)
+                if other_index == index:
+                    continue
+                other = self.pools[other_index]
+                differences = [
+                    f"{name} {getattr(pool, name)} here, {getattr(other, name)} there"
+                    for name in TASK_FATE_SETTINGS
+                    if getattr(pool, name) != getattr(other, name)
+                ]
+                if differences:
+                    problems.add(
+                        ("pools", index, "queues", position),
+                        queue,
+                        (
+                            f"is also consumed by pool {other.name!r} "
+                            f"(workers.pools[{other_index}]) with other task settings "
+                            f"({'; '.join(differences)}): whichever pool takes a task applies "
+                            "its own, so the shorter time limit kills and acknowledges tasks "
+                            "the other pool allows; allowed: a queue of its own for each pool, "
+                            f"or the same {', '.join(TASK_FATE_SETTINGS)} in both"
+                        ),
+                    )
 
 
 class ChecksSettings(Section):
@@ -673,10 +872,11 @@ class ChecksSettings(Section):
     ttl_seconds_after_finished: int = Field(
         3600, ge=0, description="Finished check Jobs are deleted after this."
     )
-    image: str | None = Field(
+    image: ImageReference | None = Field(
         None,
         description=(
-            "Image of the check Job; unset uses the first pool's (it has Celery and redis-py)."
+            "Image of the check Job, pinned; unset uses the first pool's "
+            "(it has Celery and redis-py)."
         ),
     )
     python_bin: str = Field(
@@ -712,16 +912,12 @@ class TlsSettings(Section):
     enabled: bool = Field(
         False, description="Redis serves TLS only (port 0, tls-port); clients get rediss:// URLs."
     )
-    secret_name: str | None = Field(
+    secret_name: DnsSubdomain | None = Field(
         None,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",  # a Kubernetes object name
-        max_length=253,
         description="An existing kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) to serve.",
     )
-    cert_manager_issuer: str | None = Field(
+    cert_manager_issuer: DnsSubdomain | None = Field(
         None,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-        max_length=253,
         description="Or: a cert-manager issuer that a Certificate object requests the pair from.",
     )
     cert_manager_issuer_kind: Literal["Issuer", "ClusterIssuer"] = Field(
@@ -732,9 +928,8 @@ class TlsSettings(Section):
         ge=24,
         description="Lifetime cert-manager gives the certificate (90 days); renewed at 2/3 of it.",
     )
-    cluster_domain: str = Field(
+    cluster_domain: DnsSubdomain = Field(
         "cluster.local",
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="The cluster's DNS domain, for the certificate's fully qualified names.",
     )
 
@@ -760,7 +955,7 @@ class MetricsSettings(Section):
     exporter_enabled: bool = Field(
         False, description="Run redis_exporter beside Redis, as the read-only user."
     )
-    exporter_image: str = Field(
+    exporter_image: ImageReference = Field(
         "docker.io/oliver006/redis_exporter:v1.67.0", description="redis_exporter image, pinned."
     )
     exporter_port: int = Field(9121, ge=1, le=65535, description="Port Prometheus scrapes.")
@@ -775,7 +970,7 @@ class MetricsSettings(Section):
     scrape_interval_seconds: int = Field(
         30, ge=5, description="How often Prometheus scrapes the exporter."
     )
-    rule_labels: dict[str, str] = Field(
+    rule_labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         description="Labels the Prometheus instance selects rules and monitors by.",
     )
@@ -805,14 +1000,18 @@ class MetricsSettings(Section):
 class StackSettings(Section):
     """Everything one stack (environment) decides."""
 
-    namespace: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
+    namespace: DnsLabel = Field(
         "celery", description="Kubernetes namespace that holds every object of the stack."
     )
     create_namespace: bool = Field(
         True, description="Create the namespace (false when it is managed elsewhere)."
     )
     kube_context: str | None = Field(
-        None, description="kubeconfig context to deploy to; unset uses the current context."
+        None,
+        description=(
+            "kubeconfig context to deploy to, as named in the deploying user's kubeconfig; "
+            "required unless ephemeral (an unset context means whichever one is current)."
+        ),
     )
     name_prefix: Annotated[str, Field(pattern=DNS_LABEL, max_length=20)] = Field(
         "celery", description="Prefix of every object name, so two releases can share a namespace."
@@ -823,7 +1022,9 @@ class StackSettings(Section):
     )
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The Redis broker.")
     workers: WorkersSettings = Field(
-        default_factory=WorkersSettings, description="The Celery worker pools."
+        default_factory=dict,  # validated: the default pool needs its image set
+        validate_default=True,
+        description="The Celery worker pools.",
     )
     checks: ChecksSettings = Field(
         default_factory=ChecksSettings, description="The post-deploy checks."
@@ -849,32 +1050,166 @@ class StackSettings(Section):
         longest = self.longest_task_seconds
         return longest + max(300, longest // 10)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem_in_one_round(
+        cls, data: object, handler: ValidatorFunctionWrapHandler
+    ) -> StackSettings:
+        """Report the rules between sections together with the field errors of other sections.
+
+        Pydantic runs `_stack_rules` only when every field is valid, so a person fixing a file
+        would meet the rules' complaints only in a second round. When a field error stops
+        validation, the rules whose sections are all valid run on those sections here, and
+        their problems join the field errors in one ValidationError.
+        """
+        try:
+            return handler(data)
+        except ValidationError as error:
+            if not isinstance(data, dict) or any(not item["loc"] for item in error.errors()):
+                raise  # not a stack file's mapping, or the rules already ran
+            failed = {item["loc"][0] for item in error.errors()}
+            valid = frozenset(name for name in cls.model_fields if name not in failed)
+            view = cls.model_construct(
+                **{name: _validated_field(cls, name, data) for name in valid}
+            )
+            problems = view.stack_problems(valid)
+            if not problems.found:
+                raise
+            raise _with_cross_field_problems(error, problems) from None
+
     @model_validator(mode="after")
     def _stack_rules(self) -> StackSettings:
+        self.stack_problems(frozenset(type(self).model_fields)).raise_if_any()
+        return self
+
+    def stack_problems(self, valid: frozenset[str]) -> Problems:
+        """Check every rule between sections whose sections are all in `valid`."""
         problems = Problems()
-        if self.broker.persistence == "none" and not self.ephemeral:
+        for sections, rule in STACK_RULES:
+            if sections <= valid:
+                rule(self, problems)
+        return problems
+
+    @model_validator(mode="after")
+    def _derived_probe_fits_int32(self) -> StackSettings:
+        # The broker's startup probe failureThreshold (an int32 in the API) is derived from the
+        # volume size and the AOF load rate; imported here since redis_config builds on this.
+        from components.redis_config import startup_failure_threshold
+
+        threshold = startup_failure_threshold(self)
+        if threshold > INT32_MAX:
+            problems = Problems()
             problems.add(
-                ("broker", "persistence"),
-                "none",
-                "loses every queued task on restart; "
-                "allowed: rdb, aof, aof-always, or set ephemeral: true",
-            )
-        explicit = self.broker.visibility_timeout
-        if explicit is not None and explicit <= self.longest_task_seconds:
-            pool = max(self.workers.pools, key=lambda p: p.time_limit + p.max_eta_seconds)
-            problems.add(
-                ("broker", "visibility_timeout"),
-                explicit,
+                ("broker", "aof_load_mb_per_second"),
+                self.broker.aof_load_mb_per_second,
                 (
-                    "must exceed the longest hard time limit plus ETA of any pool "
-                    f"(pool {pool.name!r}: "
-                    f"time_limit {pool.time_limit} + max_eta_seconds {pool.max_eta_seconds} = "
-                    f"{self.longest_task_seconds}), or Redis redelivers tasks still running; "
-                    f"allowed: an integer > {self.longest_task_seconds}, or unset to derive it"
+                    f"with storage.size {self.broker.storage.size} makes a startup probe of "
+                    f"{threshold} attempts, beyond the int32 Kubernetes stores; allowed: a "
+                    "higher load rate or a smaller volume"
                 ),
             )
-        problems.raise_if_any()
+            problems.raise_if_any()
         return self
+
+
+def _named_kube_context(stack: StackSettings, problems: Problems) -> None:
+    """Deploy a lasting stack only to the cluster it names, never to the current context."""
+    if not stack.ephemeral and not (stack.kube_context or "").strip():
+        problems.add(
+            ("kube_context",),
+            stack.kube_context,
+            (
+                "must name the kubeconfig context this stack deploys to: without it `pulumi up` "
+                "deploys to whatever context is current, which is how a prod change lands on "
+                "another cluster; allowed: a context name from `kubectl config get-contexts "
+                "-o name`, or set ephemeral: true for a throwaway stack"
+            ),
+        )
+
+
+def _persistence_or_ephemeral(stack: StackSettings, problems: Problems) -> None:
+    """Let only a throwaway stack run a broker that forgets its queues on restart."""
+    if stack.broker.persistence == "none" and not stack.ephemeral:
+        problems.add(
+            ("broker", "persistence"),
+            "none",
+            "loses every queued task on restart; "
+            "allowed: rdb, aof, aof-always, or set ephemeral: true",
+        )
+
+
+def _visibility_outlasts_tasks(stack: StackSettings, problems: Problems) -> None:
+    """Keep Redis from redelivering a task that a worker is still allowed to run."""
+    explicit = stack.broker.visibility_timeout
+    if explicit is not None and explicit <= stack.longest_task_seconds:
+        pool = max(stack.workers.pools, key=lambda p: p.time_limit + p.max_eta_seconds)
+        problems.add(
+            ("broker", "visibility_timeout"),
+            explicit,
+            (
+                "must exceed the longest hard time limit plus ETA of any pool "
+                f"(pool {pool.name!r}: "
+                f"time_limit {pool.time_limit} + max_eta_seconds {pool.max_eta_seconds} = "
+                f"{stack.longest_task_seconds}), or Redis redelivers tasks still running; "
+                f"allowed: an integer > {stack.longest_task_seconds}, or unset to derive it"
+            ),
+        )
+
+
+STACK_RULES: tuple[tuple[frozenset[str], Callable[[StackSettings, Problems], None]], ...] = (
+    (frozenset({"ephemeral", "kube_context"}), _named_kube_context),
+    (frozenset({"ephemeral", "broker"}), _persistence_or_ephemeral),
+    (frozenset({"broker", "workers"}), _visibility_outlasts_tasks),
+)
+"""Rules between top-level settings, each with the settings it reads: it runs whenever those
+are valid, also when another section has errors (see `_every_problem_in_one_round`)."""
+
+
+@functools.cache
+def _single_field_model(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """Return a model of only `model`'s field `name`, with the same type, default and config."""
+    info = model.model_fields[name]
+    return create_model(f"Only_{name}", __base__=Section, **{name: (info.annotation, info)})
+
+
+def _validated_field(model: type[BaseModel], name: str, data: dict[str, object]) -> object:
+    """Return field `name` validated on its own: the stack's value, or the default if unset."""
+    single = _single_field_model(model, name)
+    given = {name: data[name]} if name in data else {}
+    return getattr(single.model_validate(given), name)
+
+
+def _with_cross_field_problems(error: ValidationError, problems: Problems) -> ValidationError:
+    """Return `error`'s problems plus the cross-field `problems`, as one ValidationError.
+
+    Each original error keeps its type and message; the cross-field ones travel as a
+    CrossFieldProblem, which the settings report expands to one line per key.
+    """
+    details: list[InitErrorDetails] = []
+    for item in error.errors():
+        if item["type"] == "value_error":
+            details.append(
+                InitErrorDetails(
+                    type="value_error", loc=item["loc"], input=item["input"], ctx=item["ctx"]
+                )
+            )
+        else:
+            details.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(item["type"], item["msg"]),
+                    loc=item["loc"],
+                    input=item["input"],
+                )
+            )
+    details.append(
+        InitErrorDetails(
+            type="value_error",
+            loc=(),
+            input=None,
+            ctx={"error": CrossFieldProblem(problems.found)},
+        )
+    )
+    return ValidationError.from_exception_data(error.title, details)
 
 
 SECRET_KEYS = ("broker_password", "broker_password_previous", "probe_password")

@@ -32,9 +32,17 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def stack() -> StackSettings:
     return StackSettings.model_validate(
         {
+            "kube_context": "test",
             "metrics": {"exporter_enabled": True, "prometheus_operator": True},
             "workers": {
-                "pools": [{"name": "default", "queues": ["celery"], "alert_queue_depth": 100}]
+                "pools": [
+                    {
+                        "name": "default",
+                        "image": "registry.example.com/transcritor-pdf:1.0.0",
+                        "queues": ["celery"],
+                        "alert_queue_depth": 100,
+                    }
+                ]
             },
         },
         strict=False,

@@ -102,6 +102,9 @@ class RenderedPool:
         return list(self.container[f"{kind}Probe"]["exec"]["command"])
 
 
+APP_IMAGE = "registry.example.com/transcritor-pdf:1.0.0"
+
+
 def render_pool(
     workdir: Path, pool: dict[str, Any], stack: str = "workertest", **stack_settings: Any
 ) -> RenderedPool:
@@ -111,7 +114,8 @@ def render_pool(
             "celery-redis:namespace": "workers-test",
             "celery-redis:ephemeral": True,
             "celery-redis:broker": {"persistence": "none"},
-            "celery-redis:workers": {"pools": [pool], **stack_settings},
+            # The model requires a pinned image; the harness runs the pool's command locally.
+            "celery-redis:workers": {"pools": [{"image": APP_IMAGE, **pool}], **stack_settings},
         }
     }
     workdir.mkdir(parents=True, exist_ok=True)

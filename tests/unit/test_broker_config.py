@@ -46,7 +46,17 @@ WRITES = {"set", "del", "lpush", "rpush", "hset", "zadd", "sadd", "publish", "ev
 
 def make_settings(**broker: Any) -> StackSettings:
     """Return settings with broker overrides; ephemeral so persistence none is allowed."""
-    return StackSettings.model_validate({"ephemeral": True, "broker": broker})
+    return StackSettings.model_validate(
+        {
+            "ephemeral": True,
+            "broker": broker,
+            "workers": {
+                "pools": [
+                    {"name": "default", "image": "registry.example.com/transcritor-pdf:1.0.0"}
+                ]
+            },
+        }
+    )
 
 
 def directives(conf: str) -> dict[str, list[str]]:

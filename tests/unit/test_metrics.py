@@ -18,6 +18,7 @@ from tests.support.crd_schema import CrdSchemaError, validate_custom_resources
 def stack(**overrides: Any) -> StackSettings:
     """Return a stack with the exporter and the operator on, two pools, overrides on top."""
     data: dict[str, Any] = {
+        "kube_context": "test",
         "metrics": {
             "exporter_enabled": True,
             "prometheus_operator": True,
@@ -25,8 +26,16 @@ def stack(**overrides: Any) -> StackSettings:
         },
         "workers": {
             "pools": [
-                {"name": "pdf", "queues": ["celery", "pdf.high"]},
-                {"name": "mail", "queues": ["mail"]},
+                {
+                    "name": "pdf",
+                    "queues": ["celery", "pdf.high"],
+                    "image": "registry.example.com/transcritor-pdf:1.0.0",
+                },
+                {
+                    "name": "mail",
+                    "queues": ["mail"],
+                    "image": "registry.example.com/transcritor-pdf:1.0.0",
+                },
             ]
         },
     }

@@ -45,7 +45,8 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
             id="unknown-nested",
         ),
         pytest.param(
-            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n        replicas: "
+            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n"
+            "        image: registry.example.com/transcritor-pdf:1.0.0\n        replicas: "
             "'3'\n",
             "celery-redis:workers.pools[0].replicas",
             "'3'",
@@ -58,7 +59,8 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
             id="not-a-choice",
         ),
         pytest.param(
-            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n        "
+            "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n"
+            "        image: registry.example.com/transcritor-pdf:1.0.0\n        "
             "concurrency: 0\n",
             "celery-redis:workers.pools[0].concurrency",
             "0",
@@ -66,7 +68,8 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
         ),
         pytest.param(
             "config:\n  celery-redis:broker:\n    visibility_timeout: 600\n"
-            "  celery-redis:workers:\n    pools:\n      - name: pdf\n        soft_time_limit: "
+            "  celery-redis:workers:\n    pools:\n      - name: pdf\n"
+            "        image: registry.example.com/transcritor-pdf:1.0.0\n        soft_time_limit: "
             "3000\n"
             "        time_limit: 3600\n",
             "celery-redis:broker.visibility_timeout",
@@ -75,6 +78,7 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
         ),
         pytest.param(
             "config:\n  celery-redis:workers:\n    pools:\n      - name: pdf\n"
+            "        image: registry.example.com/transcritor-pdf:1.0.0\n"
             "        soft_shutdown_seconds: 90\n        termination_grace_period_seconds: 60\n",
             "celery-redis:workers.pools[0].soft_shutdown_seconds",
             "90",
@@ -87,7 +91,9 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
             id="maxmemory-without-fork-headroom",
         ),
         pytest.param(
-            "config:\n  celery-redis:broker:\n    persistence: none\n",
+            "config:\n  celery-redis:broker:\n    persistence: none\n"
+            "  celery-redis:workers:\n    pools:\n      - name: pdf\n"
+            "        image: registry.example.com/transcritor-pdf:1.0.0\n",
             "celery-redis:broker.persistence",
             "'none'",
             id="persistence-none-on-a-lasting-stack",

@@ -30,7 +30,16 @@ PREVIOUS = "canary-Previous-5d1e0c7a"
 def make_settings(tls: dict[str, Any] | None = None, **broker_settings: Any) -> StackSettings:
     """Return settings with TLS and broker overrides (ephemeral, so any persistence is allowed)."""
     return StackSettings.model_validate(
-        {"ephemeral": True, "tls": tls or {}, "broker": broker_settings}
+        {
+            "ephemeral": True,
+            "tls": tls or {},
+            "broker": broker_settings,
+            "workers": {
+                "pools": [
+                    {"name": "default", "image": "registry.example.com/transcritor-pdf:1.0.0"}
+                ]
+            },
+        }
     )
 
 
@@ -181,7 +190,8 @@ def test_reloader_sidecar_is_hardened_probed_and_shares_the_acl_writer(prod_obje
     assert reloader["resources"]["limits"]["memory"]
     assert reloader["livenessProbe"], "every container needs a liveness probe"
     assert reloader["readinessProbe"], "every container needs a readiness probe"
-    writer = redis_config.acl_functions(tls=True)
+    # The prod stack's queues: their lists are the KEDA and exporter users' keys.
+    writer = redis_config.acl_functions(tls=True, queues=("celery", "short"))
     for name, script in (
         ("redis", containers["redis"]["command"][2]),
         ("reloader", reloader["command"][2]),

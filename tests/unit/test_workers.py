@@ -14,6 +14,8 @@ from components import celery_config, workers
 from components.settings import PoolSettings, StackSettings
 
 STACKS = ("dev", "staging", "prod")
+APP_IMAGE = "registry.example.com/transcritor-pdf:1.0.0"
+"""A pinned application image for pools a test does not give one (the model requires it)."""
 
 
 def stack_settings(**pool: Any) -> StackSettings:
@@ -22,7 +24,7 @@ def stack_settings(**pool: Any) -> StackSettings:
         {
             "ephemeral": True,
             "broker": {"persistence": "none"},
-            "workers": {"pools": [{"name": "pool", **pool}]},
+            "workers": {"pools": [{"name": "pool", "image": APP_IMAGE, **pool}]},
         }
     )
 
@@ -34,7 +36,10 @@ def render_objects(tmp_path: Path, workers_settings: dict[str, Any]) -> list[dic
             "celery-redis:namespace": "unit-workers",
             "celery-redis:ephemeral": True,
             "celery-redis:broker": {"persistence": "none"},
-            "celery-redis:workers": workers_settings,
+            "celery-redis:workers": {
+                **workers_settings,
+                "pools": [{"image": APP_IMAGE, **pool} for pool in workers_settings["pools"]],
+            },
         }
     }
     (tmp_path / "Pulumi.unit.yaml").write_text(yaml.safe_dump(stack))
@@ -239,7 +244,11 @@ def test_grace_period_covers_the_soft_shutdown_and_the_hand_back(stack):
 def test_cpu_autoscaler_cannot_scale_to_zero():
     with pytest.raises(ValueError, match="cannot scale to zero"):
         PoolSettings.model_validate(
-            {"name": "x", "autoscaling": {"enabled": True, "engine": "hpa", "min_replicas": 0}}
+            {
+                "name": "x",
+                "image": APP_IMAGE,
+                "autoscaling": {"enabled": True, "engine": "hpa", "min_replicas": 0},
+            }
         )
 
 
