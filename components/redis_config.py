@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from components import celery_config
 from components.quantities import memory_bytes
-from components.settings import StackSettings
+from components.settings import AOF_REWRITE_MIN_SIZE_MB, AOF_REWRITE_PERCENTAGE, StackSettings
 
 CONFIG_KEY = "redis.conf"
 CONFIG_DIR = "/etc/redis"
@@ -287,8 +287,9 @@ def persistence_lines(settings: StackSettings) -> list[str]:
             "no-appendfsync-on-rewrite no",
             "# A crash can tear the last command; load up to it rather than refuse to start.",
             "aof-load-truncated yes",
-            "auto-aof-rewrite-percentage 100",
-            "auto-aof-rewrite-min-size 64mb",
+            "# The volume is sized for these (settings.BrokerSettings.minimum_storage_bytes).",
+            f"auto-aof-rewrite-percentage {AOF_REWRITE_PERCENTAGE}",
+            f"auto-aof-rewrite-min-size {AOF_REWRITE_MIN_SIZE_MB}mb",
         ]
     return [
         "# none: nothing is written to disk; a restart empties every queue (ephemeral stacks).",
