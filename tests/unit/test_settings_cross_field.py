@@ -247,6 +247,15 @@ def test_field_errors_and_rules_between_valid_sections_come_together():
     assert len(problems) == 4, "\n".join(problems)
 
 
+def test_persistence_rule_is_reported_beside_a_pool_field_error():
+    config = stack_config(
+        broker={"persistence": "none"}, workers={"pools": [pool("pdf", concurrency=0)]}
+    )
+    problems = problems_of(config)
+    problem_at(problems, "workers.pools[0].concurrency")
+    problem_at(problems, "broker.persistence")
+
+
 def test_rules_inside_a_valid_section_come_with_field_errors_elsewhere():
     pools = [pool("a", queues=["celery"], time_limit=60, soft_time_limit=50), pool("b")]
     config = stack_config(
