@@ -8,6 +8,7 @@ import pulumi
 from components.broker import RedisBroker
 from components.checks import BrokerCheck
 from components.cluster import ClusterTarget
+from components.deployed import STORAGE_SIZE_OUTPUT, deployed_storage_size
 from components.stack_config import load_stack_config
 from components.workers import WorkerPools
 
@@ -23,6 +24,7 @@ pulumi.export("namespace", target.namespace_name)
 pulumi.export("broker_host", broker.host)
 pulumi.export("broker_port", broker.port)
 pulumi.export("persistence", broker.persistence)
+pulumi.export(STORAGE_SIZE_OUTPUT, deployed_storage_size(settings))  # judged by the next run
 pulumi.export("visibility_timeout", settings.visibility_timeout)
 pulumi.export("broker_client_secret", broker.client_secret_name)
 pulumi.export("broker_url", broker.broker_url)  # secret: carries the celery user's password

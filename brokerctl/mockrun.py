@@ -33,6 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_PREFIX = "redacted-"
 # The type token of components.generated_secret.GeneratedPassword (a Python dynamic resource).
 GENERATED_PASSWORD = "pulumi-python:dynamic/celery-redis:GeneratedPassword"  # noqa: S105
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
 
 
 def placeholder(name: str) -> str:
@@ -70,6 +71,8 @@ class _RecordingMocks(pulumi_mocks.Mocks):
         state = dict(args.inputs)
         if args.typ == GENERATED_PASSWORD:
             state["result"] = placeholder(args.name)
+        if args.typ == STACK_REFERENCE:
+            state["outputs"] = {}  # the stack's own earlier outputs: none, as on a first deploy
         self.run.resources.append(RecordedResource(args.typ, args.name, dict(args.inputs)))
         return f"{args.name}-id", state
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.deployed import guard_in_place_changes
 from components.naming import broker_client_labels, labels, object_name
 from components.settings import StackSettings
 
@@ -20,10 +21,13 @@ class ClusterTarget(pulumi.ComponentResource):
         self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("celery-redis:index:ClusterTarget", name, None, opts)
+        # Every object goes through this provider, and the provider waits for the judgement of
+        # changes that cannot be made in place: a refusal comes before any object is touched.
+        in_place = guard_in_place_changes(settings)
         self.provider = k8s.Provider(
             f"{name}-provider",
             context=settings.kube_context,
-            namespace=settings.namespace,
+            namespace=in_place.apply(lambda _: settings.namespace),
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
