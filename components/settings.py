@@ -85,6 +85,15 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite(cls, value: object) -> object:
+        # Before the type check, so an integer setting given .inf says so too ("not a finite
+        # number") instead of "not a valid integer".
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(number_problem(value))
+        return value
+
     @field_validator("*", mode="after")
     @classmethod
     def _finite_int32(cls, value: object) -> object:
