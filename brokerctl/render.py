@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pulumi.runtime.rpc import _special_secret_sig as rpc_secret_sig
-from pulumi.runtime.rpc import _special_sig_key as rpc_sig_key
+from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from brokerctl import mockrun
 from brokerctl.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CommandError
@@ -96,8 +95,8 @@ def _key_order(key: str) -> tuple[int, str]:
 def normalise(value: Any) -> Any:
     """Unwrap secret markers, drop empty values, turn the wire format's integral floats to ints."""
     if isinstance(value, dict):
-        if value.get(rpc_sig_key) == rpc_secret_sig:
-            return normalise(value.get("value"))
+        if is_rpc_secret(value):
+            return normalise(unwrap_rpc_secret(value))
         keys = sorted((str(k) for k in value if not str(k).startswith("__")), key=_key_order)
         cleaned = {k: normalise(value[k]) for k in keys}
         return {k: v for k, v in cleaned.items() if v is not None}
