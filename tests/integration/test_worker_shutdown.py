@@ -84,6 +84,7 @@ def test_sigterm_mid_task_finishes_or_hands_back_every_task(tmp_path, scratch, c
             )
             terminated_at = time.monotonic()
             first.terminate()
+            # Exit before the grace period ends, when the kubelet would SIGKILL it.
             first.worker.process.wait(timeout=pool.grace_period_seconds)
             shutdown_seconds = time.monotonic() - terminated_at
         with redis_server.client("celery", CELERY_PASSWORD) as redis:
@@ -96,10 +97,6 @@ def test_sigterm_mid_task_finishes_or_hands_back_every_task(tmp_path, scratch, c
             second.kill()
 
     runs = executions(record)
-    assert shutdown_seconds < pool.grace_period_seconds, (
-        f"shutdown took {shutdown_seconds:.1f} s, "
-        f"over the grace period {pool.grace_period_seconds} s"
-    )
     assert waiting >= 1, "the cancelled task was not back in its queue after the worker exited"
     assert runs.count("long") == 2, f"long task: expected a cut run and a full rerun, got {runs}"
     if celery_version(celery_bin) >= (5, 5):

@@ -591,7 +591,8 @@ def test_delete_runs_pre_stop_then_sigterm_then_sigkill_after_grace(tmp_path: Pa
         took = time.monotonic() - started
         assert pod.container("graceful").exit_code == 0
         assert pod.container("stubborn").exit_code == 137, "sleep ignores SIGTERM as PID 1"
-        assert 1.8 < took < 5, f"waited the 2s grace period for the stubborn container: {took}"
+        # The pod's 2 s grace, not the 30 s default: bounds far apart, so load cannot blur them.
+        assert 1.8 < took < 20, f"waited the 2s grace period for the stubborn container: {took}"
         (replacement,) = cluster.wait_ready("Deployment", "term", timeout=10)
         log = replacement.exec(["cat", "/shared/log"], container="graceful").stdout
         assert log.splitlines() == ["pre-stop", "got-term"]
@@ -659,7 +660,7 @@ def test_jobs_complete_fail_after_backoff_limit_and_hit_deadline(tmp_path: Path)
         assert bad.failed == 2
         slow = cluster.run_job("slow", timeout=10)
         assert (slow.succeeded, slow.reason) == (False, "DeadlineExceeded"), slow
-        assert 1 <= slow.seconds < 5, slow
+        assert slow.seconds >= 1, f"ended before its 1 s activeDeadlineSeconds: {slow}"
         retry = cluster.run_job("retry", timeout=10)
         assert (retry.succeeded, retry.reason) == (False, "BackoffLimitExceeded"), retry
         assert len(retry.attempts) == 1, "OnFailure restarts the container in the same pod"
