@@ -36,6 +36,9 @@ def storage_size_problem(settings: StackSettings, deployed: object) -> str | Non
     requested = deployed_storage_size(settings)
     if not requested or memory_bytes(requested) == memory_bytes(deployed):
         return None
+    grown_from = settings.broker.storage.grown_from
+    if grown_from is not None and memory_bytes(grown_from) == memory_bytes(deployed):
+        return None  # the person grew the claim and says so: the StatefulSet may be recreated
     return (
         f"{key_path(('broker', 'storage', 'size'))} = {requested!r}: the deployed broker's volume "
         f"is {deployed}, and a StatefulSet's volume size cannot change in place; allowed: "

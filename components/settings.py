@@ -218,6 +218,11 @@ class Storage(Section):
         None,
         description="StorageClass of the claim (an object name); unset uses the cluster default.",
     )
+    grown_from: MemoryQuantity | None = Field(
+        None,
+        description="The deployed size, once you grew the claim by hand (README: Growing the "
+        "broker's volume); lets `size` differ from what is deployed for that one update.",
+    )
 
 
 class RdbSavePoint(Section):

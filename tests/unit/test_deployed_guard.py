@@ -46,3 +46,10 @@ def test_a_new_size_is_refused_with_both_sizes_and_the_procedure(
 def test_a_broker_without_volume_exports_no_size() -> None:
     assert deployed_storage_size(make_settings(persistence="none")) == ""
     assert deployed_storage_size(make_settings(storage={"size": "12Gi"})) == "12Gi"
+
+
+def test_a_grown_claim_is_accepted_once_the_deployed_size_is_named() -> None:
+    settings = make_settings(storage={"size": "16Gi", "grown_from": "8Gi"})
+    assert storage_size_problem(settings, "8Gi") is None
+    wrong = make_settings(storage={"size": "16Gi", "grown_from": "4Gi"})
+    assert storage_size_problem(wrong, "8Gi") is not None, "a wrong grown_from was accepted"
