@@ -31,7 +31,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,11 +310,14 @@ def booted_broker(
     redis_conf: str | None = None,
     wait: str = "loaded",
     ready_timeout: float = 15.0,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[BootedBroker]:
     """Start the rendered broker; yield it once it answers (`wait`: loaded | started | none).
 
     `root` keeps volumes between boots (restart on the same data); `redis_conf` replaces the
-    ConfigMap text (a test that needs a tiny maxmemory, say).
+    ConfigMap text (a test that needs a tiny maxmemory, say). `command_prefix` runs before the
+    container's command, with the pod's env, and must exec it (e.g. mount a size-limited data
+    volume in a private mount namespace).
     """
     own_root = root is None
     workdir = Path(tempfile.mkdtemp(prefix="broker-boot-")) if root is None else root
@@ -324,7 +327,12 @@ def booted_broker(
     env = pod_env(broker, mounts, port, workdir / "bin")
     # A TLS broker keeps `port 0`: only its TLS port moves to the free one.
     port_option = "--tls-port" if broker.tls else "--port"
-    argv = [*broker.container["command"], *broker.container.get("args", []), port_option, str(port)]
+    argv = [
+        *command_prefix,
+        *broker.container["command"],
+        *broker.container.get("args", []),
+        *(port_option, str(port)),
+    ]
     with (workdir / "redis.log").open("ab") as log:
         process = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
