@@ -212,7 +212,10 @@ class Storage(Section):
 
     size: MemoryQuantity = Field(
         "8Gi",
-        description="Volume size; bounds the largest AOF/RDB and so the startup probe budget.",
+        description=(
+            "Volume size; refused below what the persistence mode writes at its peak (README: "
+            "Storage sizing). It bounds the largest AOF/RDB and so the startup probe budget."
+        ),
     )
     storage_class: DnsSubdomain | None = Field(
         None,

@@ -16,7 +16,7 @@ from brokerctl import mockrun
 from components.quantities import memory_bytes
 from components.settings import FILESYSTEM_USABLE_SHARE, PROJECT, StackSettings
 from components.stack_config import SettingsError, parse_stack_config
-from tests.unit.conftest import run_brokerctl
+from tests.unit.conftest import PROJECT_ROOT, run_brokerctl
 
 STACK_FILE = "config/Pulumi.test.yaml"
 IMAGE = "registry.example.com/transcritor-pdf:1.0.0"
@@ -227,6 +227,16 @@ def test_shipped_stacks_have_volumes_for_their_persistence(stack):
     assert memory_bytes(broker.storage.size) >= minimum, (
         f"{stack}: storage.size {broker.storage.size} is below {minimum // MIB}Mi"
     )
+
+
+def test_readme_quotes_the_shipped_stacks_minimum_volumes():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("### Storage sizing", 1)[1].split("\n## ", 1)[0]
+    for stack in ("dev", "staging", "prod"):
+        config, secret_keys = mockrun.read_stack_config(stack)
+        settings, _ = parse_stack_config(config, secret_keys, f"config/Pulumi.{stack}.yaml")
+        quoted = f"{settings.broker.minimum_storage_bytes() // MIB}Mi"
+        assert quoted in section, f"README's Storage sizing should quote {stack}'s {quoted}"
 
 
 # Every problem of a stack file in one round.
