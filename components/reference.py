@@ -103,7 +103,8 @@ SECRETS: dict[str, tuple[str, str]] = {
     ),
     "probe_password": (
         "generated",
-        "Password of the read-only `probe` user (probes, check, KEDA, exporter). Set with "
+        "Password of the `probe` user of the kubelet's probes (PING, INFO; the check, KEDA "
+        "and the exporter have their own generated users). Set with "
         "`pulumi config set --secret probe_password ...`; otherwise generated once by the "
         "program and kept in state, stable across updates.",
     ),
