@@ -39,12 +39,13 @@ from tests.support.tls_certs import issue_server_certificate, make_ca
 
 CELERY_PASSWORD = "e2e-celery-password"
 PROBE_PASSWORD = "e2e-probe-password"
+EXPORTER_PASSWORD = "e2e-exporter-password"
 SECRET_VALUES = {
     "redacted-broker-celery-password": CELERY_PASSWORD,
     "redacted-broker-probe-password": PROBE_PASSWORD,
     "redacted-broker-check-password": "e2e-check-password",
     "redacted-broker-keda-password": "e2e-keda-password",
-    "redacted-broker-exporter-password": "e2e-exporter-password",
+    "redacted-broker-exporter-password": EXPORTER_PASSWORD,
 }
 """What `pulumi up` would put where render leaves placeholders (generated passwords)."""
 
@@ -208,9 +209,12 @@ class RunningStack:
         )
 
     def redis(
-        self, user: str = "probe", password: str = PROBE_PASSWORD, db: int = 0
+        self, user: str = "exporter", password: str = EXPORTER_PASSWORD, db: int = 0
     ) -> redis.Redis:
-        """Open a redis-py client, by default as the read-only probe user (LLEN, HLEN, INFO)."""
+        """Open a redis-py client, by default as the read-only exporter user (LLEN, HLEN, INFO).
+
+        It may read the sizes of the stack's queue lists and kombu's unacked keys, no value.
+        """
         return redis.Redis.from_url(
             self.url(user, password, db), socket_timeout=5, socket_connect_timeout=5
         )

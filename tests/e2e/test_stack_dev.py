@@ -236,7 +236,7 @@ def test_stopped_worker_is_restarted_by_its_liveness_probe(
 def test_dev_check_job_fails_and_says_why_when_the_check_password_is_wrong(
     open_stack: Callable, dev_dir: Path
 ) -> None:
-    wrong_url = "redis://probe:not-the-password@celery-broker.transcritor-dev.svc:6379/0"
+    wrong_url = "redis://check:not-the-password@celery-broker.transcritor-dev.svc:6379/0"
     overrides = {"celery-broker-client": {"BROKER_CHECK_URL": wrong_url}}
     with open_stack(dev_dir, secret_overrides=overrides) as stack:
         stack.start_all()
@@ -265,7 +265,7 @@ def test_dev_check_job_fails_and_says_why_when_the_workers_password_is_wrong(
     assert "not-the-password" not in job.logs, "the check printed the password"
     assert not ready, f"workers with a wrong password became ready: {ready}"
     assert re.search(r"^connect\s+PASS", job.logs, re.MULTILINE), (
-        f"the check's own login (probe user) should still work:\n{job.logs}"
+        f"the check's own login (check user) should still work:\n{job.logs}"
     )
     assert re.search(r"^workers\s+FAIL.*invalid username-password", job.logs, re.MULTILINE), (
         f"the check failed without saying the workers' login was refused:\n{job.logs}"
