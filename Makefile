@@ -1,6 +1,8 @@
 # Two commands for a newcomer on a fresh machine:
 #   make         set up the virtualenv and render the dev stack offline into rendered/dev
-#   make test    also install redis-server and the test tools, then run the whole test suite
+#   make test    also install redis-server and the test tools, build the pinned Pulumi CLI,
+#                provider and Kubernetes control plane (cached outside the repository), then
+#                run the whole test suite
 #   make lint    install ruff (the version the tests pin) if missing, then lint and check format
 STACK ?= dev
 
@@ -16,6 +18,7 @@ settings:
 
 test:
 	scripts/bootstrap.sh --test
+	scripts/toolchain.sh
 	.venv/bin/python -m pytest -q
 
 lint:

@@ -61,6 +61,8 @@ apt_install() {
 apt_install python3 python3-venv
 if [ $want_test -eq 1 ]; then
   apt_install redis-server redis-tools iproute2 util-linux procps openssl prometheus
+  # The real-engine tests: etcd for the control plane (scripts/toolchain.sh builds the rest).
+  apt_install etcd-server
   # Node may come from elsewhere than Debian (with npm bundled): only install what is missing.
   command -v node >/dev/null 2>&1 || apt_install nodejs
   command -v npm >/dev/null 2>&1 || apt_install npm
