@@ -18,12 +18,9 @@ import atexit
 import copy
 import hashlib
 import itertools
-import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,21 +32,20 @@ from .environment import service_link_variables
 from .errors import ContainerConfigError, ManifestError, PodFailed, WaitTimeout
 from .images import LocalImage, container_argv, find_image
 from .kubelet import Backoff, Pod, wait_until
+from .network import hosts_file_text, service_dns_names
 from .objects import ObjectStore, describe, load_manifests
 from .policy import check_object
 from .runtime import (
-    LAUNCHER,
     ExecResult,
     NetworkNamespace,
     PortForward,
-    kill_session,
+    run_client,
     sweep_stale_clusters,
 )
 from .volumes import claim_path
 
 CONTROLLER_INTERVAL = 0.05
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Pod")
-HOSTS_NAMES_PER_LINE = 8
 
 
 @dataclass(frozen=True)
@@ -286,51 +282,21 @@ class LocalCluster:
         )
 
     def service_names(self, namespace: str | None) -> list[str]:
-        """Every DNS name a pod in namespace can use for a Service or a StatefulSet pod.
-
-        `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`, and the short `svc` from the same
-        namespace (its search domain); likewise `<sts>-<ordinal>.<svc>...` for the pods of a
-        StatefulSet whose serviceName is that Service.
-        """
-        names: list[str] = []
-        for service in self.store.of_kind("Service"):
-            name, svc_ns = service["metadata"]["name"], service["metadata"]["namespace"]
-            hosts = [name]
-            for sts in self.store.of_kind("StatefulSet"):
-                if (
-                    sts["spec"].get("serviceName") == name
-                    and sts["metadata"]["namespace"] == svc_ns
-                ):
-                    hosts += [
-                        f"{sts['metadata']['name']}-{ordinal}.{name}"
-                        for ordinal in range(sts["spec"].get("replicas", 1))
-                    ]
-            for host in hosts:
-                if svc_ns == namespace:
-                    names.append(host)
-                names += [
-                    f"{host}.{svc_ns}",
-                    f"{host}.{svc_ns}.svc",
-                    f"{host}.{svc_ns}.svc.cluster.local",
-                ]
-        return list(dict.fromkeys(names))
+        """Every DNS name a pod in namespace can use for a Service or a StatefulSet pod."""
+        return service_dns_names(
+            self.store.of_kind("Service"), self.store.of_kind("StatefulSet"), namespace
+        )
 
     def hosts_file(
-        self, namespace: str | None, hostname: str | None, fqdn: str | None, aliases: list[dict]
+        self,
+        namespace: str | None,
+        hostname: str | None,
+        fqdn: str | None,
+        aliases: list[dict],
+        pod_ip: str = "127.0.0.1",
     ) -> str:
         """Return the /etc/hosts of a pod (or of run_in_netns when hostname is None)."""
-        lines = [
-            "# Kubernetes-managed hosts file (pod runner).",
-            "127.0.0.1\tlocalhost",
-            "::1\tlocalhost ip6-localhost ip6-loopback",
-        ]
-        if hostname:
-            lines.append("127.0.0.1\t" + " ".join(n for n in (fqdn, hostname) if n))
-        lines += [f"{alias['ip']}\t{' '.join(alias['hostnames'])}" for alias in aliases]
-        names = self.service_names(namespace)
-        for start in range(0, len(names), HOSTS_NAMES_PER_LINE):
-            lines.append("127.0.0.1\t" + " ".join(names[start : start + HOSTS_NAMES_PER_LINE]))
-        return "\n".join(lines) + "\n"
+        return hosts_file_text(self.service_names(namespace), hostname, fqdn, aliases, pod_ip)
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """Host directory of a claim (a PVC object or a StatefulSet claim), kept across pods."""
@@ -651,39 +617,5 @@ class LocalCluster:
         It sees the cluster's /etc/hosts: Service names qualified with their namespace always
         resolve; short names resolve for the given namespace.
         """
-        hosts = self.work_dir / f"client-hosts-{secrets.token_hex(4)}"
-        hosts.write_text(self.hosts_file(namespace, None, None, []))
-        hosts.chmod(0o644)
-        spec_path = hosts.with_suffix(".json")
-        spec_path.write_text(
-            json.dumps(
-                {
-                    "mode": "client",
-                    "netns": self.node_netns.path,
-                    "argv": list(argv),
-                    "env": {**os.environ, **(env or {})},
-                    "files": {str(hosts): "/etc/hosts"},
-                }
-            )
-        )
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_session(process)
-            stdout, stderr = process.communicate()
-            return ExecResult(
-                -1, stdout.decode(errors="replace"), stderr.decode(errors="replace"), True
-            )
-        finally:
-            spec_path.unlink(missing_ok=True)
-            hosts.unlink(missing_ok=True)
-        return ExecResult(
-            process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
-        )
+        hosts = self.hosts_file(namespace, None, None, [])
+        return run_client(self.node_netns, hosts, self.work_dir, argv, timeout, env)

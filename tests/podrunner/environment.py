@@ -46,6 +46,7 @@ class PodIdentity:
     service_account: str
     pod_ip: str = "127.0.0.1"
     node_name: str = "podrunner-node"
+    host_ip: str = "127.0.0.1"
 
 
 def expand(text: str, variables: Mapping[str, str]) -> str:
@@ -161,8 +162,8 @@ def field_ref(pod: PodIdentity, path: str, where: str) -> str:
         "spec.serviceAccountName": pod.service_account,
         "status.podIP": pod.pod_ip,
         "status.podIPs": pod.pod_ip,
-        "status.hostIP": "127.0.0.1",
-        "status.hostIPs": "127.0.0.1",
+        "status.hostIP": pod.host_ip,
+        "status.hostIPs": pod.host_ip,
     }
     if path in simple:
         return simple[path]

@@ -36,7 +36,13 @@ from .runtime import (
     exec_in_container,
     start_container,
 )
-from .volumes import Mount, PodVolume, container_mounts, prepare_pod_volumes
+from .volumes import (
+    Mount,
+    PodVolume,
+    container_mounts,
+    prepare_pod_volumes,
+    refresh_key_volumes,
+)
 
 DEFAULT_GRACE_SECONDS = 30
 CONFIG_RETRY_SECONDS = 1.0
@@ -130,7 +136,12 @@ class Node(Protocol):
     backoff: Backoff
 
     def hosts_file(
-        self, namespace: str, hostname: str, fqdn: str | None, aliases: list[dict]
+        self,
+        namespace: str,
+        hostname: str,
+        fqdn: str | None,
+        aliases: list[dict],
+        pod_ip: str = "127.0.0.1",
     ) -> str:
         """Return the /etc/hosts text for a pod."""
 
@@ -284,6 +295,17 @@ class ProbeWorker:
             container.stop(float(grace), f"{self.kind} probe failed, will be restarted")
 
 
+@dataclass(frozen=True)
+class Termination:
+    """How one run of a container ended (a container status's `terminated` state)."""
+
+    exit_code: int
+    reason: str
+    message: str
+    started_at: float
+    finished_at: float
+
+
 @dataclass
 class ContainerRun:
     """One start of a container: its process, log file and probe workers."""
@@ -315,6 +337,9 @@ class Container:
         self.failed_runs = 0
         self.runs: list[ContainerRun] = []
         self.current: ContainerRun | None = None
+        self.started_at: float | None = None
+        # The last two ended runs: the current `terminated` state and the `lastState`.
+        self.terminations: list[Termination] = []
 
     @property
     def ready(self) -> bool:
@@ -405,6 +430,7 @@ class Container:
             )
         except LaunchFailed as exc:
             self.set_state("terminated", "StartError", str(exc))
+            self.record_termination(128, time.time())
             self.exit_code = 128
             self.failed_runs += 1
             self.pod.event(f"Error: {exc}")
@@ -423,6 +449,7 @@ class Container:
             ).start()
         self.started = "startupProbe" not in self.spec
         self.probe_ready = False
+        self.started_at = time.time()
         self.set_state("running", "Started")
         self.pod.event(f"Started container {self.name} (pid {run.process.pid})")
         if not self.init:
@@ -438,8 +465,16 @@ class Container:
         self.failed_runs += code != 0
         self.started = False
         self.set_state("terminated", "Completed" if code == 0 else "Error", f"exit code {code}")
+        self.record_termination(code, self.started_at or time.time())
         self.pod.event(f"Container {self.name} exited with code {code}")
         return code
+
+    def record_termination(self, code: int, started_at: float) -> None:
+        """Remember how a run ended (the state just set), for status reports."""
+        self.terminations.append(
+            Termination(code, self.reason, self.message, started_at, time.time())
+        )
+        del self.terminations[:-2]
 
     def stop(self, grace: float, why: str) -> None:
         """Stop the current run: preStop hook, SIGTERM, grace period, SIGKILL."""
@@ -541,8 +576,14 @@ class Pod:
     """A pod on the local node. Tests get these from LocalCluster.pods()."""
 
     def __init__(
-        self, node: Node, manifest: dict, state_dir: Path, owner: tuple[str, str] | None
+        self,
+        node: Node,
+        manifest: dict,
+        state_dir: Path,
+        owner: tuple[str, str] | None,
+        addresses: tuple[str, str] = ("127.0.0.1", "127.0.0.1"),
     ) -> None:
+        """Prepare (not start) a pod; addresses are its pod IP and its node's IP."""
         metadata, spec = manifest["metadata"], manifest["spec"]
         self.node = node
         self.name: str = metadata["name"]
@@ -563,10 +604,14 @@ class Pod:
         self.identity = PodIdentity(
             name=self.name,
             namespace=self.namespace,
-            uid=str(uuid.uuid4()),
+            # An API server's pod has its UID; a manifest run locally gets a fresh one.
+            uid=metadata.get("uid") or str(uuid.uuid4()),
             labels=self.labels,
             annotations=metadata.get("annotations", {}),
             service_account=spec.get("serviceAccountName", "default"),
+            pod_ip=addresses[0],
+            node_name=spec.get("nodeName", "podrunner-node"),
+            host_ip=addresses[1],
         )
         self.init_containers = [
             Container(self, c, True, f"{self.where}.initContainers[{i}]")
@@ -708,7 +753,7 @@ class Pod:
                     self.spec,
                     self.dir / "volumes",
                     self.node.store,
-                    self.namespace,
+                    self.identity,
                     lambda claim: self.node.claim_dir(self.namespace, claim),
                     self.where,
                 )
@@ -725,7 +770,11 @@ class Pod:
     def write_etc_files(self) -> None:
         """/etc/hosts, /etc/hostname and /etc/resolv.conf, as the kubelet manages them."""
         hosts = self.node.hosts_file(
-            self.namespace, self.hostname, self.fqdn, self.spec.get("hostAliases", [])
+            self.namespace,
+            self.hostname,
+            self.fqdn,
+            self.spec.get("hostAliases", []),
+            self.identity.pod_ip,
         )
         search = f"{self.namespace}.svc.cluster.local svc.cluster.local cluster.local"
         files = {
@@ -736,8 +785,27 @@ class Pod:
         }
         for name, text in files.items():
             path = self.dir / name
+            if path.exists() and path.read_text() == text:
+                continue
+            # Rewritten in place (same inode): containers see these files through bind mounts.
             path.write_text(text)
             path.chmod(0o644)
+
+    def refresh(self) -> list[str]:
+        """Bring mounted ConfigMaps/Secrets and /etc/hosts up to date, as the kubelet's sync does.
+
+        Returns the names of the volumes that changed. A no-op before the sandbox is ready or
+        once the pod is terminating.
+        """
+        if self.terminating.is_set() or not self.volumes or not (self.dir / "hosts").exists():
+            return []
+        changed = refresh_key_volumes(
+            self.spec, self.dir / "volumes", self.node.store, self.identity, self.where
+        )
+        for name in changed:
+            self.event(f"Volume {name} updated")
+        self.write_etc_files()
+        return changed
 
     def run_init_containers(self) -> bool:
         """Run init containers in order; each must succeed before the next (and the app)."""

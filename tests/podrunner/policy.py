@@ -166,6 +166,15 @@ CONFIG_MAP_SOURCE = fields(
 SECRET_SOURCE = fields(
     "secretName", "name", "items", "defaultMode", "optional", children={"items": KEY_TO_PATH}
 )
+DOWNWARD_API_ITEM = fields(
+    "path",
+    "mode",
+    children={
+        "fieldRef": fields("apiVersion", "fieldPath"),
+        "resourceFieldRef": fields("containerName", "resource", "divisor"),
+    },
+)
+DOWNWARD_API = fields(children={"items": DOWNWARD_API_ITEM})
 VOLUME = one_of(
     configMap=CONFIG_MAP_SOURCE,
     secret=SECRET_SOURCE,
@@ -178,8 +187,17 @@ VOLUME = one_of(
     persistentVolumeClaim=fields("claimName", "readOnly"),
     projected=fields(
         "defaultMode",
-        children={"sources": one_of(configMap=CONFIG_MAP_SOURCE, secret=SECRET_SOURCE)},
+        children={
+            "sources": one_of(
+                configMap=CONFIG_MAP_SOURCE,
+                secret=SECRET_SOURCE,
+                downwardAPI=DOWNWARD_API,
+                # Issued by an API server: only the node agent of the real-engine tests has one.
+                serviceAccountToken=fields("audience", "expirationSeconds", "path"),
+            )
+        },
     ),
+    downwardAPI=fields("defaultMode", children={"items": DOWNWARD_API_ITEM}),
 )
 PROBE_PORT = fields("port", "host")
 HTTP_GET = fields("path", "port", "host", "httpHeaders", only={"scheme": ("HTTP", "HTTPS")})

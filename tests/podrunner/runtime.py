@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,57 @@ def exec_in_container(
         spec_path.unlink(missing_ok=True)
     if status:
         return ExecResult(126, "", f"{what}: {status}")
+    return ExecResult(
+        process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    )
+
+
+def run_client(
+    netns: NetworkNamespace,
+    hosts_text: str,
+    scratch: Path,
+    argv: list[str],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> ExecResult:
+    """Run a command as root inside a cluster network namespace, with the given /etc/hosts.
+
+    What a test client needs to use Service names exactly as a pod would; it keeps the test
+    process's environment (plus env) and sees the host's files otherwise.
+    """
+    hosts = scratch / f"client-hosts-{uuid.uuid4().hex[:8]}"
+    hosts.write_text(hosts_text)
+    hosts.chmod(0o644)
+    spec_path = hosts.with_suffix(".json")
+    spec_path.write_text(
+        json.dumps(
+            {
+                "mode": "client",
+                "netns": netns.path,
+                "argv": list(argv),
+                "env": {**os.environ, **(env or {})},
+                "files": {str(hosts): "/etc/hosts"},
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(process)
+        stdout, stderr = process.communicate()
+        return ExecResult(
+            -1, stdout.decode(errors="replace"), stderr.decode(errors="replace"), True
+        )
+    finally:
+        spec_path.unlink(missing_ok=True)
+        hosts.unlink(missing_ok=True)
     return ExecResult(
         process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
     )

@@ -411,6 +411,34 @@ def test_volumes_modes_ownership_and_read_only_root(tmp_path: Path) -> None:
         assert run("touch /etc/creds/new").startswith("1|"), "secret volumes are read-only"
 
 
+def test_refresh_swaps_mounted_secrets_atomically_but_not_sub_paths_or_env(tmp_path: Path) -> None:
+    secret = obj("Secret", "creds", stringData={"password": "first", "gone": "soon"})
+    container = sleeper(
+        env=[{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}],
+        volumeMounts=[
+            {"name": "creds", "mountPath": "/etc/creds"},
+            {"name": "creds", "mountPath": "/etc/pinned", "subPath": "password"},
+        ],
+    )
+    volumes = [{"name": "creds", "secret": {"secretName": "creds"}}]
+    manifest = deployment("reader", [container], volumes=volumes)
+    with LocalCluster([secret, manifest], images=IMAGES) as cluster:
+        cluster.start()
+        (pod,) = cluster.wait_ready("Deployment", "reader", timeout=10)
+        assert pod.refresh() == [], "nothing changed, nothing rewritten"
+        cluster.apply(obj("Secret", "creds", stringData={"password": "second", "new": "n"}))
+        assert pod.refresh() == ["creds"]
+
+        def run(script: str) -> str:
+            return pod.exec(["sh", "-c", script]).stdout.strip()
+
+        assert run("cat /etc/creds/password") == "second", "the mounted Secret follows the change"
+        assert run("ls /etc/creds") == "new\npassword", "removed keys go, new keys come"
+        assert run("readlink /etc/creds/password") == "..data/password", "kubelet's layout"
+        assert run("cat /etc/pinned") == "first", "a subPath mount keeps what it mounted"
+        assert run('printf %s "$PW"') == "first", "environment variables are set at start"
+
+
 def test_environment_resolution_and_command_expansion(tmp_path: Path) -> None:
     objects = [
         obj("ConfigMap", "settings", data={"MODE": "fast", "LEVEL": "3"}),

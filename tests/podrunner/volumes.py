@@ -1,7 +1,10 @@
 """Pod volumes as host directories, laid out, moded and owned the way the kubelet does it.
 
-- configMap / secret / projected: one file per key (or per `items` entry), mode `defaultMode`
-  (0644 unless set) or the item's `mode`, owned by root; always mounted read-only.
+- configMap / secret / projected / downwardAPI: one file per key (or per `items` entry), mode
+  `defaultMode` (0644 unless set) or the item's `mode`, owned by root; always mounted read-only.
+  Laid out as the kubelet's AtomicWriter does (`..data` -> `..<time>/`, names linked through
+  `..data`), so `refresh_key_volumes` can swap in new contents while the pod runs. A projected
+  serviceAccountToken needs a store that issues tokens (the node agent's API server).
 - emptyDir: an empty directory, mode 0777, removed with the pod.
 - persistentVolumeClaim: a directory per claim that outlives pods (StatefulSet claims are
   `<template>-<sts>-<ordinal>`). A fresh claim is root:root 0755, like a new ext4 volume, so a
@@ -13,17 +16,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from .environment import ConfigStore
+from .environment import ConfigStore, PodIdentity, field_ref, resource_field
 from .errors import ContainerConfigError, UnsupportedManifest
 
 DEFAULT_MODE = 0o644
 EMPTY_DIR_MODE = 0o777
 FRESH_CLAIM_MODE = 0o755
+DATA_LINK = "..data"
+KEY_VOLUME_KINDS = ("configMap", "secret", "projected", "downwardAPI")
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,23 @@ class PodVolume:
     creates_sub_paths: bool
 
 
-def write_key_files(
-    directory: Path, data: dict[str, bytes], source: dict, default_mode: int, where: str
+Payload = dict[str, tuple[bytes, int]]
+"""A key volume's files: relative path -> (content, mode)."""
+
+
+class TokenIssuer(Protocol):
+    """A ConfigStore that can also issue service-account tokens (an API server behind it)."""
+
+    def service_account_token(
+        self, pod: PodIdentity, audience: str | None, expiration_seconds: int
+    ) -> str:
+        """Return a token bound to the pod, as the kubelet gets one from the TokenRequest API."""
+
+
+def key_files(
+    data: dict[str, bytes], source: dict, default_mode: int, where: str, payload: Payload
 ) -> None:
-    """Write ConfigMap/Secret keys as files, honouring `items` (key, path, mode)."""
+    """Add ConfigMap/Secret keys as files to payload, honouring `items` (key, path, mode)."""
     items = source.get("items") or [{"key": key, "path": key} for key in sorted(data)]
     for item in items:
         if item["key"] not in data:
@@ -55,10 +77,8 @@ def write_key_files(
                 continue
             msg = f"{where}: key {item['key']!r} not found (items)"
             raise ContainerConfigError(msg)
-        target = directory / safe_relative(item["path"], f"{where}.items")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data[item["key"]])
-        target.chmod(item.get("mode", default_mode))
+        path = safe_relative(item["path"], f"{where}.items")
+        payload[path] = (data[item["key"]], item.get("mode", default_mode))
 
 
 def safe_relative(path: str, where: str) -> str:
@@ -82,27 +102,142 @@ def key_source_data(
     return data
 
 
-def prepare_key_volume(
-    directory: Path, volume: dict, store: ConfigStore, namespace: str, where: str
-) -> None:
-    """Materialize a configMap, secret or projected volume into directory."""
-    directory.mkdir(mode=0o755)
-    if "projected" in volume:
-        projected = volume["projected"]
-        default_mode = projected.get("defaultMode", DEFAULT_MODE)
-        for index, entry in enumerate(projected.get("sources", [])):
-            ((kind, source),) = entry.items()
-            kind = "secret" if kind == "secret" else "configMap"
-            here = f"{where}.projected.sources[{index}]"
-            data = key_source_data(store, namespace, kind, source, here)
+def downward_api_files(
+    pod_spec: dict, pod: PodIdentity, items: list[dict], default_mode: int, where: str
+) -> Payload:
+    """Return downwardAPI files: pod fields (fieldRef), container resources (resourceFieldRef)."""
+    payload: Payload = {}
+    for index, item in enumerate(items):
+        here = f"{where}.items[{index}]"
+        if "fieldRef" in item:
+            value = field_ref(pod, item["fieldRef"]["fieldPath"], here)
+        else:
+            ref = item["resourceFieldRef"]
+            containers = [*pod_spec.get("containers", []), *pod_spec.get("initContainers", [])]
+            named = [c for c in containers if c["name"] == ref.get("containerName")]
+            if not named:
+                msg = f"{here}: no container named {ref.get('containerName')!r}"
+                raise UnsupportedManifest(msg)
+            value = resource_field(named[0], ref, here)
+        path = safe_relative(item["path"], here)
+        payload[path] = (value.encode(), item.get("mode", default_mode))
+    return payload
+
+
+def service_account_token_file(
+    store: ConfigStore, pod: PodIdentity, source: dict, default_mode: int, where: str
+) -> Payload:
+    """Return a projected serviceAccountToken: a token bound to the pod, from an API server."""
+    issue = getattr(store, "service_account_token", None)
+    if issue is None:
+        msg = f"{where}: serviceAccountToken needs an API server to issue tokens"
+        raise ContainerConfigError(msg)
+    token = issue(pod, source.get("audience"), int(source.get("expirationSeconds", 3600)))
+    return {safe_relative(source["path"], where): (token.encode(), default_mode)}
+
+
+def projected_files(
+    store: ConfigStore, pod_spec: dict, pod: PodIdentity, projected: dict, where: str
+) -> Payload:
+    """Every source of a projected volume, later sources overwriting earlier paths."""
+    default_mode = projected.get("defaultMode", DEFAULT_MODE)
+    payload: Payload = {}
+    for index, entry in enumerate(projected.get("sources") or []):
+        ((kind, source),) = entry.items()
+        here = f"{where}.projected.sources[{index}]"
+        if kind in ("secret", "configMap"):
+            data = key_source_data(store, pod.namespace, kind, source, here)
             if data is not None:
-                write_key_files(directory, data, source, default_mode, here)
-        return
+                key_files(data, source, default_mode, here, payload)
+        elif kind == "downwardAPI":
+            payload.update(
+                downward_api_files(pod_spec, pod, source.get("items", []), default_mode, here)
+            )
+        elif kind == "serviceAccountToken":
+            payload.update(service_account_token_file(store, pod, source, default_mode, here))
+        else:
+            msg = f"{here}.{kind}: projected source not supported by the pod runner"
+            raise UnsupportedManifest(msg)
+    return payload
+
+
+def key_volume_files(
+    store: ConfigStore, pod_spec: dict, pod: PodIdentity, volume: dict, where: str
+) -> Payload:
+    """Return the files of a configMap, secret, projected or downwardAPI volume, read now."""
+    if "projected" in volume:
+        return projected_files(store, pod_spec, pod, volume["projected"], where)
+    if "downwardAPI" in volume:
+        source = volume["downwardAPI"]
+        default_mode = source.get("defaultMode", DEFAULT_MODE)
+        return downward_api_files(pod_spec, pod, source.get("items", []), default_mode, where)
     kind = "secret" if "secret" in volume else "configMap"
     source = volume[kind]
-    data = key_source_data(store, namespace, kind, source, f"{where}.{kind}")
+    payload: Payload = {}
+    data = key_source_data(store, pod.namespace, kind, source, f"{where}.{kind}")
     if data is not None:
-        write_key_files(directory, data, source, source.get("defaultMode", DEFAULT_MODE), where)
+        key_files(data, source, source.get("defaultMode", DEFAULT_MODE), where, payload)
+    return payload
+
+
+def current_payload(directory: Path) -> Payload | None:
+    """Return what an atomically written volume holds now (None when never written)."""
+    data_dir = directory / DATA_LINK
+    if not data_dir.is_symlink():
+        return None
+    payload: Payload = {}
+    for path in data_dir.resolve().rglob("*"):
+        if path.is_file():
+            relative = str(path.relative_to(data_dir.resolve()))
+            payload[relative] = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+    return payload
+
+
+def atomic_write(directory: Path, payload: Payload, fs_group: int | None) -> bool:
+    """Publish payload into directory the way the kubelet's AtomicWriter does; True if changed.
+
+    Files live in a timestamped `..<time>` directory; `..data` is a symlink to it and every
+    top-level name is a symlink through `..data`. An update writes a new timestamped directory
+    and renames a new `..data` over the old one, so a reader inside the pod sees the old set of
+    files or the new one, never a mix, and the bind mount of the volume directory shows it at
+    once (a subPath mount, resolved at container start, keeps the old file, as on a kubelet).
+    """
+    directory.mkdir(mode=0o755, exist_ok=True)
+    previous = current_payload(directory)
+    if previous is not None:
+        with_group = (
+            payload
+            if fs_group is None
+            else {path: (content, mode | 0o440) for path, (content, mode) in payload.items()}
+        )
+        if previous == with_group:
+            return False
+    stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime())
+    new_dir = Path(tempfile.mkdtemp(prefix=stamp, dir=directory))
+    new_dir.chmod(0o755)
+    for relative, (content, mode) in payload.items():
+        target = new_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(mode)
+    if fs_group is not None:
+        apply_fs_group(new_dir, fs_group, read_only=True)
+    old_dir = (directory / DATA_LINK).resolve() if previous is not None else None
+    temporary_link = directory / f"{DATA_LINK}_tmp"
+    temporary_link.unlink(missing_ok=True)
+    temporary_link.symlink_to(new_dir.name)
+    temporary_link.rename(directory / DATA_LINK)
+    wanted = {Path(relative).parts[0] for relative in payload}
+    for entry in directory.iterdir():
+        if not entry.name.startswith("..") and entry.name not in wanted:
+            entry.unlink()
+    for name in wanted:
+        link = directory / name
+        if not link.is_symlink():
+            link.symlink_to(f"{DATA_LINK}/{name}")
+    if old_dir is not None and old_dir != new_dir:
+        shutil.rmtree(old_dir, ignore_errors=True)
+    return True
 
 
 def apply_fs_group(root: Path, gid: int, read_only: bool) -> None:
@@ -126,11 +261,17 @@ def claim_path(claims_root: Path, namespace: str, claim: str) -> Path:
     return path
 
 
+def is_key_volume(volume: dict) -> bool:
+    """Whether a volume's files come from API objects (and are refreshed while pods run)."""
+    return any(kind in volume for kind in KEY_VOLUME_KINDS)
+
+
 def prepare_volume(
     volume: dict,
     volumes_dir: Path,
     store: ConfigStore,
-    namespace: str,
+    pod: PodIdentity,
+    pod_spec: dict,
     claim_dir: Callable[[str], Path],
     where: str,
 ) -> PodVolume:
@@ -144,7 +285,12 @@ def prepare_volume(
         path.mkdir()
         path.chmod(EMPTY_DIR_MODE)
         return PodVolume(path, read_only=False, creates_sub_paths=True)
-    prepare_key_volume(path, volume, store, namespace, where)
+    if not is_key_volume(volume):
+        kinds = sorted(set(volume) - {"name"})
+        msg = f"{where}: volume type {kinds} not supported by the pod runner"
+        raise UnsupportedManifest(msg)
+    fs_group = pod_spec.get("securityContext", {}).get("fsGroup")
+    atomic_write(path, key_volume_files(store, pod_spec, pod, volume, where), fs_group)
     return PodVolume(path, read_only=True, creates_sub_paths=False)
 
 
@@ -152,7 +298,7 @@ def prepare_pod_volumes(
     spec: dict,
     volumes_dir: Path,
     store: ConfigStore,
-    namespace: str,
+    pod: PodIdentity,
     claim_dir: Callable[[str], Path],
     where: str,
 ) -> dict[str, PodVolume]:
@@ -160,16 +306,41 @@ def prepare_pod_volumes(
     volumes_dir.mkdir(parents=True, exist_ok=True)
     fs_group = spec.get("securityContext", {}).get("fsGroup")
     prepared: dict[str, PodVolume] = {}
-    for index, volume in enumerate(spec.get("volumes", [])):
+    for index, volume in enumerate(spec.get("volumes") or []):
         here = f"{where}.volumes[{index}] ({volume['name']})"
         prepared[volume["name"]] = prepare_volume(
-            volume, volumes_dir, store, namespace, claim_dir, here
+            volume, volumes_dir, store, pod, spec, claim_dir, here
         )
         if fs_group is not None:
             apply_fs_group(
                 prepared[volume["name"]].path, fs_group, prepared[volume["name"]].read_only
             )
     return prepared
+
+
+def refresh_key_volumes(
+    spec: dict, volumes_dir: Path, store: ConfigStore, pod: PodIdentity, where: str
+) -> list[str]:
+    """Rewrite the pod's configMap/secret/projected/downwardAPI volumes from the store now.
+
+    What the kubelet's periodic volume sync does, so a changed Secret reaches running pods
+    (through the volume, not through subPath mounts or environment variables). Returns what
+    changed; a volume whose source cannot be read keeps its last content, as on a kubelet.
+    """
+    fs_group = spec.get("securityContext", {}).get("fsGroup")
+    changed = []
+    for index, volume in enumerate(spec.get("volumes") or []):
+        path = volumes_dir / volume["name"]
+        if not is_key_volume(volume) or not path.is_dir():
+            continue
+        here = f"{where}.volumes[{index}] ({volume['name']})"
+        try:
+            payload = key_volume_files(store, spec, pod, volume, here)
+        except ContainerConfigError:
+            continue
+        if atomic_write(path, payload, fs_group):
+            changed.append(volume["name"])
+    return changed
 
 
 def container_mounts(container: dict, volumes: dict[str, PodVolume], where: str) -> list[Mount]:
