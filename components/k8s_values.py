@@ -120,9 +120,9 @@ def _label_value(value: str) -> str:
 def _env_var_name(value: str) -> str:
     """IsEnvVarName: the rule every Kubernetes version applies to `env[].name`.
 
-    Kubernetes 1.34 relaxes it (RelaxedEnvironmentVariableValidation, GA: any printable ASCII
-    but '='), but a cluster before 1.32 (or with the gate off) still refuses those names, and a
-    shell cannot export them anyway; so the portable rule is the one enforced.
+    Kubernetes 1.32+ relaxes it (RelaxedEnvironmentVariableValidation, on by default: any
+    printable ASCII but '='), but an older cluster (or one with the gate off) still refuses
+    those names, and a shell cannot export them anyway; so the portable rule is enforced.
     """
     if not _ENV_VAR_NAME_RE.fullmatch(value) or value in (".", "..") or value.startswith(".."):
         msg = (
