@@ -1086,9 +1086,12 @@ class StackSettings(Section):
                 raise  # not a stack file's mapping, or the rules already ran
             failed = {item["loc"][0] for item in error.errors()}
             valid = frozenset(name for name in cls.model_fields if name not in failed)
-            view = cls.model_construct(
-                **{name: _validated_field(cls, name, data) for name in valid}
-            )
+            try:
+                view = cls.model_construct(
+                    **{name: _validated_field(cls, name, data) for name in valid}
+                )
+            except ValidationError:
+                raise error from None  # a field valid in context but not alone: report as is
             problems = view.stack_problems(valid)
             if not problems.found:
                 raise
