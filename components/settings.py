@@ -1110,26 +1110,25 @@ class StackSettings(Section):
                 rule(self, problems)
         return problems
 
-    @model_validator(mode="after")
-    def _derived_probe_fits_int32(self) -> StackSettings:
-        # The broker's startup probe failureThreshold (an int32 in the API) is derived from the
-        # volume size and the AOF load rate; imported here since redis_config builds on this.
-        from components.redis_config import startup_failure_threshold
 
-        threshold = startup_failure_threshold(self)
-        if threshold > INT32_MAX:
-            problems = Problems()
-            problems.add(
-                ("broker", "aof_load_mb_per_second"),
-                self.broker.aof_load_mb_per_second,
-                (
-                    f"with storage.size {self.broker.storage.size} makes a startup probe of "
-                    f"{threshold} attempts, beyond the int32 Kubernetes stores; allowed: a "
-                    "higher load rate or a smaller volume"
-                ),
-            )
-            problems.raise_if_any()
-        return self
+def _derived_probe_fits_int32(stack: StackSettings, problems: Problems) -> None:
+    """Keep the broker's derived startup probe failureThreshold within the API's int32.
+
+    It grows with the volume size over the AOF load rate (components/redis_config.py).
+    """
+    from components.redis_config import startup_failure_threshold  # it builds on this module
+
+    threshold = startup_failure_threshold(stack)
+    if threshold > INT32_MAX:
+        problems.add(
+            ("broker", "aof_load_mb_per_second"),
+            stack.broker.aof_load_mb_per_second,
+            (
+                f"with storage.size {stack.broker.storage.size} makes a startup probe of "
+                f"{threshold} attempts, beyond the int32 Kubernetes stores; allowed: a "
+                "higher load rate or a smaller volume"
+            ),
+        )
 
 
 def _named_kube_context(stack: StackSettings, problems: Problems) -> None:
@@ -1180,6 +1179,7 @@ STACK_RULES: tuple[tuple[frozenset[str], Callable[[StackSettings, Problems], Non
     (frozenset({"ephemeral", "kube_context"}), _named_kube_context),
     (frozenset({"ephemeral", "broker"}), _persistence_or_ephemeral),
     (frozenset({"broker", "workers"}), _visibility_outlasts_tasks),
+    (frozenset({"broker"}), _derived_probe_fits_int32),
 )
 """Rules between top-level settings, each with the settings it reads: it runs whenever those
 are valid, also when another section has errors (see `_every_problem_in_one_round`)."""
