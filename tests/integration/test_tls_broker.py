@@ -29,6 +29,7 @@ from celery import Celery
 from components import redis_config
 from components.broker import BROKER_URL_KEY, RESULT_BACKEND_KEY
 from tests.support.broker_boot import (
+    CHECK_PASSWORD,
     TLS_HOST,
     BootedBroker,
     RenderedBroker,
@@ -168,18 +169,18 @@ def test_celery_worker_consumes_and_stores_results_over_rediss(deployment: TlsDe
 
 def test_broker_check_passes_over_rediss(deployment: TlsDeployment):
     server = deployment.server
-    probe_url = deployment.broker_url.replace(
-        f"celery:{quote(CELERY_PASSWORD, safe='')}@", f"probe:{quote(PROBE_PASSWORD, safe='')}@"
+    check_url = deployment.broker_url.replace(
+        f"celery:{quote(CELERY_PASSWORD, safe='')}@", f"check:{quote(CHECK_PASSWORD, safe='')}@"
     )
     run = run_check(
-        *("--url", probe_url, "--worker-url", deployment.broker_url),
+        *("--url", check_url, "--worker-url", deployment.broker_url),
         *("--result-backend", deployment.result_backend_url),
         *("--expect-persistence", "aof-always", "--expect-workers", "1", "--json"),
         via_brokerctl=True,
     )
     assert run.returncode == 0, f"check failed over rediss:\n{run.output}"
     assert run.check("connect")["status"] == "pass"
-    assert PROBE_PASSWORD not in run.output, "the check printed a password"
+    assert CHECK_PASSWORD not in run.output, "the check printed a password"
     assert CELERY_PASSWORD not in run.output, "the check printed a password"
     assert server.process.poll() is None
 

@@ -199,7 +199,7 @@ def test_reloader_sidecar_is_hardened_probed_and_shares_the_acl_writer(prod_obje
         assert script.count(writer) == 1, f"{name} does not run the shared ACL writer"
         assert script.count("write_acl_file() {") == 1, f"{name} defines the ACL writer twice"
     rules = redis_config.acl_user_rules()["reloader"]
-    assert rules.endswith("-@all +acl|setuser +config|set +ping"), rules
+    assert rules.endswith("-@all +acl|setuser +config|set +script|kill +ping"), rules
     assert "~" not in rules, "the reloader needs no key"
 
 
