@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.broker_boot import (
+    CHECK_PASSWORD,
+    EXPORTER_PASSWORD,
+    KEDA_PASSWORD,
+    booted_broker,
+    rendered_broker,
+)
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
 
 EXPECTED = {
@@ -56,12 +62,14 @@ def test_passwords_reach_redis_hashed_and_nowhere_in_plain_text():
         assert acl_files[0].stat().st_mode & 0o077 == 0, "the ACL file is readable by others"
         cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().decode()
         conf = broker.redis_conf
-        for password in (CELERY_PASSWORD, PROBE_PASSWORD):
+        passwords = (CELERY_PASSWORD, PROBE_PASSWORD, CHECK_PASSWORD, KEDA_PASSWORD)
+        for password in (*passwords, EXPORTER_PASSWORD):
             assert password not in acl, "plain password in the ACL file"
             assert password not in cmdline, "password in redis-server's argv"
             assert password not in conf, "password in redis.conf"
             assert password not in server.log(), "password in the broker's log"
-        # One SHA-256 hash each: celery, probe, and the pod-local reloader (its password is
-        # random per start and never leaves the pod).
+        # One SHA-256 hash each: celery, the readers, and the pod-local reloader (its password
+        # is random per start and never leaves the pod).
         hashed = dict(re.findall(r"^user (\S+) on #([0-9a-f]{64})", acl, flags=re.MULTILINE))
-        assert set(hashed) == {"celery", "probe", "reloader"}, f"hashed users:\n{acl}"
+        users = {"celery", "probe", "check", "keda", "exporter", "reloader"}
+        assert set(hashed) == users, f"hashed users:\n{acl}"
