@@ -420,7 +420,8 @@ def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
             summary=f"Broker memory above {ratio:.0%} of maxmemory; when full it refuses tasks.",
             runbook=(
                 "Find the growing queue (queue:redis_key_size:sum); scale its workers or stop "
-                "its producer; raise broker.resources.memory_limit if the backlog is legitimate."
+                "its producer; raise broker.resources.memory_limit if the backlog is legitimate. "
+                "Threshold: metrics.memory_alert_ratio."
             ),
         ),
         _rule(
@@ -493,7 +494,8 @@ def pool_rules(settings: StackSettings, pool: PoolSettings) -> list[dict[str, An
             summary=f"Over {pool.alert_queue_depth} tasks wait in a queue of pool {pool.name}.",
             runbook=(
                 "Check the pool's workers (kubectl get deploy, logs) and autoscaler; add "
-                "replicas or concurrency, or throttle producers; the broker memory alert follows."
+                "replicas or concurrency, or throttle producers; the broker memory alert follows. "
+                "Threshold: workers.pools[].alert_queue_depth."
             ),
             extra_labels=pool_label,
         ),
