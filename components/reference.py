@@ -108,6 +108,24 @@ SECRETS: dict[str, tuple[str, str]] = {
         "`pulumi config set --secret probe_password ...`; otherwise generated once by the "
         "program and kept in state, stable across updates.",
     ),
+    "check_password": (
+        "generated",
+        "Password of the `check` user (the check Job and `brokerctl check`: sizes and the "
+        "unacked index, never a task body). Set with `pulumi config set --secret "
+        "check_password ...`; otherwise generated once by the program and kept in state.",
+    ),
+    "keda_password": (
+        "generated",
+        "Password of the `keda` user (KEDA's scaler: LLEN and its script on the queue lists "
+        "only). Set with `pulumi config set --secret keda_password ...`; otherwise generated "
+        "once by the program and kept in state.",
+    ),
+    "exporter_password": (
+        "generated",
+        "Password of the `exporter` user (redis_exporter: INFO and sizes of the queue and "
+        "unacked keys). Set with `pulumi config set --secret exporter_password ...`; otherwise "
+        "generated once by the program and kept in state.",
+    ),
 }
 """Each credential's default and meaning (tests/unit checks `generated` against the program)."""
 

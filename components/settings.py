@@ -1232,5 +1232,12 @@ def _with_cross_field_problems(error: ValidationError, problems: Problems) -> Va
     return ValidationError.from_exception_data(error.title, details)
 
 
-SECRET_KEYS = ("broker_password", "broker_password_previous", "probe_password")
+SECRET_KEYS = (
+    "broker_password",
+    "broker_password_previous",
+    "probe_password",
+    "check_password",
+    "keda_password",
+    "exporter_password",
+)
 """Config keys that hold credentials: set with `pulumi config set --secret`, never in plain text."""
