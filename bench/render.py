@@ -27,7 +27,7 @@ class M(mocks.Mocks):
     def call(self, args): return {}, None
 loop = asyncio.new_event_loop(); asyncio.set_event_loop(loop)
 pulumi.runtime.set_mocks(M(), project="p", stack="s", preview=False)
-pulumi.runtime.settings.ROOT.set(None)
+pulumi.runtime.settings.set_root_resource(None)  # as brokerctl.mockrun.forget_mock_root_stack
 loop.run_until_complete(pulumi.runtime.run_in_stack(lambda: None))
 """
 

@@ -23,9 +23,9 @@ def run_stack(stack: str, config_dir=mockrun.CONFIG_DIR) -> mockrun.ProgramRun:
 
 
 def is_secret(value: object) -> bool:
-    from pulumi.runtime.rpc import _special_secret_sig, _special_sig_key
+    from pulumi.runtime.rpc import is_rpc_secret
 
-    return isinstance(value, dict) and value.get(_special_sig_key) == _special_secret_sig
+    return is_rpc_secret(value)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -93,7 +93,7 @@ def test_language_host_reports_bad_settings_without_a_traceback(stack_dir):
         pulumi.runtime.set_mocks(
             mocks, project="celery-redis", stack="bad", preview=False, logger=logger
         )
-        pulumi.runtime.settings.ROOT.set(None)
+        mockrun.forget_mock_root_stack()
         try:
             loop.run_until_complete(pulumi.runtime.run_in_stack(
                 lambda: runpy.run_path("__main__.py", run_name="__main__")))
