@@ -194,10 +194,15 @@ def test_renewed_certificate_is_served_without_restarting_redis_or_workers(
     ca, renewed = issue_test_certificate(deployment.broker, server.directory / "pki", "renewed")
     tls_dir = Path(server.env[redis_config.ENV_TLS_DIR])  # type: ignore[index]
     write_tls_secret_volume(tls_dir, ca, renewed)  # what the kubelet does after cert-manager
+    log_path = server.directory / "reloader.log"
     deadline = time.monotonic() + 15
-    while served_fingerprint(server) != renewed.fingerprint() and time.monotonic() < deadline:
+    # The reloader logs right after Redis took the certificate: wait for both, not just one.
+    while time.monotonic() < deadline and not (
+        served_fingerprint(server) == renewed.fingerprint()
+        and "Redis serves the new certificate" in log_path.read_text()
+    ):
         time.sleep(0.2)
-    reloader_log = (server.directory / "reloader.log").read_text()
+    reloader_log = log_path.read_text()
     assert served_fingerprint(server) == renewed.fingerprint() != before, (
         f"Redis still serves the old certificate; reloader said:\n{reloader_log}"
     )
