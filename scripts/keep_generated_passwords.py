@@ -73,9 +73,11 @@ def passwords_to_keep(
         if resource.get("type") != RANDOM_PASSWORD or key is None or key in configured:
             continue
         value = resource.get("outputs", {}).get("result")
-        if isinstance(value, dict):  # a secret the export did not decrypt
-            msg = f"{name_of(resource)}: the export holds ciphertext; is the passphrase set?"
-            raise PulumiFailed(msg)
+        if isinstance(value, dict):  # a secret: {sig, "plaintext": JSON} with --show-secrets
+            if "plaintext" not in value:
+                msg = f"{name_of(resource)}: the export holds ciphertext; is the passphrase set?"
+                raise PulumiFailed(msg)
+            value = json.loads(value["plaintext"])
         if isinstance(value, str) and value:
             kept[key] = value
     return kept

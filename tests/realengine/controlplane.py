@@ -178,6 +178,21 @@ class ControlPlane:
             str(binary("kube-scheduler")), *common,
             "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
         ])  # fmt: skip
+        # Pods are admitted only once the controller manager made the namespace's default
+        # service account: wait for it, so that the first test does not race it.
+        self.wait_for_service_account("default")
+
+    def wait_for_service_account(self, namespace: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until `namespace` has its `default` ServiceAccount (pods need it to be admitted)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.kubectl("-n", namespace, "get", "serviceaccount", "default", check=False)
+            if found.returncode == 0:
+                return
+            time.sleep(0.5)
+        tail = self.log_tail("kube-controller-manager")
+        msg = f"no default ServiceAccount in {namespace} after {timeout:g} s:\n{tail}"
+        raise ControlPlaneError(msg)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
