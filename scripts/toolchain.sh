@@ -8,7 +8,7 @@
 # outside the repository, keyed by its version and the Go version, and is reused when present.
 #
 #   scripts/toolchain.sh            build what is missing, print what it built and how long it took
-#   scripts/toolchain.sh TOOL...    only these: pulumi, provider, kubernetes
+#   scripts/toolchain.sh TOOL...    only these: pulumi, provider, kubernetes, crds
 #   scripts/toolchain.sh --print    print the bin directory (for PATH) and nothing else
 #
 # The cache root is $CELERY_REDIS_TOOLCHAIN (default /var/cache/celery-redis-toolchain).
@@ -20,6 +20,11 @@ PULUMI_VERSION=3.274.1
 PROVIDER_VERSION=4.25.0
 PROVIDER_MODULE_VERSION=v4.0.0-20260115033456-f47bc2d6f199 # the v4.25.0 release, as the proxy serves it
 KUBERNETES_VERSION=1.34.4
+# The CustomResourceDefinitions of what the prod stack expects on a cluster, as each project
+# publishes them in its source module (the tests install them with their real schemas).
+KEDA_VERSION=2.16.1
+CERT_MANAGER_VERSION=1.16.2
+PROMETHEUS_OPERATOR_VERSION=0.81.0
 
 cache_root=${CELERY_REDIS_TOOLCHAIN:-/var/cache/celery-redis-toolchain}
 go_version=$(go env GOVERSION)
@@ -165,7 +170,29 @@ build_kubernetes() {
 
 # Arguments pick tools (pulumi, provider, kubernetes); none means all of them.
 wanted=("$@")
-[ ${#wanted[@]} -eq 0 ] && wanted=(pulumi provider kubernetes)
+[ ${#wanted[@]} -eq 0 ] && wanted=(pulumi provider kubernetes crds)
+install_crds() {
+  local stamp="crds keda $KEDA_VERSION cert-manager $CERT_MANAGER_VERSION prometheus-operator $PROMETHEUS_OPERATOR_VERSION"
+  local dir="$cache_root/crds"
+  if [ "$(cat "$dir/.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "CRDs: cached"
+    return
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local spec module_dir
+  for spec in \
+    "github.com/kedacore/keda/v2@v$KEDA_VERSION:config/crd/bases/keda.sh_scaledobjects.yaml config/crd/bases/keda.sh_triggerauthentications.yaml" \
+    "github.com/cert-manager/cert-manager@v$CERT_MANAGER_VERSION:deploy/crds/crd-certificates.yaml" \
+    "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION:example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"; do
+    module_dir=$(cd "$cache_root" && go mod download -json "${spec%%:*}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    for file in ${spec#*:}; do cp "$module_dir/$file" "$dir/"; done
+  done
+  chmod -R u+w "$dir"
+  echo "$stamp" >"$dir/.stamp"
+}
+
 start=$(date +%s)
 for tool in "${wanted[@]}"; do
   case $tool in
@@ -175,8 +202,9 @@ for tool in "${wanted[@]}"; do
     ;;
   provider) timed "kubernetes provider" build_provider ;;
   kubernetes) timed "kubernetes control plane" build_kubernetes ;;
+  crds) timed "custom resource definitions" install_crds ;;
   *)
-    log "unknown tool '$tool'; allowed: pulumi, provider, kubernetes"
+    log "unknown tool '$tool'; allowed: pulumi, provider, kubernetes, crds"
     exit 2
     ;;
   esac

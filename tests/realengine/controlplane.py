@@ -13,6 +13,7 @@ pod to be ready cannot be tested against this cluster alone.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,7 +22,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.realengine.toolchain import binary
+import yaml
+
+from tests.realengine.toolchain import binary, crd_files
 
 START_TIMEOUT = 90.0
 """Seconds the API server gets to answer /readyz (etcd and certificates included)."""
@@ -208,6 +211,27 @@ class ControlPlane:
         tail = self.log_tail("kube-apiserver")
         msg = f"kube-apiserver not ready after {START_TIMEOUT:g} s:\n{tail}"
         raise ControlPlaneError(msg)
+
+    def install_crds(self) -> list[str]:
+        """Install the pinned CRDs of KEDA, cert-manager and the Prometheus Operator.
+
+        They are the projects' own definitions with their real schemas; cert-manager ships its
+        as a Helm template whose labels are template text, so labels and annotations are
+        dropped. Returns the CRD names once the API server serves them (Established).
+        """
+        names = []
+        for path in crd_files():
+            for crd in yaml.safe_load_all(path.read_text()):
+                if not crd:
+                    continue
+                crd["metadata"] = {"name": crd["metadata"]["name"]}
+                self.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(crd))
+                names.append(crd["metadata"]["name"])
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            *[f"crd/{name}" for name in names], timeout=90,
+        )  # fmt: skip
+        return names
 
     def env(self) -> dict[str, str]:
         """Return a client environment with our kubeconfig, never the ambient one."""

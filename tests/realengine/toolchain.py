@@ -45,3 +45,13 @@ def pinned(variable: str) -> str:
         msg = f"{TOOLCHAIN_SCRIPT} has no {variable}= line"
         raise ToolchainMissing(msg)
     return match.group(1)
+
+
+def crd_files() -> list[Path]:
+    """Return the pinned CustomResourceDefinitions scripts/toolchain.sh copied (KEDA, ...)."""
+    folder = bin_dir().parent / "crds"
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        msg = f"{folder} holds no CRD: run scripts/toolchain.sh (make test runs it)"
+        raise ToolchainMissing(msg)
+    return files
