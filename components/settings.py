@@ -886,8 +886,14 @@ class ChecksSettings(Section):
     active_deadline_seconds: int = Field(
         300, ge=30, description="Hard bound on the check Job's whole run."
     )
-    ttl_seconds_after_finished: int = Field(
-        3600, ge=0, description="Finished check Jobs are deleted after this."
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Delete a finished check Job after this many seconds. Unset keeps it (one at a time: "
+            "each change replaces it), so `pulumi refresh` finds what `up` left; with a TTL, "
+            "refresh sees the Job gone and the next preview plans a new check run."
+        ),
     )
     image: ImageReference | None = Field(
         None,
