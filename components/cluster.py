@@ -40,7 +40,12 @@ class ClusterTarget(pulumi.ComponentResource):
                     name=settings.namespace,
                     labels=labels(settings, "namespace", settings.namespace),
                 ),
-                opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+                # `pulumi destroy` must not take the broker's queued tasks with it: deleting a
+                # namespace deletes its claims whatever their retention policy says. So the
+                # namespace outlives the stack (README: deleting the data on purpose).
+                opts=pulumi.ResourceOptions(
+                    parent=self, provider=self.provider, retain_on_delete=True
+                ),
             )
             self.namespace_name = namespace.metadata.name
             self._namespace = [namespace]

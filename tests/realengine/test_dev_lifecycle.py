@@ -1,0 +1,219 @@
+"""The dev stack's life under the real engine, provider, control plane and a node that runs pods.
+
+One stack is deployed once and changed step by step, as a platform engineer would, so the
+suite stays affordable; the tests run in file order and each builds on the one before. The
+pods are real processes (tests/realengine/node_agent.py): redis-server from the rendered
+config, Celery workers of the stand-in app, the check Job running brokerctl/brokercheck.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from tests.e2e.images import copy_standin_app, ensure_standin_venv, image_table
+from tests.podrunner import Backoff
+from tests.realengine.conftest import CONTEXT, new_stack
+from tests.realengine.controlplane import ControlPlane
+from tests.realengine.engine import RealStack
+from tests.realengine.node_agent import NodeAgent
+from tests.realengine.toolchain import PROJECT_ROOT
+
+NAMESPACE = "life-dev"
+PARKED_QUEUE = "parked"  # a list no worker consumes: what stays queued across changes
+
+
+class Deployed:
+    """The deployed dev stack, its node, and the helpers the steps share."""
+
+    def __init__(self, stack: RealStack, cluster: ControlPlane, node: NodeAgent) -> None:
+        self.stack = stack
+        self.cluster = cluster
+        self.node = node
+        self.stack_file = stack.work_dir / "config" / "Pulumi.dev.yaml"
+
+    def settings(self) -> dict[str, Any]:
+        return yaml.safe_load(self.stack_file.read_text())
+
+    def change(self, key: str, update: dict[str, Any]) -> None:
+        """Change one top-level setting of the stack file (deep-merging `update`)."""
+        data = self.settings()
+        value = data["config"].setdefault(f"celery-redis:{key}", {})
+        _merge(value, update)
+        self.stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def up(self, *flags: str) -> str:
+        result = self.stack.run("up", *flags)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"pulumi up failed:\n{output}\n{self.node.describe()}"
+        return output
+
+    def get(self, *what: str) -> dict[str, Any]:
+        result = self.cluster.kubectl("-n", NAMESPACE, "get", *what, "-o", "json")
+        return json.loads(result.stdout)
+
+    def pod_uids(self) -> dict[str, str]:
+        return {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.get("pods")["items"]}
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return {j["metadata"]["name"]: j for j in self.get("jobs")["items"]}
+
+    def broker_client(self) -> redis.Redis:
+        """Return a celery-user client of the broker, through a port forward into the pods."""
+        url = self.stack.outputs()["broker_url"]["value"]
+        password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+        port = self.node.host_port(6379)
+        return redis.Redis(
+            host="127.0.0.1", port=port, username="celery", password=password,
+            socket_timeout=10, socket_connect_timeout=10,
+        )  # fmt: skip
+
+
+def _merge(target: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def _stack_file() -> str:
+    data = yaml.safe_load((PROJECT_ROOT / "config" / "Pulumi.dev.yaml").read_text())
+    data["config"]["celery-redis:namespace"] = NAMESPACE
+    data["config"]["celery-redis:kube_context"] = CONTEXT
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployed]:
+    """Yield the dev stack's project copy and a node that runs its pods (the first test ups)."""
+    root = tmp_path_factory.mktemp("dev-lifecycle")
+    ensure_standin_venv()
+    app_dir = root / "app"
+    app_dir.mkdir(mode=0o755)
+    images = image_table(copy_standin_app(app_dir))
+    with NodeAgent(
+        control_plane, images, root / "node", backoff=Backoff(initial=0.5, cap=5)
+    ) as node:
+        node.create_storage_class("standard", default=True)
+        stack = new_stack(root, "dev", control_plane, _stack_file())
+        yield Deployed(stack, control_plane, node)
+
+
+def test_up_from_empty_runs_every_pod_and_the_gate_passes(deployed: Deployed) -> None:
+    output = deployed.up()
+    jobs = deployed.jobs()
+    assert len(jobs) == 1, f"expected one check Job, found {sorted(jobs)}"
+    (job,) = jobs.values()
+    assert job["status"].get("succeeded") == 1, f"the gate did not pass: {job['status']}"
+    pods = deployed.get("pods")["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    assert all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
+        for p in running
+    ), f"a running pod is not ready:\n{deployed.node.describe()}"
+    assert {"redis", "worker"} <= {
+        p["metadata"]["labels"].get("app.kubernetes.io/component") for p in running
+    }, f"broker or workers not running:\n{output}"
+
+
+def test_a_no_op_preview_and_a_refresh_find_nothing_to_do(deployed: Deployed) -> None:
+    for flags in (("--expect-no-changes",), ("--refresh", "--expect-no-changes")):
+        result = deployed.stack.run("preview", *flags)
+        assert result.returncode == 0, f"preview {flags} planned changes:\n{result.stdout}"
+
+
+def test_a_pool_concurrency_change_rolls_only_that_pool_and_reruns_the_check(
+    deployed: Deployed,
+) -> None:
+    before = deployed.pod_uids()
+    jobs_before = set(deployed.jobs())
+    pools = deployed.settings()["config"]["celery-redis:workers"]["pools"]
+    pools[0]["concurrency"] = pools[0]["concurrency"] + 1
+    deployed.change("workers", {"pools": pools})
+    deployed.up()
+    after = deployed.pod_uids()
+    brokers = [name for name in before if "broker" in name and "check" not in name]
+    assert brokers, f"no broker pod among {sorted(before)}"
+    for name in brokers:
+        assert after.get(name) == before[name], f"{name} was replaced by a worker change"
+    workers_before = {n for n in before if "worker" in n}
+    assert workers_before, f"no worker pod among {sorted(before)}"
+    assert not workers_before & set(after), "the pool did not roll"
+    new_jobs = set(deployed.jobs()) - jobs_before
+    assert len(new_jobs) == 1, f"expected a new check Job, have {sorted(deployed.jobs())}"
+
+
+def test_a_broker_setting_change_rolls_the_broker_and_keeps_queued_tasks(
+    deployed: Deployed,
+) -> None:
+    client = deployed.broker_client()
+    client.lpush(PARKED_QUEUE, *[f"task-{n}" for n in range(100)])
+    client.save()  # dev snapshots (rdb): make the queued tasks durable before the roll
+    broker_before = {n: u for n, u in deployed.pod_uids().items() if n.endswith("broker-0")}
+    deployed.change("broker", {"max_queued_messages": 24})
+    deployed.up()
+    broker_after = {n: u for n, u in deployed.pod_uids().items() if n.endswith("broker-0")}
+    assert broker_after, "no broker pod after the update"
+    assert broker_after != broker_before, "the broker did not roll"
+    assert deployed.broker_client().llen(PARKED_QUEUE) == 100, "queued tasks were lost"
+
+
+def test_growing_the_volume_is_refused_before_anything_changes(deployed: Deployed) -> None:
+    uids = deployed.pod_uids()
+    size = deployed.settings()["config"]["celery-redis:broker"]["storage"]["size"]
+    deployed.change("broker", {"storage": {"size": "4Gi"}})
+    try:
+        for operation in ("preview", "up"):
+            result = deployed.stack.run(operation)
+            output = result.stdout + result.stderr
+            assert result.returncode != 0, f"{operation} accepted a new volume size:\n{output}"
+            for expected in ("broker.storage.size", size, "4Gi", "README"):
+                assert expected in output, f"{expected!r} missing from:\n{output}"
+            assert "Forbidden" not in output, f"the API server's refusal leaked:\n{output}"
+            assert "Traceback" not in output, output
+        assert deployed.pod_uids() == uids, "a refused update changed pods"
+    finally:
+        deployed.change("broker", {"storage": {"size": size}})
+
+
+def test_a_failing_check_fails_up_and_the_next_up_replaces_the_job(deployed: Deployed) -> None:
+    secret = deployed.get("secret", "celery-broker-client")
+    data = secret["data"]
+    broken = dict(data)
+    url = base64.b64decode(data["BROKER_CHECK_URL"]).decode()
+    broken_url = url.replace("check:", "check:x", 1) if "check:" in url else url + "x"
+    broken["BROKER_CHECK_URL"] = base64.b64encode(broken_url.encode()).decode()
+    deployed.cluster.kubectl(
+        "-n", NAMESPACE, "patch", "secret", "celery-broker-client", "--type=merge",
+        "-p", json.dumps({"data": broken}),
+    )  # fmt: skip
+    deployed.change("checks", {"timeout_seconds": 9})  # a check setting: a new Job runs
+    result = deployed.stack.run("up")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"up passed with a broken check credential:\n{output}"
+    assert "Job" in output, f"the failure does not name the check Job:\n{output}"
+    deployed.up("--refresh")  # refresh restores the Secret; the failed Job is replaced
+    jobs = deployed.jobs()
+    assert [j["status"].get("succeeded") for j in jobs.values()] == [1], jobs
+
+
+def test_destroy_keeps_the_queued_tasks_and_up_brings_them_back(deployed: Deployed) -> None:
+    result = deployed.stack.run("destroy")
+    assert result.returncode == 0, f"destroy failed:\n{result.stdout}\n{result.stderr}"
+    claims = deployed.get("pvc")["items"]
+    assert claims, "destroy deleted the broker's claim"
+    deadline = time.monotonic() + 60
+    while deployed.get("pods")["items"] and time.monotonic() < deadline:
+        time.sleep(1)
+    deployed.up()
+    assert deployed.broker_client().llen(PARKED_QUEUE) == 100, "tasks queued before destroy lost"
