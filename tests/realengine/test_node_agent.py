@@ -168,6 +168,11 @@ def test_deployment_becomes_available_with_real_pod_status(cluster: Cluster) -> 
         local = cluster.node.pod(pod["metadata"]["name"], ns)
         assert local.exec(["sh", "-c", "test -f /tmp/ready"]).returncode == 0
     assert len(ips) == 2, f"each pod has its own IP: {ips}"
+    account = "/var/run/secrets/kubernetes.io/serviceaccount"
+    token = local.exec(["sh", "-c", f"cat {account}/namespace; test -s {account}/token"])
+    assert (token.returncode, token.stdout) == (0, ns), (
+        f"a projected service-account token: {token}"
+    )
     slices = cluster.node.api.list(
         f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
         labelSelector="kubernetes.io/service-name=web",
@@ -284,6 +289,8 @@ def test_job_pods_exit_codes_complete_or_fail_their_jobs(cluster: Cluster) -> No
         return found if done else None
 
     passed = cluster.wait(lambda: finished("passes"), 60, "Job passes to finish")
+    logs = cluster.control_plane.kubectl("logs", "-n", ns, "job/passes", timeout=30).stdout
+    assert logs == "fine\n", f"kubectl logs reaches the node's log endpoint: {logs!r}"
     failed = cluster.wait(lambda: finished("fails"), 60, "Job fails to finish")
     assert condition_of(passed, "Complete") == "True", passed["status"]  # type: ignore[arg-type]
     assert condition_of(failed, "Failed") == "True", failed["status"]  # type: ignore[arg-type]
@@ -360,6 +367,15 @@ def test_claim_binds_and_its_data_survives_pod_replacement(cluster: Cluster) -> 
     again = cluster.node.pod("db-0", ns).exec(["cat", "/data/first"]).stdout
     assert written, "the first pod wrote its marker"
     assert again == written, f"data written before the pod's deletion: {written!r} -> {again!r}"
+    claim_path = f"/api/v1/namespaces/{ns}/persistentvolumeclaims/data-db-0"
+    cluster.node.api.merge_patch(
+        claim_path, {"spec": {"resources": {"requests": {"storage": "20Mi"}}}}
+    )
+    cluster.wait(
+        lambda: cluster.get(claim_path)["status"].get("capacity", {}).get("storage") == "20Mi",
+        30,
+        "the claim grown to 20Mi (the class allows expansion)",
+    )
 
 
 def test_secret_change_reaches_a_mounted_file_but_not_the_environment(cluster: Cluster) -> None:
@@ -418,3 +434,4 @@ def test_node_stays_ready_while_the_agent_runs(cluster: Cluster) -> None:
         f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{cluster.node.name}"
     )
     assert lease["spec"]["holderIdentity"] == cluster.node.name, lease
+    assert not cluster.node.errors, "the agent's syncs all succeeded:\n" + cluster.node.describe()
