@@ -35,6 +35,7 @@ import json
 import platform
 import shutil
 import ssl
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -66,6 +67,7 @@ from tests.podrunner.runtime import (
     PortForward,
     run_client,
     run_quietly,
+    sweep_stale_clusters,
 )
 from tests.realengine.storage import HostPathProvisioner, storage_class
 
@@ -563,6 +565,8 @@ class NodeAgent:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "pods").mkdir(exist_ok=True)
         atexit.register(self.close)
+        # Namespaces and state of test processes that were killed before they could clean up.
+        sweep_stale_clusters(Path(tempfile.gettempdir()))
         self.netns_handle = NetworkNamespace()
         run_quietly(
             ["ip", "-n", self.netns_handle.name, "addr", "add", "10.244.0.1/16", "dev", "lo"]
