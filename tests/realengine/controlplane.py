@@ -7,8 +7,7 @@ certificates come from openssl into a temporary folder that dies with the cluste
     with ControlPlane(tmp_path) as cluster:
         cluster.kubectl("get", "namespaces")
 
-What this is not (yet): a node. Pods are scheduled nowhere, so anything that waits for a
-pod to be ready cannot be tested against this cluster alone.
+What this is not: a node. Pods run once a tests/realengine/node_agent.NodeAgent joins.
 """
 
 from __future__ import annotations
