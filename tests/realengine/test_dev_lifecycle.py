@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -63,7 +65,18 @@ class Deployed:
         return {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.get("pods")["items"]}
 
     def jobs(self) -> dict[str, dict[str, Any]]:
-        return {j["metadata"]["name"]: j for j in self.get("jobs")["items"]}
+        """Return the gate's Jobs (not the one-off runs of `check --in-cluster`)."""
+        items = self.get("jobs")["items"]
+        return {j["metadata"]["name"]: j for j in items if "-manual-" not in j["metadata"]["name"]}
+
+    def check_in_cluster(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        """Run `brokerctl check --stack dev --in-cluster` as a person would, from the project."""
+        return subprocess.run(
+            [sys.executable, "-m", "brokerctl", "check", "--stack", "dev", "--in-cluster",
+             *flags],
+            cwd=self.stack.work_dir, env=self.stack.env(), capture_output=True, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
 
     def broker_client(self) -> redis.Redis:
         """Return a celery-user client of the broker, through a port forward into the pods."""
@@ -203,9 +216,26 @@ def test_a_failing_check_fails_up_and_the_next_up_replaces_the_job(deployed: Dep
     output = result.stdout + result.stderr
     assert result.returncode != 0, f"up passed with a broken check credential:\n{output}"
     assert "Job" in output, f"the failure does not name the check Job:\n{output}"
+    from_laptop = deployed.check_in_cluster("--json", "--timeout", "120")
+    assert from_laptop.returncode == 1, f"in-cluster check passed:\n{from_laptop.stdout}"
+    report = json.loads(from_laptop.stdout)
+    assert report["ok"] is False, report
     deployed.up("--refresh")  # refresh restores the Secret; the failed Job is replaced
     jobs = deployed.jobs()
     assert [j["status"].get("succeeded") for j in jobs.values()] == [1], jobs
+
+
+def test_the_check_runs_in_the_cluster_from_a_laptop(deployed: Deployed) -> None:
+    """No route to the broker needed: the gate's own Job runs once and its report comes back."""
+    result = deployed.check_in_cluster("--json", "--timeout", "120")
+    assert result.returncode == 0, f"in-cluster check failed:\n{result.stdout}\n{result.stderr}"
+    report = json.loads(result.stdout)
+    assert report["ok"] is True, report
+    names = {check["name"] for check in report["checks"]}
+    assert {"connect", "persistence", "workers"} <= names, names
+    table = deployed.check_in_cluster("--timeout", "120")
+    assert table.returncode == 0, table.stderr
+    assert "connect" in table.stdout, table.stdout
 
 
 def test_destroy_keeps_the_queued_tasks_and_up_brings_them_back(deployed: Deployed) -> None:
