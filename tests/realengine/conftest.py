@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.podrunner import Backoff
 from tests.realengine.controlplane import ControlPlane
 from tests.realengine.engine import RealStack, copy_project
+
+if TYPE_CHECKING:
+    from tests.realengine.node_agent import NodeAgent
 
 CONTEXT = "real-engine"
 """The kubeconfig context name the test stacks deploy to (their `kube_context`)."""
@@ -31,6 +36,21 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     """Run a real API server, controller manager and scheduler on loopback for the session."""
     with ControlPlane(tmp_path_factory.mktemp("control-plane"), context=CONTEXT) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def node(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgent]:
+    """Run the session's one node (pods of every stack test), with a default StorageClass."""
+    from tests.realengine.deployed import stand_in_images  # imports the e2e image table
+    from tests.realengine.node_agent import NodeAgent
+
+    root = tmp_path_factory.mktemp("node")
+    images = stand_in_images(root)
+    with NodeAgent(control_plane, images, root / "node", backoff=Backoff(0.5, 5)) as agent:
+        agent.create_storage_class("standard", default=True)
+        yield agent
 
 
 def new_stack(

@@ -10,116 +10,27 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import redis
-import yaml
 
-from tests.e2e.images import copy_standin_app, ensure_standin_venv, image_table
-from tests.podrunner import Backoff
-from tests.realengine.conftest import CONTEXT, new_stack
+from tests.realengine.conftest import new_stack
 from tests.realengine.controlplane import ControlPlane
-from tests.realengine.engine import RealStack
+from tests.realengine.deployed import Deployed, shipped_stack_file
 from tests.realengine.node_agent import NodeAgent
-from tests.realengine.toolchain import PROJECT_ROOT
 
 NAMESPACE = "life-dev"
 PARKED_QUEUE = "parked"  # a list no worker consumes: what stays queued across changes
 
 
-class Deployed:
-    """The deployed dev stack, its node, and the helpers the steps share."""
-
-    def __init__(self, stack: RealStack, cluster: ControlPlane, node: NodeAgent) -> None:
-        self.stack = stack
-        self.cluster = cluster
-        self.node = node
-        self.stack_file = stack.work_dir / "config" / "Pulumi.dev.yaml"
-
-    def settings(self) -> dict[str, Any]:
-        return yaml.safe_load(self.stack_file.read_text())
-
-    def change(self, key: str, update: dict[str, Any]) -> None:
-        """Change one top-level setting of the stack file (deep-merging `update`)."""
-        data = self.settings()
-        value = data["config"].setdefault(f"celery-redis:{key}", {})
-        _merge(value, update)
-        self.stack_file.write_text(yaml.safe_dump(data, sort_keys=False))
-
-    def up(self, *flags: str) -> str:
-        result = self.stack.run("up", *flags)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, f"pulumi up failed:\n{output}\n{self.node.describe()}"
-        return output
-
-    def get(self, *what: str) -> dict[str, Any]:
-        result = self.cluster.kubectl("-n", NAMESPACE, "get", *what, "-o", "json")
-        return json.loads(result.stdout)
-
-    def pod_uids(self) -> dict[str, str]:
-        return {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.get("pods")["items"]}
-
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        """Return the gate's Jobs (not the one-off runs of `check --in-cluster`)."""
-        items = self.get("jobs")["items"]
-        return {j["metadata"]["name"]: j for j in items if "-manual-" not in j["metadata"]["name"]}
-
-    def check_in_cluster(self, *flags: str) -> subprocess.CompletedProcess[str]:
-        """Run `brokerctl check --stack dev --in-cluster` as a person would, from the project."""
-        return subprocess.run(
-            [sys.executable, "-m", "brokerctl", "check", "--stack", "dev", "--in-cluster",
-             *flags],
-            cwd=self.stack.work_dir, env=self.stack.env(), capture_output=True, text=True,
-            timeout=300, check=False,
-        )  # fmt: skip
-
-    def broker_client(self) -> redis.Redis:
-        """Return a celery-user client of the broker, through a port forward into the pods."""
-        url = self.stack.outputs()["broker_url"]["value"]
-        password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
-        port = self.node.host_port(6379)
-        return redis.Redis(
-            host="127.0.0.1", port=port, username="celery", password=password,
-            socket_timeout=10, socket_connect_timeout=10,
-        )  # fmt: skip
-
-
-def _merge(target: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
-
-
-def _stack_file() -> str:
-    data = yaml.safe_load((PROJECT_ROOT / "config" / "Pulumi.dev.yaml").read_text())
-    data["config"]["celery-redis:namespace"] = NAMESPACE
-    data["config"]["celery-redis:kube_context"] = CONTEXT
-    return yaml.safe_dump(data, sort_keys=False)
-
-
 @pytest.fixture(scope="module")
 def deployed(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Deployed]:
-    """Yield the dev stack's project copy and a node that runs its pods (the first test ups)."""
+    control_plane: ControlPlane, node: NodeAgent, tmp_path_factory: pytest.TempPathFactory
+) -> Deployed:
+    """Return the dev stack's project copy on the session's node (the first test ups it)."""
     root = tmp_path_factory.mktemp("dev-lifecycle")
-    ensure_standin_venv()
-    app_dir = root / "app"
-    app_dir.mkdir(mode=0o755)
-    images = image_table(copy_standin_app(app_dir))
-    with NodeAgent(
-        control_plane, images, root / "node", backoff=Backoff(initial=0.5, cap=5)
-    ) as node:
-        node.create_storage_class("standard", default=True)
-        stack = new_stack(root, "dev", control_plane, _stack_file())
-        yield Deployed(stack, control_plane, node)
+    stack = new_stack(root, "dev", control_plane, shipped_stack_file("dev", NAMESPACE))
+    return Deployed(stack, control_plane, node, NAMESPACE)
 
 
 def test_up_from_empty_runs_every_pod_and_the_gate_passes(deployed: Deployed) -> None:

@@ -69,7 +69,6 @@ def test_bad_settings_stop_up_before_any_object_exists(
     found = control_plane.kubectl("get", "namespace", namespace, check=False)
     assert found.returncode != 0, f"namespace {namespace} exists after a refused up"
     leftovers = control_plane.kubectl(
-        "get", "secrets,configmaps,statefulsets,deployments,jobs", "-A",
-        "-l", "app.kubernetes.io/managed-by=pulumi", "-o", "name",
+        "get", "secrets,configmaps,statefulsets,deployments,jobs", "-n", namespace, "-o", "name",
     )  # fmt: skip
     assert not leftovers.stdout.strip(), f"objects exist after a refused up:\n{leftovers.stdout}"
