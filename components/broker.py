@@ -64,6 +64,14 @@ USERS_VOLUME = "users"
 ACL_VOLUME = "acl"
 TLS_VOLUME = "tls"
 CONFIG_CHECKSUM_ANNOTATION = "celery-redis/config-sha256"
+ROLLED_OUT = '["jsonpath={.status.updatedReplicas}=1", "jsonpath={.status.readyReplicas}=1"]'
+"""`pulumi up` waits for the broker pod of the new revision to be ready (`pulumi.com/waitFor`).
+
+The provider's own StatefulSet await (v4.25) accepts the first status it sees after an update,
+which still describes the old revision (its observedGeneration is stale): `up` went on to run the
+check Job against a broker that was only starting to roll. JSONPath conditions wait for a
+current observedGeneration; one updated replica that is ready is the rolled broker.
+"""
 SECRET_FILE_MODE = redis_config.SECRET_FILE_MODE
 
 CERT_MANAGER_API = "cert-manager.io/v1"
@@ -651,7 +659,12 @@ class RedisBroker(pulumi.ComponentResource):
         self.service = self._service(f"{name}-service", "broker", headless=False, opts=child)
         self.statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=metadata(settings, _name(settings, "broker")),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=_name(settings, "broker"),
+                namespace=settings.namespace,
+                labels=broker_labels(settings),
+                annotations={"pulumi.com/waitFor": ROLLED_OUT},
+            ),
             spec=broker_statefulset_spec(settings),
             opts=pulumi.ResourceOptions(
                 parent=self,

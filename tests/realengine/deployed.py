@@ -91,14 +91,22 @@ class Deployed:
             timeout=300, check=False,
         )  # fmt: skip
 
-    def broker_client(self) -> redis.Redis:
-        """Return a celery-user client of the broker, through a port forward into the pods."""
+    def broker_client(self, ca_file: Path | None = None, db: int = 0) -> redis.Redis:
+        """Return a celery-user client of the broker, through a port forward into the pods.
+
+        With `ca_file`, over TLS to `localhost` (a name the broker's certificate carries),
+        verifying the broker against that CA as client pods do.
+        """
         url = self.stack.outputs()["broker_url"]["value"]
         password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
         port = self.node.host_port(6379)
+        tls: dict[str, Any] = {}
+        if ca_file is not None:
+            tls = {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": str(ca_file)}
         return redis.Redis(
-            host="127.0.0.1", port=port, username="celery", password=password,
-            socket_timeout=10, socket_connect_timeout=10,
+            host="127.0.0.1" if ca_file is None else "localhost", port=port, db=db,
+            username="celery", password=password, socket_timeout=10, socket_connect_timeout=10,
+            **tls,
         )  # fmt: skip
 
 
