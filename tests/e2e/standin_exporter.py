@@ -8,6 +8,7 @@ the alert rules are tested with promtool against recorded exporter output instea
 """
 
 import json
+import signal
 import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,5 +59,8 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     if PASSWORD_FILE:
         json.loads(open(PASSWORD_FILE).read())  # the mounted password map must be readable JSON
+    # As PID 1 of its container it gets no default SIGTERM action; the real exporter (a Go
+    # program) exits on SIGTERM, so the broker pod's shutdown must not wait the grace period.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, _, port = LISTEN.rpartition(":")
     ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler).serve_forever()
