@@ -320,6 +320,8 @@ def test_readme_rotation_loses_no_task_and_keeps_redis_running(
         wait_for(lambda: not accepts(port, old), "Redis refusing the old password", deployed)
         assert accepts(port, new), "the new password stopped working"
         assert worker_broker_passwords(deployed) == {new}
+        # The client URLs did not change, so neither did the workers' revision: no second roll.
+        assert worker_pods(deployed) == workers_after, "step 2 rolled the workers again"
         producer.mark("after")
         sent_after = len(producer.sent)
         wait_for(lambda: len(producer.sent) >= sent_after + 10, "sending after step 2", deployed)
