@@ -19,6 +19,9 @@ from tests.realengine.engine import RealStack, copy_project
 if TYPE_CHECKING:
     from tests.realengine.node_agent import NodeAgent
 
+REAL_ENGINE_TEST_TIMEOUT = 1500
+"""Seconds a real-engine test may take before pytest-timeout stops it (a guard, not a target)."""
+
 CONTEXT = "real-engine"
 """The kubeconfig context name the test stacks deploy to (their `kube_context`)."""
 
@@ -29,6 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.real_engine)
+            # An engine operation is bounded by OPERATION_TIMEOUT (600 s); a test may run two.
+            item.add_marker(pytest.mark.timeout(REAL_ENGINE_TEST_TIMEOUT))
 
 
 @pytest.fixture(scope="session")

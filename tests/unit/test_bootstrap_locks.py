@@ -119,13 +119,16 @@ def test_bootstrap_lint_installs_the_pinned_ruff(project):
 
 
 def test_make_lint_bootstraps_its_linter_before_running_it():
+    # Under `make test` the parent make's variables would make this one print its directory.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     result = subprocess.run(
-        ["make", "-n", "lint"],
+        ["make", "--no-print-directory", "-n", "lint"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
+        env=env,
     )
     lines = result.stdout.splitlines()
     assert lines[0] == "scripts/bootstrap.sh --lint", lines
