@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,20 @@ class Deployed:
         self.node = node
         self.namespace = namespace
         self.stack_file = stack.work_dir / "config" / f"Pulumi.{stack.stack}.yaml"
+
+    def tear_down(self, timeout: float = 180.0) -> None:
+        """Destroy the stack and wait until its pods are gone.
+
+        Every stack of a test session shares the one node, whose pods share one network
+        namespace: a broker left running would hold port 6379 for the next stack's broker.
+        """
+        self.stack.run("destroy")
+        deadline = time.monotonic() + timeout
+        while self.get("pods")["items"]:
+            if time.monotonic() > deadline:
+                msg = f"pods of {self.namespace} still there after destroy:\n{self.node.describe()}"
+                raise AssertionError(msg)
+            time.sleep(1)
 
     def settings(self) -> dict[str, Any]:
         return yaml.safe_load(self.stack_file.read_text())

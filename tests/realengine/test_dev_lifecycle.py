@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,11 +27,13 @@ PARKED_QUEUE = "parked"  # a list no worker consumes: what stays queued across c
 @pytest.fixture(scope="module")
 def deployed(
     control_plane: ControlPlane, node: NodeAgent, tmp_path_factory: pytest.TempPathFactory
-) -> Deployed:
-    """Return the dev stack's project copy on the session's node (the first test ups it)."""
+) -> Iterator[Deployed]:
+    """Yield the dev stack's project copy on the session's node; destroy it after."""
     root = tmp_path_factory.mktemp("dev-lifecycle")
     stack = new_stack(root, "dev", control_plane, shipped_stack_file("dev", NAMESPACE))
-    return Deployed(stack, control_plane, node, NAMESPACE)
+    deployed = Deployed(stack, control_plane, node, NAMESPACE)
+    yield deployed
+    deployed.tear_down()  # frees the shared node for the next module's stack
 
 
 def test_up_from_empty_runs_every_pod_and_the_gate_passes(deployed: Deployed) -> None:

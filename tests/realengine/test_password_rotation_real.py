@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,11 +244,13 @@ def worker_broker_passwords(deployed: Deployed) -> set[str]:
 @pytest.fixture(scope="module")
 def deployed(
     control_plane: ControlPlane, node: NodeAgent, tmp_path_factory: pytest.TempPathFactory
-) -> Deployed:
+) -> Iterator[Deployed]:
     """Return the dev stack's project copy on the session's node (the first test ups it)."""
     root = tmp_path_factory.mktemp("rotation")
     stack = new_stack(root, "dev", control_plane, shipped_stack_file("dev", NAMESPACE))
-    return Deployed(stack, control_plane, node, NAMESPACE)
+    deployed = Deployed(stack, control_plane, node, NAMESPACE)
+    yield deployed
+    deployed.tear_down()  # frees the shared node for the next module's stack
 
 
 @pytest.fixture(scope="module")

@@ -132,11 +132,13 @@ def deployed(
     node: NodeAgent,
     cert_manager: CertManagerStandIn,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Deployed:
-    """Return the prod stack's project copy on the session's node (the first test ups it)."""
+) -> Iterator[Deployed]:
+    """Yield the prod stack's project copy on the session's node; destroy it after."""
     root = tmp_path_factory.mktemp("prod-lifecycle")
     stack = new_stack(root, "prod", control_plane, shipped_stack_file("prod", NAMESPACE))
-    return Deployed(stack, control_plane, node, NAMESPACE)
+    deployed = Deployed(stack, control_plane, node, NAMESPACE)
+    yield deployed
+    deployed.tear_down()  # frees the shared node for the next module's stack
 
 
 def tls_client(deployed: Deployed, ca: KeyPair, db: int = 0) -> redis.Redis:
