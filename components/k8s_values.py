@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -50,52 +51,52 @@ def number_problem(value: object) -> str | None:
     return None
 
 
-def _dns_label(value: str) -> str:
-    """IsDNS1123Label: namespaces and other names that must be one DNS label."""
-    if len(value) > DNS1123_LABEL_MAX or not _DNS1123_LABEL_RE.fullmatch(value):
-        msg = (
-            "is not a DNS-1123 label; allowed: at most 63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-        raise ValueError(msg)
-    return value
+def _fits(value: str, pattern: re.Pattern[str], max_length: int) -> bool:
+    """Whether `value` is at most `max_length` characters and matches `pattern` whole."""
+    return len(value) <= max_length and pattern.fullmatch(value) is not None
 
 
-def _dns1035_label(value: str) -> str:
-    """IsDNS1035Label: names that must also start with a letter (Service names are built on it)."""
-    if len(value) > DNS1123_LABEL_MAX or not _DNS1035_LABEL_RE.fullmatch(value):
-        msg = (
-            "is not a DNS-1035 label; allowed: lowercase letters, digits and '-', starting "
-            "with a letter and ending with a letter or digit"
-        )
-        raise ValueError(msg)
-    return value
+def _name_rule(pattern: re.Pattern[str], max_length: int, message: str) -> Callable[[str], str]:
+    """Return a validator for one of apimachinery's name rules (one regexp, one length bound)."""
+
+    def check(value: str) -> str:
+        if not _fits(value, pattern, max_length):
+            raise ValueError(message)
+        return value
+
+    return check
 
 
-def _dns_subdomain(value: str) -> str:
-    """IsDNS1123Subdomain: object names (StorageClass, Secret, Issuer) and label key prefixes."""
-    if len(value) > DNS1123_SUBDOMAIN_MAX or not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
-        msg = (
-            "is not a DNS-1123 subdomain; allowed: at most 253 characters of lowercase letters, "
-            "digits, '-' and '.', each dot-separated part starting and ending with a letter "
-            "or digit"
-        )
-        raise ValueError(msg)
-    return value
+# IsDNS1123Label: namespaces and other names that must be one DNS label.
+_dns_label = _name_rule(
+    _DNS1123_LABEL_RE,
+    DNS1123_LABEL_MAX,
+    "is not a DNS-1123 label; allowed: at most 63 lowercase letters, digits and '-', "
+    "starting and ending with a letter or digit",
+)
+# IsDNS1035Label: names that must also start with a letter (Service names are built on it).
+_dns1035_label = _name_rule(
+    _DNS1035_LABEL_RE,
+    DNS1123_LABEL_MAX,
+    "is not a DNS-1035 label; allowed: lowercase letters, digits and '-', starting "
+    "with a letter and ending with a letter or digit",
+)
+# IsDNS1123Subdomain: object names (StorageClass, Secret, Issuer) and label key prefixes.
+_dns_subdomain = _name_rule(
+    _DNS1123_SUBDOMAIN_RE,
+    DNS1123_SUBDOMAIN_MAX,
+    "is not a DNS-1123 subdomain; allowed: at most 253 characters of lowercase letters, "
+    "digits, '-' and '.', each dot-separated part starting and ending with a letter or digit",
+)
 
 
 def _label_key(value: str) -> str:
     """IsQualifiedName (content.IsLabelKey): label keys, node selector keys, toleration keys."""
     prefix, slash, name = value.rpartition("/")
     problems = []
-    if slash and (
-        not prefix
-        or "/" in prefix
-        or len(prefix) > DNS1123_SUBDOMAIN_MAX
-        or not _DNS1123_SUBDOMAIN_RE.fullmatch(prefix)
-    ):
+    if slash and not _fits(prefix, _DNS1123_SUBDOMAIN_RE, DNS1123_SUBDOMAIN_MAX):
         problems.append("its prefix before '/' must be a DNS-1123 subdomain (e.g. example.com)")
-    if len(name) > LABEL_NAME_MAX or not _LABEL_NAME_RE.fullmatch(name):
+    if not _fits(name, _LABEL_NAME_RE, LABEL_NAME_MAX):
         problems.append(
             "its name must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending "
             "with a letter or digit"
@@ -108,7 +109,7 @@ def _label_key(value: str) -> str:
 
 def _label_value(value: str) -> str:
     """IsValidLabelValue: label values, node selector values, toleration values."""
-    if len(value) > LABEL_VALUE_MAX or (value and not _LABEL_NAME_RE.fullmatch(value)):
+    if value and not _fits(value, _LABEL_NAME_RE, LABEL_VALUE_MAX):
         msg = (
             "is not a Kubernetes label value; allowed: empty, or at most 63 letters, digits, "
             "'-', '_' or '.', starting and ending with a letter or digit"

@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import yaml
 
 from tests.e2e.images import copy_standin_app, ensure_standin_venv, image_table
 from tests.podrunner import LocalImage
-from tests.realengine.conftest import CONTEXT
+from tests.realengine.conftest import CONTEXT, new_stack
 from tests.realengine.controlplane import ControlPlane
 from tests.realengine.engine import RealStack
 from tests.realengine.node_agent import NodeAgent
@@ -136,3 +138,18 @@ def _merge(target: dict[str, Any], update: dict[str, Any]) -> None:
             _merge(target[key], value)
         else:
             target[key] = value
+
+
+@contextmanager
+def deployed_stack(
+    root: Path, stack: str, namespace: str, cluster: ControlPlane, node: NodeAgent
+) -> Iterator[Deployed]:
+    """Yield a shipped stack, initialised in a project copy under `root`; destroy it after.
+
+    The first step of a lifecycle test runs `up`; the teardown frees the shared node for the
+    next module's stack (see Deployed.tear_down).
+    """
+    real = new_stack(root, stack, cluster, shipped_stack_file(stack, namespace))
+    deployed = Deployed(real, cluster, node, namespace)
+    yield deployed
+    deployed.tear_down()

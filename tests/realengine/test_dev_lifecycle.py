@@ -15,9 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.realengine.conftest import new_stack
 from tests.realengine.controlplane import ControlPlane
-from tests.realengine.deployed import Deployed, shipped_stack_file
+from tests.realengine.deployed import Deployed, deployed_stack
 from tests.realengine.node_agent import NodeAgent
 
 NAMESPACE = "life-dev"
@@ -30,10 +29,8 @@ def deployed(
 ) -> Iterator[Deployed]:
     """Yield the dev stack's project copy on the session's node; destroy it after."""
     root = tmp_path_factory.mktemp("dev-lifecycle")
-    stack = new_stack(root, "dev", control_plane, shipped_stack_file("dev", NAMESPACE))
-    deployed = Deployed(stack, control_plane, node, NAMESPACE)
-    yield deployed
-    deployed.tear_down()  # frees the shared node for the next module's stack
+    with deployed_stack(root, "dev", NAMESPACE, control_plane, node) as deployed:
+        yield deployed
 
 
 def test_up_from_empty_runs_every_pod_and_the_gate_passes(deployed: Deployed) -> None:

@@ -31,9 +31,8 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.realengine.conftest import new_stack
 from tests.realengine.controlplane import ControlPlane
-from tests.realengine.deployed import Deployed, shipped_stack_file
+from tests.realengine.deployed import Deployed, deployed_stack
 from tests.realengine.engine import OPERATION_TIMEOUT
 from tests.realengine.node_agent import NodeAgent
 from tests.realengine.toolchain import PROJECT_ROOT, binary
@@ -247,10 +246,8 @@ def deployed(
 ) -> Iterator[Deployed]:
     """Return the dev stack's project copy on the session's node (the first test ups it)."""
     root = tmp_path_factory.mktemp("rotation")
-    stack = new_stack(root, "dev", control_plane, shipped_stack_file("dev", NAMESPACE))
-    deployed = Deployed(stack, control_plane, node, NAMESPACE)
-    yield deployed
-    deployed.tear_down()  # frees the shared node for the next module's stack
+    with deployed_stack(root, "dev", NAMESPACE, control_plane, node) as deployed:
+        yield deployed
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,8 @@ from celery import Celery
 from celery.states import READY_STATES
 
 from tests.e2e.conftest import PDF_TASK, fake_pdf
-from tests.realengine.conftest import new_stack
 from tests.realengine.controlplane import ControlPlane
-from tests.realengine.deployed import Deployed, shipped_stack_file
+from tests.realengine.deployed import Deployed, deployed_stack
 from tests.realengine.node_agent import ApiClient, NodeAgent
 from tests.support.tls_certs import KeyPair, issue_server_certificate, make_ca
 
@@ -135,10 +134,8 @@ def deployed(
 ) -> Iterator[Deployed]:
     """Yield the prod stack's project copy on the session's node; destroy it after."""
     root = tmp_path_factory.mktemp("prod-lifecycle")
-    stack = new_stack(root, "prod", control_plane, shipped_stack_file("prod", NAMESPACE))
-    deployed = Deployed(stack, control_plane, node, NAMESPACE)
-    yield deployed
-    deployed.tear_down()  # frees the shared node for the next module's stack
+    with deployed_stack(root, "prod", NAMESPACE, control_plane, node) as deployed:
+        yield deployed
 
 
 def tls_client(deployed: Deployed, ca: KeyPair, db: int = 0) -> redis.Redis:
