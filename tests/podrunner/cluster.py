@@ -31,7 +31,7 @@ from pathlib import Path
 from .environment import service_link_variables
 from .errors import ContainerConfigError, ManifestError, PodFailed, WaitTimeout
 from .images import LocalImage, container_argv, find_image
-from .kubelet import Backoff, Pod, wait_until
+from .kubelet import Backoff, Pod, kill_pods_now, wait_until
 from .network import hosts_file_text, service_dns_names
 from .objects import ObjectStore, describe, load_manifests
 from .policy import check_object
@@ -171,11 +171,7 @@ class LocalCluster:
             self.controller.join(timeout=10)
         with self.lock:
             pods = list(self.all_pods)
-        for pod in pods:
-            pod.kill_now()
-        for pod in pods:
-            if pod.thread.is_alive():
-                pod.thread.join(timeout=15)
+        kill_pods_now(pods)
         for forward in self.forwards:
             forward.close()
         if self.netns is not None:

@@ -841,3 +841,12 @@ def wait_until(
             msg = f"timed out after {timeout}s waiting for {what}{state}"
             raise WaitTimeout(msg)
         time.sleep(interval)
+
+
+def kill_pods_now(pods: list[Pod], join_timeout: float = 15.0) -> None:
+    """Teardown of a node: SIGKILL every pod's containers, then wait (bounded) for their threads."""
+    for pod in pods:
+        pod.kill_now()
+    for pod in pods:
+        if pod.thread.is_alive():
+            pod.thread.join(timeout=join_timeout)

@@ -43,6 +43,13 @@ def load_manifests(source: Path | str | Iterable[dict]) -> list[dict]:
     return objects
 
 
+def config_map_bytes(obj: dict) -> dict[str, bytes]:
+    """Return a ConfigMap's `data` and `binaryData` as the bytes its volume files hold."""
+    data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
+    data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    return data
+
+
 def describe(obj: dict) -> str:
     """`Kind namespace/name` for messages."""
     metadata = obj.get("metadata", {})
@@ -101,11 +108,7 @@ class ObjectStore:
     def config_map_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """Return a ConfigMap's data and binaryData as bytes."""
         obj = self.get("ConfigMap", namespace, name)
-        if obj is None:
-            return None
-        data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
-        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-        return data
+        return None if obj is None else config_map_bytes(obj)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """Return a Secret's data with placeholders replaced and test overrides applied."""

@@ -57,9 +57,10 @@ from tests.podrunner import (
     wait_until,
 )
 from tests.podrunner.environment import PodIdentity, service_link_variables
-from tests.podrunner.kubelet import Container
+from tests.podrunner.kubelet import Container, kill_pods_now
 from tests.podrunner.logserver import LogServer
 from tests.podrunner.network import hosts_file_text, service_dns_names
+from tests.podrunner.objects import config_map_bytes
 from tests.podrunner.policy import POD_SPEC, check
 from tests.podrunner.runtime import (
     ExecResult,
@@ -258,11 +259,7 @@ class ApiObjects:
         """Return a ConfigMap's data and binaryData, or None if it does not exist."""
         with retried_on_api_trouble(f"configmap {namespace}/{name}"):
             obj = self.api.get(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
-        if obj is None:
-            return None
-        data = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
-        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-        return data
+        return None if obj is None else config_map_bytes(obj)
 
     def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """Return a Secret's data, or None if it does not exist."""
@@ -612,11 +609,7 @@ class NodeAgent:
             thread.join(timeout=15)
         with self.lock:
             pods = [r.pod for r in self.records.values() if r.pod is not None]
-        for pod in pods:
-            pod.kill_now()
-        for pod in pods:
-            if pod.thread.is_alive():
-                pod.thread.join(timeout=15)
+        kill_pods_now(pods)
         for forward in self.forwards:
             forward.close()
         if self.log_server is not None:
