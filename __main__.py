@@ -1,24 +1,41 @@
 """Celery on Redis on Kubernetes.
 
-Settings -> target -> broker -> worker pools -> checks -> exports.
+Settings -> target -> broker -> worker pools -> checks -> alerts -> exports. Clients of the
+broker (pools, the check) see only its endpoint (components/endpoint.py).
 """
 
 import pulumi
 
+from components import metrics, workers
 from components.broker import RedisBroker
 from components.checks import BrokerCheck
 from components.cluster import ClusterTarget
 from components.deployed import STORAGE_SIZE_OUTPUT, deployed_storage_size
 from components.stack_config import load_stack_config
-from components.workers import WorkerPools
 
 config = load_stack_config()  # every settings problem stops here, before any resource exists
 settings = config.settings
 
 target = ClusterTarget("cluster", settings)
-broker = RedisBroker("broker", settings, config.secrets, opts=target.child_options())
-pools = WorkerPools("workers", settings, broker, opts=target.child_options())
-check = BrokerCheck("check", settings, broker, pools, opts=target.child_options())
+broker = RedisBroker(
+    "broker",
+    settings,
+    config.secrets,
+    opts=target.child_options(),
+    client_peers=workers.broker_peers(settings),
+)
+pools = workers.WorkerPools("workers", settings, broker.endpoint, opts=target.child_options())
+check = BrokerCheck("check", settings, broker.endpoint, pools, opts=target.child_options())
+# One PrometheusRule for the stack: the broker's alerts and the pools' queue rules. Created
+# by the broker before (hence the alias: existing stacks keep the object, not replace it).
+alerts = metrics.prometheus_rule(
+    settings,
+    "broker-alerts",
+    pulumi.ResourceOptions.merge(
+        target.child_options(), pulumi.ResourceOptions(aliases=[pulumi.Alias(parent=broker)])
+    ),
+    metrics.rule_file(pools.record_groups, [*broker.alert_groups, *pools.alert_groups]),
+)
 
 pulumi.export("namespace", target.namespace_name)
 pulumi.export("broker_host", broker.host)

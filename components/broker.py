@@ -27,7 +27,15 @@ from urllib.parse import quote, urlencode
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import metrics, redis_config
+from components import celery_config, metrics, redis_config
+from components.endpoint import (
+    BROKER_URL_KEY,
+    CHECK_URL_KEY,
+    RESULT_BACKEND_KEY,
+    AutoscalerAccess,
+    BrokerEndpoint,
+    ClientSecret,
+)
 from components.generated_secret import GeneratedPassword
 from components.naming import broker_client_labels, labels, object_name, selector_labels
 from components.pods import hardened_container, hardened_pod_spec
@@ -39,12 +47,6 @@ PROBE_USER = redis_config.PROBE_USER
 CHECK_USER = redis_config.CHECK_USER
 KEDA_USER = redis_config.KEDA_USER
 EXPORTER_USER = redis_config.EXPORTER_USER
-
-# Keys of the client Secret: the names Celery reads from the environment, so a worker can
-# take them with envFrom or secretKeyRef without renaming.
-BROKER_URL_KEY = "CELERY_BROKER_URL"
-RESULT_BACKEND_KEY = "CELERY_RESULT_BACKEND"
-CHECK_URL_KEY = "BROKER_CHECK_URL"
 
 # Keys of the server Secret, mounted as files into the broker pod.
 CELERY_PASSWORD_KEY = redis_config.CELERY_PASSWORD_FILE
@@ -81,9 +83,6 @@ CLIENT_CA_DIR = "/etc/celery-redis/broker-ca"
 """Where client pods (workers, beat, the check Job) find the CA that signed the broker."""
 CLIENT_CA_FILE = f"{CLIENT_CA_DIR}/{redis_config.TLS_CA_KEY}"
 """The CA file client URLs name in `ssl_ca_certs` (only `ca.crt` is projected, never the key)."""
-
-CLIENT_REVISION_ANNOTATION = "celery-redis/broker-client-revision"
-"""Pod-template annotation for client Deployments: a changed client Secret rolls their pods."""
 
 
 def redis_url(
@@ -525,46 +524,30 @@ def _port_rule(
 
 
 def ingress_rules(
-    settings: StackSettings, extra: Sequence[k8s.networking.v1.NetworkPolicyIngressRuleArgs] = ()
+    settings: StackSettings,
+    client_peers: Sequence[k8s.networking.v1.NetworkPolicyPeerArgs] = (),
 ) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
-    """Who may reach the broker: this release's pods labelled as broker clients, Redis port only.
+    """Who may reach the broker: this release's client pods, peers its clients name, Prometheus.
 
-    Pod and namespace selector in one peer (both must match): only pods in the stack's own
-    namespace count, however a pod elsewhere is labelled. Whoever may create pods there can
-    label one as a client, and could as well mount the broker's Secrets: the label marks
-    intent, the passwords are the boundary (README: "Who reaches the broker").
-    Other admitted peers (KEDA, Prometheus) come in `extra`, each with its own rule.
+    Client pods: pod and namespace selector in one peer (both must match), so only pods in the
+    stack's own namespace count, however a pod elsewhere is labelled. Whoever may create pods
+    there can label one as a client, and could as well mount the broker's Secrets: the label
+    marks intent, the passwords are the boundary (README: "Who reaches the broker").
+
+    `client_peers` are other clients that the components using them name (KEDA's operator, by
+    the worker pools): each gets its own rule on the Redis port. The exporter serves numbers
+    only, but they tell queue names and backlogs: only the namespace Prometheus runs in
+    (`metrics.monitoring_namespace`) may scrape them.
     """
+    port = settings.broker.port
     clients = _port_rule(
-        settings.broker.port,
+        port,
         k8s.networking.v1.NetworkPolicyPeerArgs(
             namespace_selector=namespace_peer(settings.namespace),
             pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=broker_client_labels(settings)),
         ),
     )
-    return [clients, *extra]
-
-
-def extra_ingress_rules(
-    settings: StackSettings,
-) -> list[k8s.networking.v1.NetworkPolicyIngressRuleArgs]:
-    """Who else may connect: KEDA's operator to Redis, the monitoring namespace to the exporter.
-
-    The exporter serves numbers only, but they tell queue names and backlogs: only the
-    namespace Prometheus runs in (`metrics.monitoring_namespace`) may scrape them.
-    """
-    rules = []
-    if any(
-        p.autoscaling.enabled and p.autoscaling.engine == "keda" for p in settings.workers.pools
-    ):
-        rules.append(
-            _port_rule(
-                settings.broker.port,
-                k8s.networking.v1.NetworkPolicyPeerArgs(
-                    namespace_selector=namespace_peer(settings.workers.keda_namespace)
-                ),
-            )
-        )
+    rules = [clients, *(_port_rule(port, peer) for peer in client_peers)]
     if settings.metrics.exporter_enabled:
         rules.append(
             _port_rule(
@@ -577,6 +560,37 @@ def extra_ingress_rules(
     return rules
 
 
+def client_transport_options(settings: StackSettings) -> dict[str, object]:
+    """Transport options a Celery client of this broker sets: Celery's, nothing topology-specific.
+
+    A standalone broker needs no more than the timeouts and the visibility timeout every
+    Redis client of the stack shares (celery_config.broker_transport_options).
+    """
+    return celery_config.broker_transport_options(settings)
+
+
+def autoscaler_access(
+    settings: StackSettings, address: str, password: pulumi.Output[str]
+) -> AutoscalerAccess:
+    """How KEDA's `redis` scaler reads list lengths from this broker, as the keda user.
+
+    A TLS-only broker: KEDA connects with TLS, verifying the CA from the TriggerAuthentication
+    (`ca`); never both `enableTLS` and the `tls` auth parameter.
+    """
+    tls = settings.tls.enabled
+    return AutoscalerAccess(
+        trigger_type="redis",
+        where={"address": address},
+        how={
+            "databaseIndex": str(settings.broker.broker_db),
+            **({"enableTLS": "true"} if tls else {}),
+        },
+        username=KEDA_USER,
+        password=password,
+        ca_secret_name=tls_secret_name(settings) if tls else None,
+    )
+
+
 class RedisBroker(pulumi.ComponentResource):
     """The broker a platform engineer names: Redis, its users, storage, probes and network rules."""
 
@@ -586,7 +600,14 @@ class RedisBroker(pulumi.ComponentResource):
         settings: StackSettings,
         secrets: Mapping[str, pulumi.Output[str]],
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        client_peers: Sequence[k8s.networking.v1.NetworkPolicyPeerArgs] = (),
     ) -> None:
+        """Create the broker; `client_peers` are clients outside this namespace (KEDA).
+
+        Its clients read `self.endpoint` only; `self.alert_groups` are its Prometheus rules,
+        for the stack's PrometheusRule.
+        """
         super().__init__("celery-redis:index:RedisBroker", name, None, opts)
         self.settings = settings
         child = pulumi.ResourceOptions(parent=self)
@@ -609,11 +630,6 @@ class RedisBroker(pulumi.ComponentResource):
         exporter_password = self._password(
             "exporter_password", "broker-exporter-password", secrets, child
         )
-        self.celery_password = celery_password
-        self.probe_password = probe_password
-        self.check_password = check_password
-        self.keda_password = keda_password
-        self.exporter_password = exporter_password
 
         self.broker_url = self._client_url(CELERY_USER, celery_password, broker.broker_db)
         self.result_backend_url = self._client_url(CELERY_USER, celery_password, broker.result_db)
@@ -682,7 +698,7 @@ class RedisBroker(pulumi.ComponentResource):
             spec=k8s.networking.v1.NetworkPolicySpecArgs(
                 pod_selector=broker_selector(settings),
                 policy_types=["Ingress"],
-                ingress=ingress_rules(settings, extra=extra_ingress_rules(settings)),
+                ingress=ingress_rules(settings, client_peers),
             ),
             opts=child,
         )
@@ -700,7 +716,8 @@ class RedisBroker(pulumi.ComponentResource):
             opts=child,
         )
         self.metrics_objects = self._metrics(name, child)
-        self.ready: list[pulumi.Resource] = [
+        self.alert_groups = metrics.broker_alert_groups(settings)
+        ready: list[pulumi.Resource] = [
             *([self.certificate] if self.certificate else []),
             self.users_secret,
             self.client_secret,
@@ -709,6 +726,18 @@ class RedisBroker(pulumi.ComponentResource):
             self.service,
             self.statefulset,
         ]
+        self.endpoint = BrokerEndpoint(
+            scheme="rediss" if settings.tls.enabled else "redis",
+            hosts=(f"{self.host}:{self.port}",),
+            secret=ClientSecret(name=self.client_secret_name),
+            transport_options=client_transport_options(settings),
+            ca_volumes=tuple(client_ca_volumes(settings)),
+            ca_mounts=tuple(client_ca_mounts(settings)),
+            revision=self.client_revision,
+            autoscaler=autoscaler_access(settings, f"{self.host}:{self.port}", keda_password),
+            client_labels=broker_client_labels(settings),
+            ready=tuple(ready),
+        )
 
         self.register_outputs(
             {
@@ -760,9 +789,10 @@ class RedisBroker(pulumi.ComponentResource):
         return pulumi.Output.unsecret(revision)
 
     def _metrics(self, name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
-        """Create the exporter script and metrics Service.
+        """Create the exporter script and metrics Service; with the operator, a ServiceMonitor.
 
-        With the operator, also a ServiceMonitor and alerts.
+        The alerts are the stack's (broker and queues in one PrometheusRule): see
+        `alert_groups` and `metrics.prometheus_rule`.
         """
         settings = self.settings
         if not settings.metrics.exporter_enabled:
@@ -792,13 +822,9 @@ class RedisBroker(pulumi.ComponentResource):
                 opts=opts,
             )
         )
-        for build, suffix in (
-            (metrics.service_monitor, "service-monitor"),
-            (metrics.prometheus_rule, "alerts"),
-        ):
-            resource = build(settings, f"{name}-{suffix}", opts)
-            if resource is not None:
-                created.append(resource)
+        monitor = metrics.service_monitor(settings, f"{name}-service-monitor", opts)
+        if monitor is not None:
+            created.append(monitor)
         return created
 
     def _certificate(

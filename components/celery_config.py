@@ -20,6 +20,7 @@ options, so transport options are settings here, never URL parameters.
 from __future__ import annotations
 
 import pprint
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from components.settings import PoolSettings, StackSettings
@@ -135,12 +136,18 @@ def broker_transport_options(settings: StackSettings) -> dict[str, object]:
     }
 
 
-def client_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
-    """Return what every Celery process of the stack needs to talk to the broker and backend."""
+def client_settings(
+    settings: StackSettings, pool: PoolSettings, transport_options: Mapping[str, object]
+) -> list[CelerySetting]:
+    """Return what every Celery process of the stack needs to talk to the broker and backend.
+
+    `transport_options` come from the broker's endpoint (components/endpoint.py): the broker's
+    topology decides them, on top of `broker_transport_options`.
+    """
     return [
         CelerySetting(
             "broker_transport_options",
-            broker_transport_options(settings),
+            dict(transport_options),
             "Redis transport options (not URL parameters: kombu ignores those)",
         ),
         CelerySetting(
@@ -182,7 +189,9 @@ def client_settings(settings: StackSettings, pool: PoolSettings) -> list[CeleryS
     ]
 
 
-def worker_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
+def worker_settings(
+    settings: StackSettings, pool: PoolSettings, transport_options: Mapping[str, object]
+) -> list[CelerySetting]:
     """Everything a pool's workers must run with, each with the reason it is set."""
     optional = [
         CelerySetting(
@@ -197,7 +206,7 @@ def worker_settings(settings: StackSettings, pool: PoolSettings) -> list[CeleryS
         ),
     ]
     return [
-        *client_settings(settings, pool),
+        *client_settings(settings, pool, transport_options),
         CelerySetting(
             "task_acks_late", pool.acks_late, "ack after the task ran: a crash redelivers it"
         ),
@@ -246,11 +255,13 @@ def worker_settings(settings: StackSettings, pool: PoolSettings) -> list[CeleryS
     ]
 
 
-def beat_settings(settings: StackSettings, pool: PoolSettings) -> list[CelerySetting]:
+def beat_settings(
+    settings: StackSettings, pool: PoolSettings, transport_options: Mapping[str, object]
+) -> list[CelerySetting]:
     """Return beat's settings: the client ones plus a bounded loop for its heartbeat."""
     stale = settings.workers.beat.liveness_stale_seconds
     return [
-        *client_settings(settings, pool),
+        *client_settings(settings, pool, transport_options),
         CelerySetting(
             "beat_max_loop_interval",
             heartbeat_seconds(stale),
@@ -306,20 +317,22 @@ def render_settings(rendered: list[CelerySetting]) -> str:
     return "\n".join(lines)
 
 
-def celery_wiring_module(settings: StackSettings, pool: PoolSettings) -> str:
+def celery_wiring_module(
+    settings: StackSettings, pool: PoolSettings, transport_options: Mapping[str, object]
+) -> str:
     """Render the wiring module of one worker pool, as the ConfigMap carries it."""
     stale = liveness_window_seconds(pool)
     return _module(
         title=f"worker pool {pool.name!r}",
         role="worker",
         app=pool.app,
-        rendered=worker_settings(settings, pool),
+        rendered=worker_settings(settings, pool, transport_options),
         heartbeat=heartbeat_seconds(pool.liveness_stale_seconds),
         ping_timeout=broker_ping_timeout(stale),
     )
 
 
-def beat_wiring_module(settings: StackSettings) -> str:
+def beat_wiring_module(settings: StackSettings, transport_options: Mapping[str, object]) -> str:
     """Render the wiring module of the beat scheduler."""
     pool = beat_pool(settings)
     stale = settings.workers.beat.liveness_stale_seconds
@@ -327,7 +340,7 @@ def beat_wiring_module(settings: StackSettings) -> str:
         title="celery beat",
         role="beat",
         app=pool.app,
-        rendered=beat_settings(settings, pool),
+        rendered=beat_settings(settings, pool, transport_options),
         heartbeat=heartbeat_seconds(stale),
         ping_timeout=broker_ping_timeout(stale),
     )

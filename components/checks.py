@@ -16,15 +16,8 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.broker import (
-    BROKER_URL_KEY,
-    CHECK_URL_KEY,
-    RESULT_BACKEND_KEY,
-    RedisBroker,
-    client_ca_mounts,
-    client_ca_volumes,
-)
-from components.naming import broker_client_labels, labels, object_name
+from components.endpoint import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY, BrokerEndpoint
+from components.naming import labels, object_name
 from components.pods import hardened_container, hardened_pod_spec
 from components.settings import PoolSettings, StackSettings
 from components.workers import WorkerPools
@@ -116,7 +109,7 @@ class BrokerCheck(pulumi.ComponentResource):
         self,
         name: str,
         settings: StackSettings,
-        broker: RedisBroker,
+        endpoint: BrokerEndpoint,
         pools: WorkerPools,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -138,16 +131,10 @@ class BrokerCheck(pulumi.ComponentResource):
             data={"brokercheck.py": script},
             opts=child,
         )
+        secret = endpoint.secret
         env = [
-            k8s.core.v1.EnvVarArgs(
-                name=key,
-                value_from=k8s.core.v1.EnvVarSourceArgs(
-                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                        name=broker.client_secret_name, key=key
-                    )
-                ),
-            )
-            for key in (CHECK_URL_KEY, BROKER_URL_KEY, RESULT_BACKEND_KEY)
+            secret.env(key, key)
+            for key in (secret.check_url_key, secret.broker_url_key, secret.result_backend_key)
         ]
         first_pool = settings.workers.pools[0]
         container = hardened_container(
@@ -159,7 +146,7 @@ class BrokerCheck(pulumi.ComponentResource):
             resources=checks.resources,
             volume_mounts=[
                 k8s.core.v1.VolumeMountArgs(name="script", mount_path=SCRIPT_DIR, read_only=True),
-                *client_ca_mounts(settings),
+                *endpoint.ca_mounts,
             ],
             liveness_probe=_deadline_probe(checks.python_bin, checks.active_deadline_seconds),
             readiness_probe=_script_present_probe(checks.python_bin),
@@ -177,7 +164,7 @@ class BrokerCheck(pulumi.ComponentResource):
                         name=script_map.metadata.name, default_mode=0o444
                     ),
                 ),
-                *client_ca_volumes(settings),
+                *endpoint.ca_volumes,
             ],
         )
         job = k8s.batch.v1.Job(
@@ -195,14 +182,14 @@ class BrokerCheck(pulumi.ComponentResource):
                 ttl_seconds_after_finished=checks.ttl_seconds_after_finished,
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels={**labels(settings, COMPONENT), **broker_client_labels(settings)}
+                        labels={**labels(settings, COMPONENT), **endpoint.client_labels}
                     ),
                     spec=pod,
                 ),
             ),
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[*broker.ready, *pools.ready],
+                depends_on=[*endpoint.ready, *pools.ready],
                 delete_before_replace=True,
                 # pulumi-kubernetes waits for the Job to complete; never longer than its deadline.
                 custom_timeouts=pulumi.CustomTimeouts(

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -565,17 +565,42 @@ def recording_rules(settings: StackSettings) -> list[dict[str, Any]]:
     ]
 
 
-def alert_rules(settings: StackSettings) -> dict[str, Any]:
-    """Return the PrometheusRule spec (`{"groups": [...]}`), also a valid promtool rule file."""
+def broker_alert_groups(settings: StackSettings) -> list[dict[str, Any]]:
+    """Return the broker's own rule group: reachability, memory, connections, persistence."""
+    release = naming.release(settings)
+    return [{"name": f"{release}-celery-broker.alerts", "rules": broker_rules(settings)}]
+
+
+def queue_record_groups(settings: StackSettings) -> list[dict[str, Any]]:
+    """Return the pools' recording group: each queue's backlog, priority lists summed."""
+    release = naming.release(settings)
+    return [{"name": f"{release}-celery-queues.records", "rules": recording_rules(settings)}]
+
+
+def queue_alert_groups(settings: StackSettings) -> list[dict[str, Any]]:
+    """Return the pools' alert group: backlog, nobody consuming, per pool."""
     release = naming.release(settings)
     pool_alerts = [rule for pool in settings.workers.pools for rule in pool_rules(settings, pool)]
-    return {
-        "groups": [
-            {"name": f"{release}-celery-queues.records", "rules": recording_rules(settings)},
-            {"name": f"{release}-celery-broker.alerts", "rules": broker_rules(settings)},
-            {"name": f"{release}-celery-queues.alerts", "rules": pool_alerts},
-        ]
-    }
+    return [{"name": f"{release}-celery-queues.alerts", "rules": pool_alerts}]
+
+
+def rule_file(
+    record_groups: Sequence[dict[str, Any]], alert_groups: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Return a PrometheusRule spec, recording groups first (alerts read what they record)."""
+    return {"groups": [*record_groups, *alert_groups]}
+
+
+def alert_rules(settings: StackSettings) -> dict[str, Any]:
+    """Return the stack's whole PrometheusRule spec, also a valid promtool rule file.
+
+    The same groups the components contribute (broker: its alerts; worker pools: the queue
+    records and alerts), composed from settings alone for promtool tests and the docs.
+    """
+    return rule_file(
+        queue_record_groups(settings),
+        [*broker_alert_groups(settings), *queue_alert_groups(settings)],
+    )
 
 
 # --- the custom resources ------------------------------------------------------------------
@@ -626,14 +651,21 @@ def service_monitor(
 
 
 def prometheus_rule(
-    settings: StackSettings, resource_name: str, opts: pulumi.ResourceOptions
+    settings: StackSettings,
+    resource_name: str,
+    opts: pulumi.ResourceOptions,
+    spec: dict[str, Any],
 ) -> k8s.apiextensions.CustomResource | None:
-    """Return the PrometheusRule holding `alert_rules(settings)`, only with the operator on."""
+    """Return the stack's PrometheusRule holding `spec` (see `rule_file`), only with the operator.
+
+    One object for the whole stack, named as when the broker alone created it: Prometheus
+    and its rule selectors see the same PrometheusRule whoever contributes the groups.
+    """
     return _operator_resource(
         settings,
         resource_name,
         opts,
         kind="PrometheusRule",
         suffix="broker-alerts",
-        spec=alert_rules(settings),
+        spec=spec,
     )

@@ -20,18 +20,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import celery_config
-from components.broker import (
-    BROKER_URL_KEY,
-    CLIENT_REVISION_ANNOTATION,
-    KEDA_USER,
-    RESULT_BACKEND_KEY,
-    RedisBroker,
-    client_ca_mounts,
-    client_ca_volumes,
-    tls_secret_name,
-)
-from components.naming import broker_client_labels, labels, object_name, selector_labels
+from components import celery_config, metrics
+from components.endpoint import AutoscalerAccess, BrokerEndpoint, ClientSecret
+from components.naming import labels, object_name, selector_labels
 from components.pods import hardened_container, hardened_pod_spec, spread_across_nodes_and_zones
 from components.settings import Autoscaling, Placement, PoolSettings, StackSettings
 
@@ -52,29 +43,40 @@ def trigger_name(index: int, queue: str, step: int) -> str:
 
 
 def keda_triggers(
-    settings: StackSettings, pool: PoolSettings, broker_address: str, auth_name: str
+    pool: PoolSettings, access: AutoscalerAccess, auth_name: str
 ) -> list[dict[str, Any]]:
-    """One `redis` trigger per list of each queue; all metadata values are strings (KEDA's type)."""
+    """One trigger per list of each queue; all metadata values are strings (KEDA's type)."""
     triggers = []
     for index, queue in enumerate(pool.queues):
         for step, list_name in celery_config.priority_lists(queue):
             triggers.append(
                 {
-                    "type": "redis",
+                    "type": access.trigger_type,
                     "name": trigger_name(index, queue, step),
-                    "metadata": {
-                        "address": broker_address,
-                        "listName": list_name,
-                        "listLength": str(pool.autoscaling.queue_length_per_replica),
-                        "databaseIndex": str(settings.broker.broker_db),
-                        # TLS-only broker: KEDA connects with TLS, verifying the CA from the
-                        # TriggerAuthentication (`ca`); never both this and the `tls` auth param.
-                        **({"enableTLS": "true"} if settings.tls.enabled else {}),
-                    },
+                    "metadata": access.trigger_metadata(
+                        list_name, pool.autoscaling.queue_length_per_replica
+                    ),
                     "authenticationRef": {"name": auth_name},
                 }
             )
     return triggers
+
+
+def broker_peers(settings: StackSettings) -> list[k8s.networking.v1.NetworkPolicyPeerArgs]:
+    """Clients of the broker outside the stack's namespace that the pools bring: KEDA's operator.
+
+    KEDA reads queue lengths from its own namespace; the broker admits it only when a pool
+    scales with KEDA (the broker's NetworkPolicy takes these peers).
+    """
+    if not any(_uses(pool, "keda") for pool in settings.workers.pools):
+        return []
+    return [
+        k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"kubernetes.io/metadata.name": settings.workers.keda_namespace}
+            )
+        )
+    ]
 
 
 def scale_down_behavior(autoscaling: Autoscaling) -> dict[str, Any]:
@@ -92,15 +94,14 @@ def scale_down_behavior(autoscaling: Autoscaling) -> dict[str, Any]:
 
 
 def scaled_object_spec(
-    settings: StackSettings,
     pool: PoolSettings,
     deployment: str,
-    broker_address: str,
+    access: AutoscalerAccess,
     auth_name: str,
 ) -> dict[str, Any]:
     """KEDA ScaledObject spec: the pool's lists summed by a formula, target tasks per replica."""
     scaling = pool.autoscaling
-    triggers = keda_triggers(settings, pool, broker_address, auth_name)
+    triggers = keda_triggers(pool, access, auth_name)
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
         "minReplicaCount": scaling.min_replicas,
@@ -131,17 +132,7 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def secret_env(name: str, secret_name: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarArgs:
-    """Return an environment variable taken from a Secret key (never a literal)."""
-    return k8s.core.v1.EnvVarArgs(
-        name=name,
-        value_from=k8s.core.v1.EnvVarSourceArgs(
-            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret_name, key=key)
-        ),
-    )
-
-
-def celery_env(pool: PoolSettings, secret_name: pulumi.Input[str]) -> list[k8s.core.v1.EnvVarArgs]:
+def celery_env(pool: PoolSettings, secret: ClientSecret) -> list[k8s.core.v1.EnvVarArgs]:
     """Return the env: broker URLs (and aliases) from the Secret, the wiring first on the path."""
     plain = {
         **pool.env,
@@ -152,9 +143,9 @@ def celery_env(pool: PoolSettings, secret_name: pulumi.Input[str]) -> list[k8s.c
         "PYTHONDONTWRITEBYTECODE": "1",  # read-only root and ConfigMap: no .pyc to write
     }
     return [
-        secret_env(BROKER_URL_KEY, secret_name, BROKER_URL_KEY),
-        secret_env(RESULT_BACKEND_KEY, secret_name, RESULT_BACKEND_KEY),
-        *[secret_env(alias, secret_name, BROKER_URL_KEY) for alias in pool.broker_url_aliases],
+        secret.env(secret.broker_url_key, secret.broker_url_key),
+        secret.env(secret.result_backend_key, secret.result_backend_key),
+        *[secret.env(alias, secret.broker_url_key) for alias in pool.broker_url_aliases],
         *[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(plain.items())],
     ]
 
@@ -205,14 +196,19 @@ class WorkerPools(pulumi.ComponentResource):
         self,
         name: str,
         settings: StackSettings,
-        broker: RedisBroker,
+        endpoint: BrokerEndpoint,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """Create every pool and beat as clients of `endpoint`.
+
+        `record_groups` and `alert_groups` are the queues' Prometheus rules, for the stack's
+        PrometheusRule.
+        """
         super().__init__("celery-redis:index:WorkerPools", name, None, opts)
         self.settings = settings
-        self.broker = broker
+        self.endpoint = endpoint
         self._name = name
-        self._child = pulumi.ResourceOptions(parent=self, depends_on=broker.ready)
+        self._child = pulumi.ResourceOptions(parent=self, depends_on=list(endpoint.ready))
         pools = settings.workers.pools
         keda_auth = self._keda_auth() if any(_uses(p, "keda") for p in pools) else None
         self.deployments: dict[str, k8s.apps.v1.Deployment] = {}
@@ -225,6 +221,8 @@ class WorkerPools(pulumi.ComponentResource):
             for p in pools
         ]
         self.expected_workers = sum(guaranteed_replicas(p) for p in pools)
+        self.record_groups = metrics.queue_record_groups(settings)
+        self.alert_groups = metrics.queue_alert_groups(settings)
         self.ready: list[pulumi.Resource] = list(self.deployments.values())
         self.register_outputs(
             {
@@ -248,7 +246,9 @@ class WorkerPools(pulumi.ComponentResource):
         """ConfigMap, Deployment, PodDisruptionBudget and (optional) autoscaler of one pool."""
         settings = self.settings
         deployment_name = object_name(settings.name_prefix, WORKER, pool.name)
-        wiring = celery_config.celery_wiring_module(settings, pool)
+        wiring = celery_config.celery_wiring_module(
+            settings, pool, dict(self.endpoint.transport_options)
+        )
         config_map = self._wiring_config_map(
             f"{self._name}-{pool.name}", deployment_name, WORKER, pool.name, wiring
         )
@@ -257,8 +257,8 @@ class WorkerPools(pulumi.ComponentResource):
             image=pool.image,
             command=celery_config.worker_command(settings, pool),
             resources=pool.resources,
-            env=celery_env(pool, self.broker.client_secret_name),
-            volume_mounts=[wiring_mount(), *client_ca_mounts(self.settings)],
+            env=celery_env(pool, self.endpoint.secret),
+            volume_mounts=[wiring_mount(), *self.endpoint.ca_mounts],
             **health_probes(
                 celery_config.liveness_window_seconds(pool),
                 celery_config.heartbeat_seconds(pool.liveness_stale_seconds),
@@ -321,7 +321,7 @@ class WorkerPools(pulumi.ComponentResource):
         """Build a Deployment of hardened, spread, broker-client pods running one container."""
         settings = self.settings
         selector = selector_labels(settings, component, instance)
-        pod_labels = {**labels(settings, component, instance), **broker_client_labels(settings)}
+        pod_labels = {**labels(settings, component, instance), **self.endpoint.client_labels}
         return k8s.apps.v1.Deployment(
             resource,
             metadata=self._metadata(name, component, instance),
@@ -336,7 +336,7 @@ class WorkerPools(pulumi.ComponentResource):
                         annotations={
                             CHECKSUM_ANNOTATION: checksum(wiring),
                             # Rolls the pods when the broker password changes (rotation).
-                            CLIENT_REVISION_ANNOTATION: self.broker.client_revision,
+                            **self.endpoint.revision_annotations(),
                         },
                     ),
                     spec=hardened_pod_spec(
@@ -346,7 +346,7 @@ class WorkerPools(pulumi.ComponentResource):
                         grace_period_seconds=grace_period_seconds,
                         volumes=[
                             wiring_volume(config_map.metadata.name),
-                            *client_ca_volumes(settings),
+                            *self.endpoint.ca_volumes,
                         ],
                         topology_spread=spread_across_nodes_and_zones(selector),
                     ),
@@ -379,14 +379,15 @@ class WorkerPools(pulumi.ComponentResource):
         TriggerAuthentication, never in a ScaledObject's metadata.
         """
         settings = self.settings
+        access = self.endpoint.autoscaler
         name = object_name(settings.name_prefix, "workers-keda-redis")
         secret = k8s.core.v1.Secret(
             f"{self._name}-keda-redis",
             metadata=self._metadata(name, "autoscaler", "workers"),
             type="Opaque",
             string_data={
-                KEDA_USERNAME_KEY: KEDA_USER,
-                KEDA_PASSWORD_KEY: pulumi.Output.secret(self.broker.keda_password),
+                KEDA_USERNAME_KEY: access.username,
+                KEDA_PASSWORD_KEY: pulumi.Output.secret(access.password),
             },
             opts=self._child,
         )
@@ -403,8 +404,8 @@ class WorkerPools(pulumi.ComponentResource):
                     ),
                     # With TLS, KEDA verifies the broker against the CA in the TLS Secret.
                     *(
-                        [{"parameter": "ca", "name": tls_secret, "key": "ca.crt"}]
-                        if (tls_secret := tls_secret_name(settings)) and settings.tls.enabled
+                        [{"parameter": "ca", "name": access.ca_secret_name, "key": "ca.crt"}]
+                        if access.ca_secret_name
                         else []
                     ),
                 ]
@@ -421,9 +422,7 @@ class WorkerPools(pulumi.ComponentResource):
             api_version=KEDA_API,
             kind="ScaledObject",
             metadata=self._metadata(deployment, WORKER, pool.name),
-            spec=scaled_object_spec(
-                self.settings, pool, deployment, f"{self.broker.host}:{self.broker.port}", auth_name
-            ),
+            spec=scaled_object_spec(pool, deployment, self.endpoint.autoscaler, auth_name),
             opts=self._child,
         )
 
@@ -460,15 +459,15 @@ class WorkerPools(pulumi.ComponentResource):
         beat = settings.workers.beat
         pool = celery_config.beat_pool(settings)
         name = object_name(settings.name_prefix, BEAT)
-        wiring = celery_config.beat_wiring_module(settings)
+        wiring = celery_config.beat_wiring_module(settings, dict(self.endpoint.transport_options))
         config_map = self._wiring_config_map(f"{self._name}-beat", name, BEAT, BEAT, wiring)
         container = hardened_container(
             name=BEAT,
             image=pool.image,
             command=celery_config.beat_command(settings),
             resources=beat.resources,
-            env=celery_env(pool, self.broker.client_secret_name),
-            volume_mounts=[wiring_mount(), *client_ca_mounts(self.settings)],
+            env=celery_env(pool, self.endpoint.secret),
+            volume_mounts=[wiring_mount(), *self.endpoint.ca_mounts],
             **health_probes(
                 beat.liveness_stale_seconds,
                 celery_config.heartbeat_seconds(beat.liveness_stale_seconds),

@@ -27,7 +27,7 @@ import redis
 from celery import Celery
 
 from components import redis_config
-from components.broker import BROKER_URL_KEY, RESULT_BACKEND_KEY
+from components.endpoint import BROKER_URL_KEY, RESULT_BACKEND_KEY
 from tests.support.broker_boot import (
     CHECK_PASSWORD,
     TLS_HOST,

@@ -40,8 +40,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from brokerctl import mockrun, render
-from components.broker import BROKER_URL_KEY, RESULT_BACKEND_KEY
 from components.celery_config import CONFIG_DIR
+from components.endpoint import BROKER_URL_KEY, RESULT_BACKEND_KEY
 from tests.support.celery_worker import (
     STANDIN_APP_DIR,
     CeleryWorker,

@@ -138,7 +138,7 @@ def test_exporter_port_admits_only_the_monitoring_namespace(namespace):
     stack = settings(**({"monitoring_namespace": namespace} if namespace else {}))
     rules = [
         rule.from_[0].namespace_selector.match_labels
-        for rule in broker.extra_ingress_rules(stack)
+        for rule in broker.ingress_rules(stack)
         if rule.ports[0].port == stack.metrics.exporter_port
     ]
     expected = namespace or "monitoring"

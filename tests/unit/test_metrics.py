@@ -155,7 +155,7 @@ def test_custom_resources_exist_only_with_the_operator(monkeypatch: pytest.Monke
     off = stack(metrics={"exporter_enabled": True})
     opts = pulumi.ResourceOptions()
     assert metrics.service_monitor(off, "sm", opts) is None
-    assert metrics.prometheus_rule(off, "rule", opts) is None
+    assert metrics.prometheus_rule(off, "rule", opts, metrics.alert_rules(off)) is None
 
 
 def test_monitoring_objects_carry_release_and_rule_labels() -> None:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from brokerctl import mockrun, render
-from components import celery_config, workers
+from components import broker, celery_config, workers
 from components.settings import PoolSettings, StackSettings
 
 STACKS = ("dev", "staging", "prod")
@@ -69,7 +69,8 @@ def test_worker_command_names_the_wiring_module_queues_and_pool_shape():
 def test_wiring_module_is_valid_python_carrying_every_rendered_setting():
     settings = stack_settings(time_limit=900, soft_time_limit=800, prefetch_multiplier=3)
     pool = settings.workers.pools[0]
-    module = celery_config.celery_wiring_module(settings, pool)
+    options = broker.client_transport_options(settings)
+    module = celery_config.celery_wiring_module(settings, pool, options)
     rendered = rendered_settings(module)
     assert rendered["broker_transport_options"]["visibility_timeout"] == settings.visibility_timeout
     assert rendered["worker_prefetch_multiplier"] == 3
@@ -79,7 +80,7 @@ def test_wiring_module_is_valid_python_carrying_every_rendered_setting():
     assert rendered["task_reject_on_worker_lost"] is True, "lost tasks must be requeued"
     assert rendered["worker_soft_shutdown_timeout"] == pool.soft_shutdown_seconds
     assert "broker_url" not in rendered, "the broker URL comes from the Secret, not the ConfigMap"
-    for setting in celery_config.worker_settings(settings, pool):
+    for setting in celery_config.worker_settings(settings, pool, options):
         assert f"'{setting.name}': " in module, f"{setting.name} is not rendered"
         assert f"  # {setting.reason}" in module, f"{setting.name} is rendered without its reason"
 
@@ -94,9 +95,8 @@ def test_solo_pool_liveness_window_covers_the_hard_time_limit():
 
 def test_priority_sub_queues_are_all_counted_by_one_summing_formula():
     settings = stack_settings(queues=["celery", "pdf.high"], autoscaling={"enabled": True})
-    spec = workers.scaled_object_spec(
-        settings, settings.workers.pools[0], "deploy", "broker.ns.svc:6379", "auth"
-    )
+    access = broker.autoscaler_access(settings, "broker.ns.svc:6379", password=None)
+    spec = workers.scaled_object_spec(settings.workers.pools[0], "deploy", access, "auth")
     lists = {t["metadata"]["listName"] for t in spec["triggers"]}
     expected = {
         f"{q}\x06\x16{step}" if step else q for q in ("celery", "pdf.high") for step in (0, 3, 6, 9)
