@@ -6,11 +6,11 @@ versions. So every image setting names a tag other than `latest`, or a digest (`
 with or without a tag). The grammar is distribution/reference's `ReferenceRegexp`
 (regexp.go), the one the kubelet's image pull resolves names with.
 
-The broker image also carries the Redis version: the rendered redis.conf uses directives that
-Redis 7.0 introduced (`appenddirname`; `enable-debug-command`, `enable-module-command`,
-`enable-protected-configs`; ACL key permissions such as `%R~` in the users file), and an older
-redis-server refuses to start on it. The tag is the only place the version is written, so the
-broker image must have a tag that starts with the version, even when it is pinned by digest.
+The broker image also carries the server's engine (Redis or Valkey) and version: the rendered
+redis.conf uses directives that Redis 7.0 introduced (`appenddirname`; `enable-debug-command`,
+`enable-module-command`, `enable-protected-configs`; ACL key permissions such as `%R~` in the
+users file), and an older server refuses to start on it. The engine and version are read from
+the image's repository name and tag (`components.engine` judges them against the settings).
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ import re
 from typing import Annotated
 
 from pydantic import AfterValidator
-
-MIN_REDIS_VERSION = (7, 0)
-"""Oldest Redis (or Valkey, whose versions continue from 7.2) that loads the rendered redis.conf."""
 
 # distribution/reference regexp.go, translated term by term (ASCII only, as in Go).
 _ALPHANUMERIC = r"[a-z0-9]+"
@@ -78,29 +75,15 @@ def image_version(image: str) -> tuple[int, ...] | None:
     return tuple(int(number) for number in match["numbers"].split("."))
 
 
-def _redis_image(image: str) -> str:
-    """Accept a pinned Redis image whose tag says it is MIN_REDIS_VERSION or later."""
-    _pinned_image(image)
-    version = image_version(image)
-    oldest = ".".join(str(part) for part in MIN_REDIS_VERSION)
-    if version is None:
-        msg = (
-            "has no version in its tag, and the tag is how the model knows the rendered "
-            f"redis.conf will load; allowed: a tag starting with the Redis version, {oldest} "
-            "or later (e.g. redis:7.2.7, redis:7.2-alpine, or redis:7.2.7@sha256:<digest>)"
-        )
-        raise ValueError(msg)
-    padded = version + (0,) * (len(MIN_REDIS_VERSION) - len(version))
-    if padded < MIN_REDIS_VERSION:
-        msg = (
-            f"is Redis {'.'.join(map(str, version))}, older than the rendered redis.conf "
-            f"supports; allowed: Redis {oldest} or later"
-        )
-        raise ValueError(msg)
-    return image
-
-
 ImageReference = Annotated[str, AfterValidator(_pinned_image)]
 """A container image pinned to one build: `name:tag` (not latest) or `name[:tag]@sha256:...`."""
-RedisImage = Annotated[str, AfterValidator(_redis_image)]
-"""A pinned Redis image whose tag starts with its version, MIN_REDIS_VERSION or later."""
+
+
+def image_has_digest(image: str) -> bool:
+    """Whether the reference pins a digest: then the digest decides what runs, not the tag."""
+    return _parse(image)["digest"] is not None
+
+
+def image_repository_name(image: str) -> str:
+    """Return the last path component of the repository ("docker.io/valkey/valkey:9" -> valkey)."""
+    return _parse(image)["name"].rsplit("/", 1)[-1]

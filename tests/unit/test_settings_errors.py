@@ -99,6 +99,19 @@ def render_bad(stack_dir, text: str, tmp_path) -> tuple[int, str]:
             id="persistence-none-on-a-lasting-stack",
         ),
         pytest.param(
+            "config:\n  celery-redis:broker:\n    engine: valkey\n"
+            "    image: docker.io/library/redis:7.2.7\n",
+            "celery-redis:broker.image",
+            "'docker.io/library/redis:7.2.7'",
+            id="valkey-engine-with-a-redis-image",
+        ),
+        pytest.param(
+            "config:\n  celery-redis:broker:\n    engine: valkey\n    engine_version: 9.10\n",
+            "celery-redis:broker.engine_version",
+            "9.1",
+            id="engine-version-as-a-yaml-number",
+        ),
+        pytest.param(
             "config:\n  celery-redis:broker_password: hunter2hunter2\n",
             "celery-redis:broker_password",
             "",
