@@ -60,7 +60,7 @@ apt_install() {
 # non-root pod users, who cannot read /root.
 apt_install python3 python3-venv
 if [ $want_test -eq 1 ]; then
-  apt_install redis-server redis-tools iproute2 util-linux procps openssl prometheus
+  apt_install redis-server redis-sentinel redis-tools iproute2 util-linux procps openssl prometheus
   # The real-engine tests: etcd for the control plane (scripts/toolchain.sh builds the rest).
   apt_install etcd-server
   # Node may come from elsewhere than Debian (with npm bundled): only install what is missing.
