@@ -10,7 +10,12 @@ from components import metrics, workers
 from components.broker import RedisBroker
 from components.checks import BrokerCheck
 from components.cluster import ClusterTarget
-from components.deployed import STORAGE_SIZE_OUTPUT, deployed_storage_size
+from components.deployed import (
+    ENGINE_OUTPUT,
+    STORAGE_SIZE_OUTPUT,
+    deployed_engine,
+    deployed_storage_size,
+)
 from components.stack_config import load_stack_config
 
 config = load_stack_config()  # every settings problem stops here, before any resource exists
@@ -42,6 +47,7 @@ pulumi.export("broker_host", broker.host)
 pulumi.export("broker_port", broker.port)
 pulumi.export("persistence", broker.persistence)
 pulumi.export(STORAGE_SIZE_OUTPUT, deployed_storage_size(settings))  # judged by the next run
+pulumi.export(ENGINE_OUTPUT, deployed_engine(settings))  # judged by the next run's upgrade guard
 pulumi.export("visibility_timeout", settings.visibility_timeout)
 pulumi.export("broker_client_secret", broker.client_secret_name)
 pulumi.export("broker_url", broker.broker_url)  # secret: carries the celery user's password

@@ -303,7 +303,9 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
         command=[
             "sh",
             "-c",
-            redis_config.start_script(tls=tls, queues=metrics.configured_queues(settings)),
+            redis_config.start_script(
+                tls=tls, queues=metrics.configured_queues(settings), engine=broker.engine
+            ),
             "redis-start",
         ],
         resources=broker.resources,
@@ -351,7 +353,9 @@ def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
             "sh",
             "-c",
             redis_config.reloader_script(
-                tls=settings.tls.enabled, queues=metrics.configured_queues(settings)
+                tls=settings.tls.enabled,
+                queues=metrics.configured_queues(settings),
+                engine=broker.engine,
             ),
             "reloader",
         ],
