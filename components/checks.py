@@ -63,9 +63,16 @@ def check_arguments(settings: StackSettings) -> list[str]:
 
 
 def check_revision(settings: StackSettings, script: str) -> str:
-    """Hash what the check verifies, shortly, naming the Job so any change runs it anew."""
+    """Hash what the check verifies, shortly, naming the Job so any change runs it anew.
+
+    A standalone broker's hash leaves out the Sentinel settings it does not use, so adding
+    the topology setting did not rename (and rerun) the check of every deployed stack.
+    """
+    standalone = settings.broker.topology == "standalone"
     checked = {
-        "broker": settings.broker.model_dump(mode="json"),
+        "broker": settings.broker.model_dump(
+            mode="json", exclude={"topology", "sentinel"} if standalone else None
+        ),
         "workers": settings.workers.model_dump(mode="json"),
         "checks": settings.checks.model_dump(mode="json"),
         "tls": settings.tls.model_dump(mode="json"),

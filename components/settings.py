@@ -252,6 +252,117 @@ def _default_rdb_schedule() -> list[RdbSavePoint]:
     ]
 
 
+Topology = Literal["standalone", "sentinel"]
+
+
+class SentinelSettings(Section):
+    """Sentinel replication (`broker.topology: sentinel`): N Redis pods, one master, Sentinels.
+
+    A Sentinel runs beside each Redis pod; when the master stops answering for
+    `down_after_ms`, `quorum` Sentinels agree it is down and a majority elects one of them to
+    promote the most up-to-date replica. README: "A broker that survives losing its node".
+    """
+
+    replicas: int = Field(
+        3,
+        ge=3,
+        le=9,
+        description=(
+            "Redis pods (one master, the rest replicas), each with a Sentinel beside it; at "
+            "least 3, so a majority of Sentinels survives losing one node."
+        ),
+    )
+    quorum: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Sentinels that must see the master down before a failover starts; unset: a "
+            "majority of replicas (the failover itself always needs a majority to elect a leader)."
+        ),
+    )
+    master_name: DnsLabel = Field(
+        "celery-broker", description="Name Sentinels and clients know the master by."
+    )
+    port: int = Field(26379, ge=1, le=65535, description="Port of the Sentinels.")
+    down_after_ms: int = Field(
+        5000,
+        ge=1000,
+        le=600000,
+        description=(
+            "Milliseconds without a valid reply after which a Sentinel sees the master down; "
+            "the floor of every unplanned failover (bench/failover.py)."
+        ),
+    )
+    failover_timeout_ms: int = Field(
+        10000,
+        ge=2000,
+        le=3600000,
+        description=(
+            "Sentinel's failover-timeout: how long an elected leader has to finish, and twice "
+            "this is how long Sentinels wait before retrying a failed election for the same "
+            "master (the tail of a failover whose first election split)."
+        ),
+    )
+    min_replicas_to_write: int = Field(
+        1,
+        ge=0,
+        description=(
+            "The master refuses writes (NOREPLICAS) with fewer replicas than this acknowledging "
+            "within min_replicas_max_lag: an isolated old master stops taking tasks that the "
+            "failover would throw away. 0 turns the loss bound off."
+        ),
+    )
+    min_replicas_max_lag: int = Field(
+        1,
+        ge=1,
+        le=60,
+        description=(
+            "Seconds since a replica last acknowledged for it to count towards "
+            "min_replicas_to_write: at most this much of acknowledged writes is lost when a "
+            "master is cut off."
+        ),
+    )
+    spread: Literal["required", "preferred"] = Field(
+        "required",
+        description=(
+            "Redis pods on different nodes: required (a node loss takes one pod; pods wait "
+            "for a free node), or preferred (allowed only on ephemeral stacks)."
+        ),
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpu_request="20m", memory_request="32Mi", memory_limit="64Mi"
+        ),
+        description="Requests and limits of each Sentinel container.",
+    )
+
+    @property
+    def effective_quorum(self) -> int:
+        """The quorum Sentinels run with: explicit, or a majority of them."""
+        return self.quorum if self.quorum is not None else self.replicas // 2 + 1
+
+    @model_validator(mode="after")
+    def _fits_the_replicas(self) -> SentinelSettings:
+        problems = Problems()
+        if self.quorum is not None and self.quorum > self.replicas:
+            problems.add(
+                ("quorum",),
+                self.quorum,
+                f"exceeds the {self.replicas} Sentinels; allowed: 1 to {self.replicas}",
+            )
+        if self.min_replicas_to_write > self.replicas - 1:
+            problems.add(
+                ("min_replicas_to_write",),
+                self.min_replicas_to_write,
+                (
+                    f"needs more replicas than the {self.replicas - 1} there are (the master "
+                    f"would refuse every write); allowed: 0 to {self.replicas - 1}"
+                ),
+            )
+        problems.raise_if_any()
+        return self
+
+
 class BrokerSettings(Section):
     """The Redis broker: one StatefulSet, its config, users, storage and probes."""
 
@@ -288,6 +399,17 @@ class BrokerSettings(Section):
     rdb_schedule: list[RdbSavePoint] = Field(
         default_factory=_default_rdb_schedule,
         description="Snapshot rules for persistence rdb (Redis's classic 1h/5m/1m schedule).",
+    )
+    topology: Topology = Field(
+        "standalone",
+        description=(
+            "standalone (one Redis pod) or sentinel (replicas and Sentinels, failover when the "
+            "master's node is lost; README: A broker that survives losing its node)."
+        ),
+    )
+    sentinel: SentinelSettings = Field(
+        default_factory=SentinelSettings,
+        description="Replicas, Sentinels and the loss bound (topology sentinel only).",
     )
     port: int = Field(6379, ge=1, le=65535, description="Port clients and probes use.")
     broker_db: int = Field(0, ge=0, le=15, description="Redis database number of the task queues.")
@@ -1250,11 +1372,46 @@ def _visibility_outlasts_tasks(stack: StackSettings, problems: Problems) -> None
         )
 
 
+def _sentinel_spread(stack: StackSettings, problems: Problems) -> None:
+    """Spread a lasting stack's Redis pods over nodes for sure: two on one node fail together."""
+    sentinel = stack.broker.sentinel
+    lasting = not stack.ephemeral
+    if stack.broker.topology == "sentinel" and sentinel.spread != "required" and lasting:
+        problems.add(
+            ("broker", "sentinel", "spread"),
+            sentinel.spread,
+            (
+                "lets two Redis pods share a node, and losing that node then loses the master "
+                "and a replica together; allowed: required (on a lasting stack), or set "
+                "ephemeral: true"
+            ),
+        )
+
+
+def _sentinel_ports(stack: StackSettings, problems: Problems) -> None:
+    """Give Redis, Sentinel and the exporter distinct ports: they share each pod's address."""
+    if stack.broker.topology != "sentinel":
+        return
+    taken = {"broker.port": stack.broker.port}
+    if stack.metrics.exporter_enabled:
+        taken["metrics.exporter_port"] = stack.metrics.exporter_port
+    port = stack.broker.sentinel.port
+    clashes = [key for key, value in taken.items() if value == port]
+    if clashes:
+        problems.add(
+            ("broker", "sentinel", "port"),
+            port,
+            f"is also {clashes[0]} (one pod, one address); allowed: a port none of them uses",
+        )
+
+
 STACK_RULES: tuple[tuple[frozenset[str], Callable[[StackSettings, Problems], None]], ...] = (
     (frozenset({"ephemeral", "kube_context"}), _named_kube_context),
     (frozenset({"ephemeral", "broker"}), _persistence_or_ephemeral),
     (frozenset({"broker", "workers"}), _visibility_outlasts_tasks),
     (frozenset({"broker"}), _derived_probe_fits_int32),
+    (frozenset({"ephemeral", "broker"}), _sentinel_spread),
+    (frozenset({"broker", "metrics"}), _sentinel_ports),
 )
 """Rules between top-level settings, each with the settings it reads: it runs whenever those
 are valid, also when another section has errors (see `_every_problem_in_one_round`)."""
