@@ -5,16 +5,21 @@
         cluster.wait_ready("StatefulSet", "broker", timeout=30)
         client = redis.Redis(port=cluster.host_port("broker", 6379), password="pw")
 
-How a test reaches a Service: every pod shares one private network namespace and every Service
-name resolves to 127.0.0.1 there. `host_port(service, port)` returns a port on the test
-process's own 127.0.0.1 that forwards to the Service's target port inside that namespace;
-`run_in_netns(argv)` runs a command inside it with the cluster's /etc/hosts, so it can use
-Service DNS names exactly as a pod would.
+How a test reaches a Service: in the default shared network mode every pod shares one private
+network namespace and every Service name resolves to 127.0.0.1 there. `host_port(service, port)`
+returns a port on the test process's own 127.0.0.1 that forwards to the Service's target port
+inside that namespace; `run_in_netns(argv)` runs a command inside it with the cluster's
+/etc/hosts, so it can use Service DNS names exactly as a pod would.
+
+With `network="per-pod"` each pod has its own namespace and address on a bridge inside the
+cluster's namespace (podnetwork.py), names resolve to pods' addresses (network.dns_records),
+and `partition(pod)` / `heal(pod)` cut a pod off from every other and reconnect it.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -24,17 +29,26 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .environment import service_link_variables
-from .errors import ContainerConfigError, ManifestError, PodFailed, WaitTimeout
+from .errors import ContainerConfigError, ManifestError, PodFailed, PodRunnerError, WaitTimeout
 from .images import LocalImage, container_argv, find_image
 from .kubelet import Backoff, Pod, kill_pods_now, wait_until
-from .network import hosts_file_text, service_dns_names
+from .network import (
+    DnsRecord,
+    PodEndpoint,
+    dns_records,
+    hosts_file_text,
+    pod_network_hosts_text,
+    service_dns_names,
+    service_endpoints,
+)
 from .objects import ObjectStore, describe, load_manifests
-from .policy import check_object
+from .podnetwork import DEFAULT_SUBNET, BridgeNetwork, PodInterface
+from .policy import NETWORK_MODES, check_object
 from .runtime import (
     ExecResult,
     NetworkNamespace,
@@ -94,6 +108,11 @@ class LocalCluster:
     time_scale: multiplies probe initialDelaySeconds and periodSeconds (not timeouts or grace
         periods). 1.0 is faithful; smaller values speed up probe-driven tests.
     backoff: container restart and Job retry back-off (the kubelet's 10s..300s is too slow).
+    network: "shared" (every pod in the cluster's one network namespace, Services at 127.0.0.1)
+        or "per-pod" (each pod its own namespace and address on a private bridge; names
+        resolve to pods' addresses; partition() and heal() available).
+    subnet: the per-pod mode's address range (gateway first, pods after it). Each cluster's
+        bridge is in its own namespace, so parallel clusters may use the same subnet.
     """
 
     def __init__(
@@ -105,7 +124,14 @@ class LocalCluster:
         secret_overrides: Mapping[str, Mapping[str, str | None]] | None = None,
         time_scale: float = 1.0,
         backoff: Backoff | None = None,
+        network: str = "shared",
+        subnet: str = DEFAULT_SUBNET,
     ) -> None:
+        if network not in NETWORK_MODES:
+            msg = f"LocalCluster(network={network!r}): expected one of {sorted(NETWORK_MODES)}"
+            raise ManifestError(msg)
+        self.network = network
+        self.subnet = subnet
         self.images = dict(images)
         self.time_scale = time_scale
         self.backoff = backoff or Backoff()
@@ -120,6 +146,9 @@ class LocalCluster:
         self.workloads: set[tuple[str, str, str]] = set()
         self.forwards: list[PortForward] = []
         self.netns: NetworkNamespace | None = None
+        self.bridge: BridgeNetwork | None = None
+        self.interfaces: dict[Pod, PodInterface] = {}
+        self.published_dns: list[DnsRecord] = []
         self.state_dir: Path | None = None
         self.stopping = threading.Event()
         self.controller: threading.Thread | None = None
@@ -127,7 +156,7 @@ class LocalCluster:
     # -- setup and teardown ----------------------------------------------------------------
     def check_and_add(self, obj: dict) -> None:
         """Validate an object against the policy tables and the image table, and store it."""
-        check_object(obj, describe(obj), self.not_enforced)
+        check_object(obj, describe(obj), self.not_enforced, self.network)
         self.check_images(obj)
         self.store.add(obj)
 
@@ -158,6 +187,8 @@ class LocalCluster:
         sweep_stale_clusters(Path(tempfile.gettempdir()))
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"podrunner-{os.getpid()}-"))
         self.netns = NetworkNamespace()
+        if self.network == "per-pod":
+            self.bridge = BridgeNetwork(self.netns, self.subnet)
         self.controller = threading.Thread(
             target=self.control_loop, daemon=True, name="podrunner-controllers"
         )
@@ -174,6 +205,8 @@ class LocalCluster:
         kill_pods_now(pods)
         for forward in self.forwards:
             forward.close()
+        if self.bridge is not None:
+            self.bridge.close()
         if self.netns is not None:
             self.netns.delete()
         if self.state_dir is not None:
@@ -209,15 +242,19 @@ class LocalCluster:
         self.store.find(kind, name, namespace)["spec"]["replicas"] = replicas
 
     def check_services(self) -> None:
-        """Refuse Service ports the shared loopback cannot honour (port != targetPort)."""
+        """Refuse Service ports that need a proxy (port != targetPort): there is none here."""
+        why = {
+            "shared": "pods share one loopback",
+            "per-pod": "Service names resolve to pod addresses",
+        }[self.network]
         for service in self.store.of_kind("Service"):
             for index, port in enumerate(service["spec"].get("ports", [])):
                 target = self.target_port(service, port)
                 if target is not None and target != port["port"]:
                     msg = (
                         f"{describe(service)}.spec.ports[{index}]: port {port['port']} -> "
-                        f"targetPort {target} needs a proxy the pod runner does not have (pods "
-                        "share one loopback, so clients reach the container port directly)"
+                        f"targetPort {target} needs a proxy the pod runner does not have ({why}, "
+                        "so clients reach the container port directly)"
                     )
                     raise ManifestError(msg)
 
@@ -274,7 +311,8 @@ class LocalCluster:
     def service_links(self, namespace: str) -> dict[str, str]:
         """Service link variables of a namespace (kubelet.Node)."""
         return service_link_variables(
-            [s for s in self.store.of_kind("Service") if s["metadata"]["namespace"] == namespace]
+            [s for s in self.store.of_kind("Service") if s["metadata"]["namespace"] == namespace],
+            self.service_address if self.network == "per-pod" else None,
         )
 
     def service_names(self, namespace: str | None) -> list[str]:
@@ -292,7 +330,63 @@ class LocalCluster:
         pod_ip: str = "127.0.0.1",
     ) -> str:
         """Return the /etc/hosts of a pod (or of run_in_netns when hostname is None)."""
+        if self.network == "per-pod":
+            return pod_network_hosts_text(
+                self.dns_records(), namespace, hostname, fqdn, aliases, pod_ip
+            )
         return hosts_file_text(self.service_names(namespace), hostname, fqdn, aliases, pod_ip)
+
+    # -- the per-pod network ---------------------------------------------------------------
+    @property
+    def pod_network(self) -> BridgeNetwork:
+        """The bridge of the per-pod network mode; the cluster must be open in that mode."""
+        if self.bridge is None:
+            msg = (
+                "this needs LocalCluster(network='per-pod') (and an open cluster); "
+                "in the shared network mode pods have no addresses of their own"
+            )
+            raise PodRunnerError(msg)
+        return self.bridge
+
+    def pod_endpoints(self) -> list[PodEndpoint]:
+        """Return what DNS knows of every live pod (per-pod mode)."""
+        with self.lock:
+            pods = [p for p in self.pods_by_key.values() if p in self.interfaces]
+        return [
+            PodEndpoint(
+                name=pod.name,
+                namespace=pod.namespace,
+                labels=pod.labels,
+                hostname=pod.spec.get("hostname"),
+                subdomain=pod.spec.get("subdomain"),
+                address=pod.ip,
+                ready=pod.ready,
+                finished=pod.finished.is_set() and not pod.terminating.is_set(),
+            )
+            for pod in pods
+        ]
+
+    def dns_records(self) -> list[DnsRecord]:
+        """Every name -> address record the pods' hosts files carry now (per-pod mode)."""
+        return dns_records(
+            self.store.of_kind("Service"), self.pod_endpoints(), self.pod_network.gateway
+        )
+
+    def sync_dns(self) -> None:
+        """Rewrite every pod's /etc/hosts when the records changed (what cluster DNS does)."""
+        records = self.dns_records()
+        if records == self.published_dns:
+            return
+        self.published_dns = records
+        with self.lock:
+            pods = list(self.pods_by_key.values())
+        for pod in pods:
+            pod.refresh_hosts()
+
+    def service_address(self, service: dict) -> str:
+        """Return the address a Service's name resolves to now (per-pod mode; see dns_records)."""
+        endpoints = service_endpoints(service, self.pod_endpoints())
+        return endpoints[0].address if endpoints else self.pod_network.gateway
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """Host directory of a claim (a PVC object or a StatefulSet claim), kept across pods."""
@@ -308,10 +402,13 @@ class LocalCluster:
         return claim_path(self.work_dir / "claims", namespace, claim)
 
     def pod_gone(self, pod: Pod) -> None:
-        """Free the name of a deleted pod that finished terminating (kubelet.Node)."""
+        """Free the name (and address) of a deleted pod that finished terminating (kubelet.Node)."""
         with self.lock:
             if self.pods_by_key.get((pod.namespace, pod.name)) is pod:
                 del self.pods_by_key[(pod.namespace, pod.name)]
+            interface = self.interfaces.pop(pod, None)
+        if interface is not None and self.bridge is not None:
+            self.bridge.detach(interface)
 
     # -- controllers -----------------------------------------------------------------------
     def control_loop(self) -> None:
@@ -327,6 +424,8 @@ class LocalCluster:
                         "StatefulSet": self.reconcile_statefulset,
                         "Pod": self.reconcile_pod,
                     }[kind](obj)
+            if self.bridge is not None and not self.stopping.is_set():
+                self.sync_dns()
 
     def owned_pods(self, kind: str, obj: dict) -> list[Pod]:
         """Live pods a workload owns (terminating ones included)."""
@@ -426,15 +525,31 @@ class LocalCluster:
         metadata.update(name=name, namespace=namespace)
         metadata["labels"] = {**metadata.get("labels", {}), **extra_labels}
         pod_dir = self.work_dir / "pods" / f"{namespace}_{name}_{secrets.token_hex(4)}"
-        pod = Pod(self, template, pod_dir, owner)
+        interface = self.bridge.attach() if self.bridge is not None else None
+        try:
+            if interface is None:
+                pod = Pod(self, template, pod_dir, owner)
+            else:
+                addresses = (interface.address, self.pod_network.gateway)
+                pod = Pod(self, template, pod_dir, owner, addresses, interface.netns)
+            self.register_pod(pod, interface)
+        except BaseException:
+            if interface is not None:
+                self.pod_network.detach(interface)
+            raise
+        pod.start()
+        return pod
+
+    def register_pod(self, pod: Pod, interface: PodInterface | None) -> None:
+        """Make a new pod known by name (and its network by pod), unless the cluster closes."""
         with self.lock:
             if self.stopping.is_set():
                 msg = "the cluster is closing"
                 raise PodFailed(msg)
-            self.pods_by_key[(namespace, name)] = pod
+            self.pods_by_key[(pod.namespace, pod.name)] = pod
             self.all_pods.append(pod)
-        pod.start()
-        return pod
+            if interface is not None:
+                self.interfaces[pod] = interface
 
     # -- what tests use --------------------------------------------------------------------
     def pods(
@@ -595,11 +710,63 @@ class LocalCluster:
         for declared in obj["spec"].get("ports", []):
             if port in (declared["port"], declared.get("name")):
                 target = self.target_port(obj, declared) or declared["port"]
-                forward = PortForward(self.node_netns, target)
-                self.forwards.append(forward)
-                return forward.port
+                if self.network == "per-pod":
+                    # Looked up per connection: the forward follows the Service's pods.
+                    return self.forward(target, lambda: self.service_address(obj))
+                return self.forward(target, None)
         msg = f"{describe(obj)} has no port {port!r}"
         raise ManifestError(msg)
+
+    def pod_port(self, pod: str, port: int, namespace: str | None = None) -> int:
+        """Return a port on the test process's 127.0.0.1 forwarding to one pod's port.
+
+        The pod is looked up by name for every connection, so the forward reaches the pod's
+        current address after a StatefulSet recreates it (per-pod mode).
+        """
+        self.pod(pod, namespace)  # fails now, naming the live pods, if there is no such pod
+        return self.forward(port, lambda: self.pod(pod, namespace).ip)
+
+    def forward(self, port: int, address: Callable[[], str] | None) -> int:
+        """Start a forward from the test process's loopback into the cluster network."""
+        forward = PortForward(self.node_netns, port, address)
+        self.forwards.append(forward)
+        return forward.port
+
+    # -- fault injection (per-pod network mode) --------------------------------------------
+    def partition(self, pod: Pod | str, namespace: str | None = None) -> None:
+        """Cut a pod off from every other pod and from test clients (per-pod mode).
+
+        Its bridge port drops every frame: open connections hang (no reset), new ones time out,
+        and the pod itself notices nothing but silence, as in a real network partition.
+        pod.exec still works (it enters the pod's own namespaces). heal() undoes it; a pod that
+        is deleted and recreated comes back connected.
+        """
+        self.pod_network.set_partitioned(self.interface_of(pod, namespace), partitioned=True)
+
+    def heal(self, pod: Pod | str, namespace: str | None = None) -> None:
+        """Reconnect a partitioned pod; its open connections carry on (per-pod mode)."""
+        self.pod_network.set_partitioned(self.interface_of(pod, namespace), partitioned=False)
+
+    @contextlib.contextmanager
+    def partitioned(self, pod: Pod | str, namespace: str | None = None) -> Iterator[Pod]:
+        """Partition a pod for the duration of a with-block; healed even when the block fails."""
+        found = pod if isinstance(pod, Pod) else self.pod(pod, namespace)
+        self.partition(found)
+        try:
+            yield found
+        finally:
+            if found in self.interfaces:
+                self.heal(found)
+
+    def interface_of(self, pod: Pod | str, namespace: str | None) -> PodInterface:
+        """Return a live pod's network interface (callers check the mode first: pod_network)."""
+        found = pod if isinstance(pod, Pod) else self.pod(pod, namespace)
+        with self.lock:
+            interface = self.interfaces.get(found)
+        if interface is None:
+            msg = f"{found.where} has no network any more (it terminated)"
+            raise PodRunnerError(msg)
+        return interface
 
     def run_in_netns(
         self,
@@ -611,7 +778,8 @@ class LocalCluster:
         """Run a command (as root, the test's environment) inside the cluster network.
 
         It sees the cluster's /etc/hosts: Service names qualified with their namespace always
-        resolve; short names resolve for the given namespace.
+        resolve; short names resolve for the given namespace. In the per-pod mode it runs in
+        the namespace that holds the bridge and reaches every pod that is not partitioned.
         """
         hosts = self.hosts_file(namespace, None, None, [])
         return run_client(self.node_netns, hosts, self.work_dir, argv, timeout, env)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,18 +77,26 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def service_link_variables(services: list[dict]) -> dict[str, str]:
-    """Docker-links-style variables the kubelet injects for each ClusterIP Service."""
+def service_link_variables(
+    services: list[dict], address: Callable[[dict], str] | None = None
+) -> dict[str, str]:
+    """Docker-links-style variables the kubelet injects for each ClusterIP Service.
+
+    address gives a Service's address (the ClusterIP in Kubernetes): the shared loopback
+    unless told otherwise; the per-pod network mode passes the address the Service's name
+    resolves to when the container starts.
+    """
     env: dict[str, str] = {}
     for service in services:
         spec = service.get("spec", {})
         if spec.get("clusterIP") == "None" or not spec.get("ports"):
             continue
+        host = address(service) if address else "127.0.0.1"
         prefix = service["metadata"]["name"].upper().replace("-", "_")
-        env[f"{prefix}_SERVICE_HOST"] = "127.0.0.1"
+        env[f"{prefix}_SERVICE_HOST"] = host
         first = spec["ports"][0]
         env[f"{prefix}_SERVICE_PORT"] = str(first["port"])
-        env[f"{prefix}_PORT"] = f"tcp://127.0.0.1:{first['port']}"
+        env[f"{prefix}_PORT"] = f"tcp://{host}:{first['port']}"
         for port in spec["ports"]:
             protocol = port.get("protocol", "TCP")
             if "name" in port:
@@ -96,10 +104,10 @@ def service_link_variables(services: list[dict]) -> dict[str, str]:
                     port["port"]
                 )
             base = f"{prefix}_PORT_{port['port']}_{protocol}"
-            env[base] = f"{protocol.lower()}://127.0.0.1:{port['port']}"
+            env[base] = f"{protocol.lower()}://{host}:{port['port']}"
             env[f"{base}_PROTO"] = protocol.lower()
             env[f"{base}_PORT"] = str(port["port"])
-            env[f"{base}_ADDR"] = "127.0.0.1"
+            env[f"{base}_ADDR"] = host
     return env
 
 

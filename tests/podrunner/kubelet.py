@@ -10,6 +10,7 @@ preStop hook, sends SIGTERM, waits out the grace period and sends SIGKILL.
 from __future__ import annotations
 
 import http.client
+import os
 import pwd
 import shutil
 import signal
@@ -216,7 +217,9 @@ class ProbeWorker:
     def loop(self) -> None:
         """Wait the initial delay, then probe every period until the container run ends."""
         if "exec" not in self.probe:
-            self.container.pod.node.netns.enter_current_thread()
+            # The kubelet probes from the node; here from inside the pod's network namespace,
+            # at the pod's address as the kubelet does (127.0.0.1 when pods share one).
+            self.container.pod.netns.enter_current_thread()
         if self.stopped.wait(self.seconds("initialDelaySeconds", 0, scaled=True)):
             return
         period = self.seconds("periodSeconds", 10, scaled=True)
@@ -246,7 +249,8 @@ class ProbeWorker:
             spec = self.probe["tcpSocket"]
             port = named_port(self.container.spec, spec["port"], where)
             try:
-                socket.create_connection((spec.get("host", "127.0.0.1"), port), timeout).close()
+                host = spec.get("host", self.container.pod.probe_address)
+                socket.create_connection((host, port), timeout).close()
             except OSError as exc:
                 return False, f"dial tcp port {port}: {exc}"
             return True, "connected"
@@ -255,7 +259,7 @@ class ProbeWorker:
     def http_get(self, spec: dict, timeout: float, where: str) -> tuple[bool, str]:
         """Run an httpGet probe: success is a status from 200 to 399."""
         port = named_port(self.container.spec, spec["port"], where)
-        host = spec.get("host", "127.0.0.1")
+        host = spec.get("host", self.container.pod.probe_address)
         if spec.get("scheme", "HTTP") == "HTTPS":
             context = ssl._create_unverified_context()  # noqa: S323 - the kubelet does not verify
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -419,7 +423,7 @@ class Container:
         try:
             process = start_container(
                 launch,
-                netns=self.pod.node.netns,
+                netns=self.pod.netns,
                 scratch=self.pod.dir / "roots" / f"{self.name}-{number}",
                 hostname=self.pod.hostname,
                 mounts=[m.__dict__ for m in mounts],
@@ -582,10 +586,17 @@ class Pod:
         state_dir: Path,
         owner: tuple[str, str] | None,
         addresses: tuple[str, str] = ("127.0.0.1", "127.0.0.1"),
+        netns: NetworkNamespace | None = None,
     ) -> None:
-        """Prepare (not start) a pod; addresses are its pod IP and its node's IP."""
+        """Prepare (not start) a pod; addresses are its pod IP and its node's IP.
+
+        netns is the pod's own network namespace (the per-pod network mode); without one the
+        pod shares its node's.
+        """
         metadata, spec = manifest["metadata"], manifest["spec"]
         self.node = node
+        self.own_netns = netns
+        self.etc_lock = threading.Lock()
         self.name: str = metadata["name"]
         self.namespace: str = metadata.get("namespace", "default")
         self.labels: dict[str, str] = dict(metadata.get("labels", {}))
@@ -631,6 +642,21 @@ class Pod:
         self.thread = threading.Thread(target=self.run, name=f"pod-{self.name}", daemon=True)
 
     # -- what tests read -------------------------------------------------------------------
+    @property
+    def netns(self) -> NetworkNamespace:
+        """The network namespace the pod's containers run in: its own, or its node's."""
+        return self.own_netns or self.node.netns
+
+    @property
+    def ip(self) -> str:
+        """The pod's IP (status.podIP)."""
+        return self.identity.pod_ip
+
+    @property
+    def probe_address(self) -> str:
+        """Where tcpSocket/httpGet probes connect by default: the pod IP if the pod has one."""
+        return self.identity.pod_ip if self.own_netns is not None else "127.0.0.1"
+
     @property
     def restart_count(self) -> int:
         """Restarts of all containers of the pod (what `kubectl get pods` shows)."""
@@ -694,6 +720,16 @@ class Pod:
     def kill(self, signum: int, container: str | None = None) -> None:
         """Send a signal to a container's main process (e.g. SIGKILL, SIGSTOP)."""
         self.container(container).kill(signum)
+
+    def kill_containers(self, signum: int = signal.SIGKILL) -> None:
+        """Signal every running container's main process: `kill -9` of all of a pod's processes.
+
+        With SIGKILL each container's PID namespace dies with its PID 1 (no preStop, no grace),
+        and the kubelet restarts the containers per restartPolicy; the pod keeps its name, claims
+        and address, as after a crash of everything in it.
+        """
+        for container in [*self.init_containers, *self.containers]:
+            container.kill(signum)
 
     def logs(self, container: str | None = None, previous: bool = False) -> str:
         """Return a container's output (current run, or the previous one)."""
@@ -768,7 +804,16 @@ class Pod:
         return False
 
     def write_etc_files(self) -> None:
-        """/etc/hosts, /etc/hostname and /etc/resolv.conf, as the kubelet manages them."""
+        """/etc/hosts, /etc/hostname and /etc/resolv.conf, as the kubelet manages them.
+
+        Serialized per pod and computed under the lock, so the last write carries the newest
+        state when the pod worker and the cluster's DNS sync write at the same time.
+        """
+        with self.etc_lock:
+            self.write_etc_files_locked()
+
+    def write_etc_files_locked(self) -> None:
+        """Body of write_etc_files (the caller holds etc_lock)."""
         hosts = self.node.hosts_file(
             self.namespace,
             self.hostname,
@@ -784,12 +829,16 @@ class Pod:
             "resolv.conf": f"search {search}\nnameserver 127.0.0.1\noptions ndots:5\n",
         }
         for name, text in files.items():
-            path = self.dir / name
-            if path.exists() and path.read_text() == text:
-                continue
-            # Rewritten in place (same inode): containers see these files through bind mounts.
-            path.write_text(text)
-            path.chmod(0o644)
+            rewrite_in_place(self.dir / name, text)
+
+    def refresh_hosts(self) -> None:
+        """Rewrite /etc/hosts from the node's current names (once the sandbox exists).
+
+        What cluster DNS gives a pod for free: in the per-pod network mode names follow pods
+        as they become ready, go away or come back with a new address.
+        """
+        if not self.finished.is_set() and (self.dir / "hosts").exists():
+            self.write_etc_files()
 
     def refresh(self) -> list[str]:
         """Bring mounted ConfigMaps/Secrets and /etc/hosts up to date, as the kubelet's sync does.
@@ -821,6 +870,27 @@ class Pod:
         self.terminating.set()
         for c in [*self.init_containers, *self.containers]:
             c.kill_now()
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    """Write text into path keeping its inode (containers see the file through a bind mount).
+
+    Never truncated first: a shorter text is padded with a comment line to the old length, so
+    a resolver reading /etc/hosts while it changes sees whole lines, never an empty file.
+    """
+    data = text.encode()
+    if path.exists():
+        old = path.read_bytes()
+        if len(data) < len(old):
+            data += b"#" + b" " * max(0, len(old) - len(data) - 2) + b"\n"
+        if data == old:
+            return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+    path.chmod(0o644)
 
 
 def wait_until(

@@ -21,6 +21,11 @@ SHARED_NETWORK = (
     "every Service name resolves to 127.0.0.1 in the cluster's one network namespace: "
     "no load balancing, session affinity or readiness gating of traffic"
 )
+POD_NETWORK = (
+    "Service names resolve through /etc/hosts to the addresses of their pods: no virtual IP, "
+    "proxy, load balancing or session affinity"
+)
+NO_NETWORK_POLICY_ENGINE = "no network policy engine: traffic between pod addresses is not filtered"
 NO_LSM = "no seccomp/SELinux/AppArmor profile is applied (ordinary services never notice)"
 NO_REGISTRY = "images are local executables from the image table"
 NO_ROLLOUT = "pods are created from the one template given; no rolling update or history"
@@ -330,6 +335,38 @@ PVC_SPEC = fields(
     only={"volumeMode": ("Filesystem",)},
 )
 WORKLOAD_HISTORY = {"revisionHistoryLimit": NO_ROLLOUT, "minReadySeconds": NO_ROLLOUT}
+
+
+def service_policy(reason: str, *honoured: str) -> Fields:
+    """Build the Service policy of a network mode: what it honours, why the rest has no effect."""
+    accepted = (
+        "publishNotReadyAddresses",
+        "sessionAffinity",
+        "sessionAffinityConfig",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "internalTrafficPolicy",
+        "clusterIPs",
+        "trafficDistribution",
+    )
+    return fields(
+        "selector",
+        "clusterIP",
+        *honoured,
+        not_enforced={key: reason for key in accepted if key not in honoured},
+        only={"type": ("ClusterIP",)},
+        children={
+            "ports": fields(
+                "name",
+                "port",
+                "targetPort",
+                only={"protocol": ("TCP",)},
+                not_enforced={"appProtocol": reason},
+            )
+        },
+    )
+
+
 SPEC_BY_KIND: dict[str, Fields] = {
     "Deployment": fields(
         "replicas",
@@ -372,36 +409,17 @@ SPEC_BY_KIND: dict[str, Fields] = {
         },
         children={"template": POD_TEMPLATE},
     ),
-    "Service": fields(
-        "selector",
-        "clusterIP",
-        not_enforced={
-            key: SHARED_NETWORK
-            for key in (
-                "publishNotReadyAddresses",
-                "sessionAffinity",
-                "sessionAffinityConfig",
-                "ipFamilies",
-                "ipFamilyPolicy",
-                "internalTrafficPolicy",
-                "clusterIPs",
-                "trafficDistribution",
-            )
-        },
-        only={"type": ("ClusterIP",)},
-        children={
-            "ports": fields(
-                "name",
-                "port",
-                "targetPort",
-                only={"protocol": ("TCP",)},
-                not_enforced={"appProtocol": SHARED_NETWORK},
-            )
-        },
-    ),
+    "Service": service_policy(SHARED_NETWORK),
     "PersistentVolumeClaim": PVC_SPEC,
     "Pod": POD_SPEC,
 }
+# The per-pod network mode (podnetwork.py) gives each pod its own address, so which pods a
+# Service's name resolves to follows readiness and publishNotReadyAddresses (network.dns_records).
+POD_NETWORK_SPEC_BY_KIND: dict[str, Fields] = {
+    **SPEC_BY_KIND,
+    "Service": service_policy(POD_NETWORK, "publishNotReadyAddresses"),
+}
+NETWORK_MODES = {"shared": SPEC_BY_KIND, "per-pod": POD_NETWORK_SPEC_BY_KIND}
 TOP_LEVEL = fields(
     "apiVersion",
     "kind",
@@ -421,11 +439,18 @@ def api_group(api_version: str) -> str:
     return api_version.rpartition("/")[0]
 
 
-def check_object(obj: dict, where: str, notes: list[str]) -> None:
-    """Refuse an object (or any field of it) the runner cannot honour; note accepted no-ops."""
+def check_object(obj: dict, where: str, notes: list[str], network: str = "shared") -> None:
+    """Refuse an object (or any field of it) the runner cannot honour; note accepted no-ops.
+
+    network is the cluster's network mode ("shared" or "per-pod"): what a Service honours and
+    why a NetworkPolicy has no effect depend on it.
+    """
     key = (api_group(obj.get("apiVersion", "")), obj.get("kind", ""))
     if key in KINDS_NOT_ENFORCED:
-        notes.append(f"{where}: not enforced: {KINDS_NOT_ENFORCED[key]}")
+        reason = KINDS_NOT_ENFORCED[key]
+        if key == ("networking.k8s.io", "NetworkPolicy") and network == "per-pod":
+            reason = NO_NETWORK_POLICY_ENGINE
+        notes.append(f"{where}: not enforced: {reason}")
         return
     if key not in KINDS_RUN:
         msg = (
@@ -434,4 +459,4 @@ def check_object(obj: dict, where: str, notes: list[str]) -> None:
         raise UnsupportedManifest(msg)
     check(where, obj, TOP_LEVEL, notes)
     if "spec" in obj:
-        check(f"{where}.spec", obj["spec"], SPEC_BY_KIND[key[1]], notes)
+        check(f"{where}.spec", obj["spec"], NETWORK_MODES[network][key[1]], notes)

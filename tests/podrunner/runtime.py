@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +63,15 @@ def sweep_stale_clusters(state_root: Path) -> None:
 
 
 class NetworkNamespace:
-    """One private network namespace (loopback up) shared by every pod of a local cluster."""
+    """One private network namespace with loopback up.
 
-    def __init__(self) -> None:
-        self.name = f"podrunner-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    In the shared mode every pod of a local cluster runs in it; in the per-pod mode it is the
+    hub that holds the bridge, and each pod gets one of its own (see podnetwork.py). The name
+    starts `podrunner-<pid>-` so sweep_stale_clusters can tell when its owner died.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"podrunner-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.path = f"/run/netns/{self.name}"
         run_quietly(["ip", "netns", "add", self.name])
         run_quietly(["ip", "-n", self.name, "link", "set", "lo", "up"])
@@ -81,14 +86,14 @@ class NetworkNamespace:
         finally:
             os.close(fd)
 
-    def connect(self, port: int, timeout: float) -> socket.socket:
-        """Open a TCP connection to 127.0.0.1:port inside the namespace from any thread."""
+    def connect(self, port: int, timeout: float, host: str = "127.0.0.1") -> socket.socket:
+        """Open a TCP connection to host:port inside the namespace from any thread."""
         outcome: dict[str, object] = {}
 
         def connect_inside() -> None:
             try:
                 self.enter_current_thread()
-                outcome["socket"] = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                outcome["socket"] = socket.create_connection((host, port), timeout=timeout)
             except OSError as exc:
                 outcome["error"] = exc
 
@@ -99,7 +104,7 @@ class NetworkNamespace:
         if isinstance(error, OSError):
             raise error
         if not isinstance(connection, socket.socket):
-            msg = f"connect to port {port} inside {self.name} timed out"
+            msg = f"connect to {host}:{port} inside {self.name} timed out"
             raise TimeoutError(msg)
         return connection
 
@@ -345,11 +350,22 @@ def kill_session(process: subprocess.Popen[bytes]) -> None:
 
 
 class PortForward:
-    """A host-loopback port that forwards each connection to 127.0.0.1:target in the cluster."""
+    """A host-loopback port that forwards each connection to target_port inside a namespace.
 
-    def __init__(self, netns: NetworkNamespace, target_port: int) -> None:
+    The target address is looked up for every new connection (127.0.0.1 unless target_address
+    is given), so a forward to a Service or a pod follows it when its pod is recreated with a new
+    address in the per-pod network mode; a lookup that fails refuses that one connection.
+    """
+
+    def __init__(
+        self,
+        netns: NetworkNamespace,
+        target_port: int,
+        target_address: Callable[[], str] | None = None,
+    ) -> None:
         self.netns = netns
         self.target_port = target_port
+        self.target_address = target_address or (lambda: "127.0.0.1")
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.connections: set[socket.socket] = set()
@@ -371,8 +387,8 @@ class PortForward:
     def pump(self, client: socket.socket) -> None:
         """Copy bytes both ways between a host client and the in-cluster server."""
         try:
-            upstream = self.netns.connect(self.target_port, timeout=5)
-        except OSError:
+            upstream = self.netns.connect(self.target_port, 5, self.target_address())
+        except (OSError, PodRunnerError):
             client.close()
             return
         upstream.settimeout(None)
