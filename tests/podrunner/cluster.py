@@ -129,7 +129,7 @@ class LocalCluster:
     ) -> None:
         if network not in NETWORK_MODES:
             msg = f"LocalCluster(network={network!r}): expected one of {sorted(NETWORK_MODES)}"
-            raise ManifestError(msg)
+            raise PodRunnerError(msg)
         self.network = network
         self.subnet = subnet
         self.images = dict(images)
@@ -755,7 +755,9 @@ class LocalCluster:
         try:
             yield found
         finally:
-            if found in self.interfaces:
+            with self.lock:
+                still_running = found in self.interfaces
+            if still_running:
                 self.heal(found)
 
     def interface_of(self, pod: Pod | str, namespace: str | None) -> PodInterface:

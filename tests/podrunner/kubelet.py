@@ -837,8 +837,9 @@ class Pod:
         What cluster DNS gives a pod for free: in the per-pod network mode names follow pods
         as they become ready, go away or come back with a new address.
         """
-        if not self.finished.is_set() and (self.dir / "hosts").exists():
-            self.write_etc_files()
+        with self.etc_lock:  # after a first write in progress, so none is skipped
+            if not self.finished.is_set() and (self.dir / "hosts").exists():
+                self.write_etc_files_locked()
 
     def refresh(self) -> list[str]:
         """Bring mounted ConfigMaps/Secrets and /etc/hosts up to date, as the kubelet's sync does.

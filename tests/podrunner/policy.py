@@ -3,8 +3,9 @@
 Every field of every object the runner runs is checked against these tables before anything
 starts. A field in no table is refused with an error naming the object and the field path, so a
 manifest can never rely on behaviour the runner silently skips. Fields and kinds that have no
-runtime effect in one shared network namespace on one node are accepted and reported, each with
-its reason, through `LocalCluster.not_enforced`.
+runtime effect on one node are accepted and reported, each with its reason, through
+`LocalCluster.not_enforced`; what a Service honours depends on the network mode (shared or
+per-pod, see NETWORK_MODES).
 """
 
 from __future__ import annotations

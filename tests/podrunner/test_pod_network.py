@@ -230,6 +230,12 @@ def test_pods_have_own_addresses_and_replicate_by_per_pod_hostname() -> None:
         )
         in_hub = cluster.run_in_netns(["redis-cli", "-h", REPLICA, "get", "written-on"])
         assert in_hub.stdout.strip() == "master", in_hub
+        service = redis.Redis(port=cluster.host_port("redis", "redis"), socket_timeout=2)
+        assert service.get("written-on") == b"master", "the Service forward reaches a pod"
+        # Service links name the pod the Service resolved to when the container started:
+        # only the master was ready when the replica started (OrderedReady).
+        links = replica.exec(["sh", "-c", 'echo "$REDIS_SERVICE_HOST $REDIS_PORT"'])
+        assert links.stdout.split() == [master.ip, f"tcp://{master.ip}:6379"], links
 
 
 def test_partition_cuts_replication_and_writes_and_heal_restores_them() -> None:
