@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import celery_config, metrics, redis_config
+from components import celery_config, metrics, redis_config, sentinel_config
 from components.endpoint import (
     BROKER_URL_KEY,
     CHECK_URL_KEY,
@@ -38,7 +38,7 @@ from components.endpoint import (
 )
 from components.generated_secret import GeneratedPassword
 from components.naming import broker_client_labels, labels, object_name, selector_labels
-from components.pods import hardened_container, hardened_pod_spec
+from components.pods import hardened_container, hardened_pod_spec, one_per_node
 from components.settings import StackSettings
 
 COMPONENT = "redis"
@@ -67,7 +67,7 @@ ACL_VOLUME = "acl"
 TLS_VOLUME = "tls"
 CONFIG_CHECKSUM_ANNOTATION = "celery-redis/config-sha256"
 ROLLED_OUT = '["jsonpath={.status.updatedReplicas}=1", "jsonpath={.status.readyReplicas}=1"]'
-"""`pulumi up` waits for the broker pod of the new revision to be ready (`pulumi.com/waitFor`).
+"""`pulumi up` waits for the broker pods of the new revision to be ready (`pulumi.com/waitFor`).
 
 The provider's own StatefulSet await (v4.25) accepts the first status it sees after an update,
 which still describes the old revision (its observedGeneration is stale): `up` went on to run the
@@ -75,6 +75,27 @@ check Job against a broker that was only starting to roll. JSONPath conditions w
 current observedGeneration; one updated replica that is ready is the rolled broker.
 """
 SECRET_FILE_MODE = redis_config.SECRET_FILE_MODE
+SENTINEL_PASSWORD_KEY = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a Secret key's name
+"""Client Secret key of Sentinel's password (topology sentinel): clients ask Sentinel with it."""
+
+
+def replicated(settings: StackSettings) -> bool:
+    """Whether the broker is Redis with replicas behind Sentinels (topology sentinel)."""
+    return settings.broker.topology == "sentinel"
+
+
+def broker_replicas(settings: StackSettings) -> int:
+    """Redis pods of the StatefulSet: one, or the Sentinel topology's N."""
+    return settings.broker.sentinel.replicas if replicated(settings) else 1
+
+
+def rolled_out(settings: StackSettings) -> str:
+    """Return the `pulumi.com/waitFor`: every pod of the new revision ready (see ROLLED_OUT)."""
+    if not replicated(settings):
+        return ROLLED_OUT
+    n = broker_replicas(settings)
+    return f'["jsonpath={{.status.updatedReplicas}}={n}", "jsonpath={{.status.readyReplicas}}={n}"]'
+
 
 CERT_MANAGER_API = "cert-manager.io/v1"
 
@@ -111,8 +132,27 @@ def client_tls_query() -> str:
     return urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": CLIENT_CA_FILE}, safe="/")
 
 
+def sentinel_url(settings: StackSettings, user: str, password: str, db: int) -> str:
+    """Return a kombu/Celery Sentinel URL: one `sentinel://` per Sentinel, joined by `;`.
+
+    The user and password are the Redis user's (kombu and Celery's backend pass them to the
+    master Sentinel names); Sentinel's own password travels in transport options, never here.
+    With TLS each part carries the CA query, as the `rediss://` URLs do.
+    """
+    query = f"?{client_tls_query()}" if settings.tls.enabled else ""
+    return ";".join(
+        f"sentinel://{quote(user, safe='')}:{quote(password, safe='')}@{address}/{db}{query}"
+        for address in sentinel_config.sentinel_addresses(settings)
+    )
+
+
 def client_url(settings: StackSettings, user: str, password: str, host: str, db: int) -> str:
-    """Return the URL clients use: `redis://`, or `rediss://` verifying the CA when TLS is on."""
+    """Return the URL clients use: `redis://`, or `rediss://` verifying the CA when TLS is on.
+
+    A replicated broker's clients find the master through Sentinel (`sentinel_url`).
+    """
+    if replicated(settings):
+        return sentinel_url(settings, user, password, db)
     port = settings.broker.port
     if not settings.tls.enabled:
         return redis_url(user, password, host, port, db)
@@ -154,7 +194,8 @@ def certificate_dns_names(settings: StackSettings) -> list[str]:
     """
     namespace = settings.namespace
     headless = _name(settings, "broker-headless")
-    hosts = [_name(settings, "broker"), headless, f"{_name(settings, 'broker')}-0.{headless}"]
+    pods = [f"{_name(settings, 'broker')}-{k}.{headless}" for k in range(broker_replicas(settings))]
+    hosts = [_name(settings, "broker"), headless, *pods]
     suffixes = (
         "",
         f".{namespace}",
@@ -262,7 +303,20 @@ def pod_env(settings: StackSettings) -> dict[str, str]:
     }
     if settings.tls.enabled:
         env[redis_config.ENV_TLS_DIR] = redis_config.TLS_DIR
+    if replicated(settings):
+        env[sentinel_config.ENV_SENTINEL_PORT] = str(broker.sentinel.port)
+        env[sentinel_config.ENV_SENTINEL_TEMPLATE] = sentinel_config.TEMPLATE_PATH
     return env
+
+
+def pod_name_env() -> k8s.core.v1.EnvVarArgs:
+    """Return the pod name from the downward API: a replicated pod's hostname starts with it."""
+    return k8s.core.v1.EnvVarArgs(
+        name=sentinel_config.ENV_POD_NAME,
+        value_from=k8s.core.v1.EnvVarSourceArgs(
+            field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
+        ),
+    )
 
 
 POD_MOUNTS = {
@@ -293,9 +347,17 @@ def _mounts(settings: StackSettings, *volumes: str) -> list[k8s.core.v1.VolumeMo
 
 
 def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
-    """redis-server behind the start script, with its probes and the paths the script reads."""
+    """redis-server behind the start script, with its probes and the paths the script reads.
+
+    Replicated (topology sentinel): the start script asks Sentinels for the master first, a
+    replica is ready once its link is up, and a master hands over in its preStop.
+    """
     broker = settings.broker
     tls = settings.tls.enabled
+    sentinel = replicated(settings)
+    readiness = redis_config.readiness_command(
+        tls=tls, then=sentinel_config.redis_readiness_lines() if sentinel else ()
+    )
     return hardened_container(
         name=CONTAINER,
         image=broker.image,
@@ -304,20 +366,27 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
             "sh",
             "-c",
             redis_config.start_script(
-                tls=tls, queues=metrics.configured_queues(settings), engine=broker.engine
+                tls=tls,
+                queues=metrics.configured_queues(settings),
+                engine=broker.engine,
+                replication=sentinel_config.replication_prelude(settings) if sentinel else None,
             ),
             "redis-start",
         ],
         resources=broker.resources,
-        env=_env(
-            settings,
-            redis_config.ENV_CONFIG,
-            redis_config.ENV_USERS_DIR,
-            redis_config.ENV_ACL_FILE,
-            redis_config.ENV_DATA_DIR,
-            redis_config.ENV_PORT,
-            redis_config.ENV_TLS_DIR,
-        ),
+        env=[
+            *_env(
+                settings,
+                redis_config.ENV_CONFIG,
+                redis_config.ENV_USERS_DIR,
+                redis_config.ENV_ACL_FILE,
+                redis_config.ENV_DATA_DIR,
+                redis_config.ENV_PORT,
+                redis_config.ENV_TLS_DIR,
+                sentinel_config.ENV_SENTINEL_PORT,
+            ),
+            *([pod_name_env()] if sentinel else []),
+        ],
         volume_mounts=_mounts(
             settings, CONFIG_VOLUME, USERS_VOLUME, ACL_VOLUME, DATA_VOLUME, TLS_VOLUME
         ),
@@ -329,12 +398,64 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
         # Startup: ready within the time a full volume's AOF takes to load; until then the
         # liveness probe does not run, and after it a LOADING answer still counts as alive.
         startup_probe=_exec_probe(
-            redis_config.readiness_command(tls=tls),
+            readiness,
             redis_config.STARTUP_PERIOD_SECONDS,
             redis_config.startup_failure_threshold(settings),
         ),
         liveness_probe=_exec_probe(redis_config.liveness_command(tls=tls), period=10, failures=3),
-        readiness_probe=_exec_probe(redis_config.readiness_command(tls=tls), period=5, failures=2),
+        readiness_probe=_exec_probe(readiness, period=5, failures=2),
+        lifecycle=(
+            k8s.core.v1.LifecycleArgs(
+                pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                    exec_=k8s.core.v1.ExecActionArgs(
+                        command=sentinel_config.handover_command(settings)
+                    )
+                )
+            )
+            if sentinel
+            else None
+        ),
+    )
+
+
+def sentinel_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    """Sentinel beside Redis, from the same image: it watches every Redis and votes.
+
+    Its state (sentinel.conf as it rewrites it) lives on the pod's memory-backed run volume;
+    see components/sentinel_config.py for why a new pod never trusts an old file.
+    """
+    broker = settings.broker
+    return hardened_container(
+        name=sentinel_config.CONTAINER,
+        image=broker.image,
+        command=["sh", "-c", sentinel_config.sentinel_start_script(settings), "sentinel-start"],
+        resources=broker.sentinel.resources,
+        env=[
+            *_env(
+                settings,
+                redis_config.ENV_USERS_DIR,
+                redis_config.ENV_ACL_FILE,
+                redis_config.ENV_PORT,
+                redis_config.ENV_TLS_DIR,
+                sentinel_config.ENV_SENTINEL_PORT,
+                sentinel_config.ENV_SENTINEL_TEMPLATE,
+            ),
+            pod_name_env(),
+        ],
+        volume_mounts=_mounts(settings, CONFIG_VOLUME, USERS_VOLUME, ACL_VOLUME, TLS_VOLUME),
+        ports=[
+            k8s.core.v1.ContainerPortArgs(
+                name=sentinel_config.PORT_NAME,
+                container_port=broker.sentinel.port,
+                protocol="TCP",
+            )
+        ],
+        liveness_probe=_exec_probe(
+            sentinel_config.sentinel_liveness_command(settings), period=10, failures=3
+        ),
+        readiness_probe=_exec_probe(
+            sentinel_config.sentinel_readiness_command(settings), period=5, failures=2
+        ),
     )
 
 
@@ -356,6 +477,7 @@ def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
                 tls=settings.tls.enabled,
                 queues=metrics.configured_queues(settings),
                 engine=broker.engine,
+                replicated=replicated(settings),
             ),
             "reloader",
         ],
@@ -466,17 +588,31 @@ def exporter_pod_volumes(settings: StackSettings) -> list[k8s.core.v1.VolumeArgs
 def broker_statefulset_spec(settings: StackSettings) -> k8s.apps.v1.StatefulSetSpecArgs:
     """One hardened Redis pod, its volume claim, and a checksum that rolls it on config change."""
     broker = settings.broker
+    sentinel = replicated(settings)
     pod_spec = hardened_pod_spec(
         # Redis first: tools that pick "the" container of the pod mean redis-server.
-        containers=[broker_container(settings), reloader_container(settings), *exporter(settings)],
+        containers=[
+            broker_container(settings),
+            *([sentinel_container(settings)] if sentinel else []),
+            reloader_container(settings),
+            *exporter(settings),
+        ],
         run_as_user=broker.run_as_user,
         placement=broker.placement,
         # Redis flushes the AOF (or writes the RDB) on SIGTERM; give it the time to finish.
         grace_period_seconds=broker.termination_grace_period_seconds,
         volumes=[*broker_volumes(settings), *exporter_pod_volumes(settings)],
+        affinity=(
+            one_per_node(
+                selector_labels(settings, COMPONENT, "broker"),
+                required=broker.sentinel.spread == "required",
+            )
+            if sentinel
+            else None
+        ),
     )
     return k8s.apps.v1.StatefulSetSpecArgs(
-        replicas=1,
+        replicas=broker_replicas(settings),
         service_name=_name(settings, "broker-headless"),
         selector=broker_selector(settings),
         pod_management_policy="OrderedReady",
@@ -496,6 +632,27 @@ def broker_statefulset_spec(settings: StackSettings) -> k8s.apps.v1.StatefulSetS
     )
 
 
+def service_ports(settings: StackSettings, *, headless: bool) -> list[k8s.core.v1.ServicePortArgs]:
+    """Ports of a broker Service: Redis; behind Sentinel, the clients' Service is Sentinel's.
+
+    A replicated broker's Service in front of every pod would hand a client a replica, so it
+    serves the Sentinel port only (any Sentinel names the master); the headless one, whose
+    per-pod names Redis and Sentinel announce, has both.
+    """
+    redis = k8s.core.v1.ServicePortArgs(
+        name=PORT_NAME, port=settings.broker.port, target_port=PORT_NAME, protocol="TCP"
+    )
+    if not replicated(settings):
+        return [redis]
+    sentinel = k8s.core.v1.ServicePortArgs(
+        name=sentinel_config.PORT_NAME,
+        port=settings.broker.sentinel.port,
+        target_port=sentinel_config.PORT_NAME,
+        protocol="TCP",
+    )
+    return [redis, sentinel] if headless else [sentinel]
+
+
 def service_spec(settings: StackSettings, *, headless: bool) -> k8s.core.v1.ServiceSpecArgs:
     """Return the clients' Service spec, or the StatefulSet's headless one (stable pod DNS)."""
     return k8s.core.v1.ServiceSpecArgs(
@@ -504,11 +661,7 @@ def service_spec(settings: StackSettings, *, headless: bool) -> k8s.core.v1.Serv
         # The headless name resolves while Redis loads, for debugging; clients use the other.
         publish_not_ready_addresses=True if headless else None,
         selector=selector_labels(settings, COMPONENT, "broker"),
-        ports=[
-            k8s.core.v1.ServicePortArgs(
-                name=PORT_NAME, port=settings.broker.port, target_port=PORT_NAME, protocol="TCP"
-            )
-        ],
+        ports=service_ports(settings, headless=headless),
     )
 
 
@@ -518,12 +671,15 @@ def namespace_peer(namespace: str) -> k8s.meta.v1.LabelSelectorArgs:
 
 
 def _port_rule(
-    port: int, peer: k8s.networking.v1.NetworkPolicyPeerArgs
+    ports: int | Sequence[int], peer: k8s.networking.v1.NetworkPolicyPeerArgs
 ) -> k8s.networking.v1.NetworkPolicyIngressRuleArgs:
-    """Admit `peer` to one TCP port of the broker pod."""
+    """Admit `peer` to TCP `ports` of the broker pods."""
     return k8s.networking.v1.NetworkPolicyIngressRuleArgs(
         from_=[peer],
-        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=port, protocol="TCP")],
+        ports=[
+            k8s.networking.v1.NetworkPolicyPortArgs(port=port, protocol="TCP")
+            for port in ([ports] if isinstance(ports, int) else ports)
+        ],
     )
 
 
@@ -543,7 +699,10 @@ def ingress_rules(
     only, but they tell queue names and backlogs: only the namespace Prometheus runs in
     (`metrics.monitoring_namespace`) may scrape them.
     """
-    port = settings.broker.port
+    port: int | list[int] = settings.broker.port
+    if replicated(settings):
+        # Clients ask Sentinel, then talk to the master; the pods replicate and gossip.
+        port = [settings.broker.port, settings.broker.sentinel.port]
     clients = _port_rule(
         port,
         k8s.networking.v1.NetworkPolicyPeerArgs(
@@ -552,6 +711,16 @@ def ingress_rules(
         ),
     )
     rules = [clients, *(_port_rule(port, peer) for peer in client_peers)]
+    if replicated(settings):
+        rules.append(
+            _port_rule(
+                port,
+                k8s.networking.v1.NetworkPolicyPeerArgs(
+                    namespace_selector=namespace_peer(settings.namespace),
+                    pod_selector=broker_selector(settings),
+                ),
+            )
+        )
     if settings.metrics.exporter_enabled:
         rules.append(
             _port_rule(
@@ -565,16 +734,30 @@ def ingress_rules(
 
 
 def client_transport_options(settings: StackSettings) -> dict[str, object]:
-    """Transport options a Celery client of this broker sets: Celery's, nothing topology-specific.
+    """Transport options a Celery client of this broker sets.
 
     A standalone broker needs no more than the timeouts and the visibility timeout every
-    Redis client of the stack shares (celery_config.broker_transport_options).
+    Redis client of the stack shares (celery_config.broker_transport_options). Behind
+    Sentinel, kombu also needs the master's name, and `sentinel_kwargs` for talking to
+    Sentinel itself: TLS verification here, its password added at start from the client
+    Secret by the wiring module (never rendered).
     """
-    return celery_config.broker_transport_options(settings)
+    options = celery_config.broker_transport_options(settings)
+    if not replicated(settings):
+        return options
+    tls = (
+        {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": CLIENT_CA_FILE}
+        if settings.tls.enabled
+        else {}
+    )
+    return {**options, "master_name": settings.broker.sentinel.master_name, "sentinel_kwargs": tls}
 
 
 def autoscaler_access(
-    settings: StackSettings, address: str, password: pulumi.Output[str]
+    settings: StackSettings,
+    address: str,
+    password: pulumi.Output[str],
+    sentinel_password: pulumi.Output[str] | None = None,
 ) -> AutoscalerAccess:
     """How KEDA's `redis` scaler reads list lengths from this broker, as the keda user.
 
@@ -582,6 +765,23 @@ def autoscaler_access(
     (`ca`); never both `enableTLS` and the `tls` auth parameter.
     """
     tls = settings.tls.enabled
+    if replicated(settings):
+        # KEDA's redis-sentinel scaler asks these Sentinels for the master, then reads there.
+        return AutoscalerAccess(
+            trigger_type="redis-sentinel",
+            where={
+                "addresses": ", ".join(sentinel_config.sentinel_addresses(settings)),
+                "sentinelMaster": settings.broker.sentinel.master_name,
+            },
+            how={
+                "databaseIndex": str(settings.broker.broker_db),
+                **({"enableTLS": "true"} if tls else {}),
+            },
+            username=KEDA_USER,
+            password=password,
+            ca_secret_name=tls_secret_name(settings) if tls else None,
+            sentinel_password=sentinel_password,
+        )
     return AutoscalerAccess(
         trigger_type="redis",
         where={"address": address},
@@ -618,9 +818,11 @@ class RedisBroker(pulumi.ComponentResource):
         namespace = settings.namespace
         broker = settings.broker
 
+        sentinel = replicated(settings)
         self.service_name = object_name(settings.name_prefix, "broker")
         self.host = f"{self.service_name}.{namespace}.svc"
-        self.port = broker.port
+        # The port the Service serves: Redis, or behind Sentinel the Sentinels' (service_ports).
+        self.port = broker.sentinel.port if sentinel else broker.port
         self.persistence = broker.persistence
 
         celery_password = self._password(
@@ -634,6 +836,21 @@ class RedisBroker(pulumi.ComponentResource):
         exporter_password = self._password(
             "exporter_password", "broker-exporter-password", secrets, child
         )
+        # Behind Sentinel: the replicas' user, the Sentinels' user on Redis, and Sentinel's
+        # own password (clients need that one to ask), each generated and kept in state.
+        replication_passwords = (
+            {
+                key: pulumi.Output.secret(GeneratedPassword(resource, length=32, opts=child).result)
+                for key, resource in (
+                    (redis_config.REPLICATOR_PASSWORD_FILE, "broker-replicator-password"),
+                    (redis_config.SENTINEL_USER_PASSWORD_FILE, "broker-sentinel-user-password"),
+                    (redis_config.SENTINEL_PASSWORD_FILE, "broker-sentinel-password"),
+                )
+            }
+            if sentinel
+            else {}
+        )
+        sentinel_password = replication_passwords.get(redis_config.SENTINEL_PASSWORD_FILE)
 
         self.broker_url = self._client_url(CELERY_USER, celery_password, broker.broker_db)
         self.result_backend_url = self._client_url(CELERY_USER, celery_password, broker.result_db)
@@ -645,6 +862,7 @@ class RedisBroker(pulumi.ComponentResource):
             CHECK_PASSWORD_KEY: check_password,
             KEDA_PASSWORD_KEY: keda_password,
             EXPORTER_PASSWORD_KEY: exporter_password,
+            **replication_passwords,
         }
         if settings.metrics.exporter_enabled:
             # redis_exporter reads its password from a JSON map keyed by address.
@@ -664,6 +882,7 @@ class RedisBroker(pulumi.ComponentResource):
                 BROKER_URL_KEY: self.broker_url,
                 RESULT_BACKEND_KEY: self.result_backend_url,
                 CHECK_URL_KEY: self.check_url,
+                **({SENTINEL_PASSWORD_KEY: sentinel_password} if sentinel_password else {}),
             },
             child,
         )
@@ -683,7 +902,7 @@ class RedisBroker(pulumi.ComponentResource):
                 name=_name(settings, "broker"),
                 namespace=settings.namespace,
                 labels=broker_labels(settings),
-                annotations={"pulumi.com/waitFor": ROLLED_OUT},
+                annotations={"pulumi.com/waitFor": rolled_out(settings)},
             ),
             spec=broker_statefulset_spec(settings),
             opts=pulumi.ResourceOptions(
@@ -711,7 +930,8 @@ class RedisBroker(pulumi.ComponentResource):
             metadata=metadata(settings, _name(settings, "broker")),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 # The only broker pod: a drain stops and says so instead of evicting it.
-                max_unavailable=0,
+                # Behind Sentinel, one pod at a time: a master hands over in its preStop.
+                max_unavailable=1 if sentinel else 0,
                 selector=broker_selector(settings),
                 # A broker that is not ready serves nobody; letting the eviction of a broken
                 # pod through keeps it from blocking node maintenance forever.
@@ -731,14 +951,23 @@ class RedisBroker(pulumi.ComponentResource):
             self.statefulset,
         ]
         self.endpoint = BrokerEndpoint(
-            scheme="rediss" if settings.tls.enabled else "redis",
-            hosts=(f"{self.host}:{self.port}",),
-            secret=ClientSecret(name=self.client_secret_name),
+            scheme="sentinel" if sentinel else "rediss" if settings.tls.enabled else "redis",
+            hosts=(
+                tuple(sentinel_config.sentinel_addresses(settings))
+                if sentinel
+                else (f"{self.host}:{self.port}",)
+            ),
+            secret=ClientSecret(
+                name=self.client_secret_name,
+                sentinel_password_key=SENTINEL_PASSWORD_KEY if sentinel else None,
+            ),
             transport_options=client_transport_options(settings),
             ca_volumes=tuple(client_ca_volumes(settings)),
             ca_mounts=tuple(client_ca_mounts(settings)),
             revision=self.client_revision,
-            autoscaler=autoscaler_access(settings, f"{self.host}:{self.port}", keda_password),
+            autoscaler=autoscaler_access(
+                settings, f"{self.host}:{self.port}", keda_password, sentinel_password
+            ),
             client_labels=broker_client_labels(settings),
             ready=tuple(ready),
         )
@@ -849,7 +1078,14 @@ class RedisBroker(pulumi.ComponentResource):
         return k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata=metadata(self.settings, _name(self.settings, "broker-config")),
-            data={redis_config.CONFIG_KEY: redis_config.redis_conf(self.settings)},
+            data={
+                redis_config.CONFIG_KEY: redis_config.redis_conf(self.settings),
+                **(
+                    {sentinel_config.CONFIG_KEY: sentinel_config.sentinel_conf(self.settings)}
+                    if replicated(self.settings)
+                    else {}
+                ),
+            },
             opts=opts,
         )
 

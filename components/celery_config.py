@@ -369,7 +369,12 @@ def _module(
             f"BROKER_PING_TIMEOUT = {ping_timeout!r}",
         ]
     )
-    return f"{header}\n{constants}\n\n{render_settings(rendered)}\n{_RUNTIME}"
+    module = f"{header}\n{constants}\n\n{render_settings(rendered)}\n{_RUNTIME}"
+    sentinel = any(
+        setting.name == "broker_transport_options" and "master_name" in setting.value
+        for setting in rendered
+    )
+    return f"{module}{_SENTINEL_RUNTIME}" if sentinel else module
 
 
 _RUNTIME = '''
@@ -474,4 +479,29 @@ if ROLE == "worker":
     app.steps["consumer"].add(HealthFiles)
 else:
     app.conf.beat_scheduler = heartbeat_scheduler(app)
+'''
+
+SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - an environment variable's name
+"""Where a replicated broker's clients find Sentinel's password (from the client Secret)."""
+
+_SENTINEL_RUNTIME = f'''
+
+def use_sentinel(app):
+    """Ask Sentinel with its password (from the environment: the client Secret), for both
+    the broker and the result backend; the backend also needs the master's name."""
+    broker_options = dict(app.conf.broker_transport_options or {{}})
+    sentinel_kwargs = dict(broker_options.get("sentinel_kwargs") or {{}})
+    password = os.environ.get("{SENTINEL_PASSWORD_ENV}")
+    if password:
+        sentinel_kwargs["password"] = password
+    broker_options["sentinel_kwargs"] = sentinel_kwargs
+    app.conf.broker_transport_options = broker_options
+    backend_options = dict(app.conf.result_backend_transport_options or {{}})
+    backend_options.update(
+        master_name=broker_options["master_name"], sentinel_kwargs=dict(sentinel_kwargs)
+    )
+    app.conf.result_backend_transport_options = backend_options
+
+
+use_sentinel(app)
 '''

@@ -59,6 +59,8 @@ class ClientSecret:
     broker_url_key: str = BROKER_URL_KEY
     result_backend_key: str = RESULT_BACKEND_KEY
     check_url_key: str = CHECK_URL_KEY
+    sentinel_password_key: str | None = None
+    """Key of Sentinel's password when clients find the master through Sentinel, else None."""
 
     def env(self, variable: str, key: str) -> k8s.core.v1.EnvVarArgs:
         """Return `variable` taken from `key` of this Secret."""
@@ -82,6 +84,8 @@ class AutoscalerAccess:
     password: pulumi.Output[str]
     ca_secret_name: str | None
     """Secret holding `ca.crt` that KEDA verifies the broker with (TLS on), else None."""
+    sentinel_password: pulumi.Output[str] | None = None
+    """Sentinel's password when the scaler asks Sentinel for the master, else None."""
 
     def trigger_metadata(self, list_name: str, list_length: int) -> dict[str, str]:
         """Return the metadata of one trigger on `list_name`."""

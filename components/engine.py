@@ -244,4 +244,3 @@ def version_specific_lines(engine: str, version: Version) -> list[str]:
             "hide-user-data-from-log yes",
         ]
     return []
-

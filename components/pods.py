@@ -93,6 +93,7 @@ def hardened_pod_spec(
     volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
     restart_policy: str | None = None,
     topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
+    affinity: k8s.core.v1.AffinityArgs | None = None,
 ) -> k8s.core.v1.PodSpecArgs:
     """Build a pod spec.
 
@@ -119,10 +120,34 @@ def hardened_pod_spec(
         node_selector=dict(placement.node_selector) or None,
         tolerations=tolerations or None,
         topology_spread_constraints=list(topology_spread) if topology_spread else None,
+        affinity=affinity,
         restart_policy=restart_policy,
         containers=list(containers),
         volumes=[tmp, *volumes],
     )
+
+
+def one_per_node(match_labels: dict[str, str], *, required: bool) -> k8s.core.v1.AffinityArgs:
+    """Keep pods of one workload on different nodes: always (`required`), or when possible.
+
+    Required anti-affinity leaves a pod pending rather than put it beside another: for
+    replicas of the broker, two on one node would be lost together.
+    """
+    term = k8s.core.v1.PodAffinityTermArgs(
+        label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match_labels),
+        topology_key="kubernetes.io/hostname",
+    )
+    if required:
+        anti = k8s.core.v1.PodAntiAffinityArgs(
+            required_during_scheduling_ignored_during_execution=[term]
+        )
+    else:
+        anti = k8s.core.v1.PodAntiAffinityArgs(
+            preferred_during_scheduling_ignored_during_execution=[
+                k8s.core.v1.WeightedPodAffinityTermArgs(weight=100, pod_affinity_term=term)
+            ]
+        )
+    return k8s.core.v1.AffinityArgs(pod_anti_affinity=anti)
 
 
 def spread_across_nodes_and_zones(

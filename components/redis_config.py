@@ -214,6 +214,29 @@ READER_PASSWORD_FILES = {
 SECRET_FILE_MODE = 0o440
 """Mode of mounted Secret files: owner root, group fsGroup (the pod's uid), no one else."""
 
+# Users of a replicated broker (broker.topology: sentinel), with components/sentinel_config.py.
+REPLICATOR_USER = "replicator"
+"""Replicas authenticate to the master as this user: PSYNC, REPLCONF, PING only."""
+SENTINEL_USER = "sentinel"
+"""Sentinels authenticate to every Redis as this user (monitoring, promotion, reconfiguring)."""
+REPLICATOR_PASSWORD_FILE = "replicator-password"  # noqa: S105 - a file name, not a password
+SENTINEL_USER_PASSWORD_FILE = "sentinel-user-password"  # noqa: S105 - a file name
+SENTINEL_PASSWORD_FILE = "sentinel-password"  # noqa: S105 - a file name, not a password
+"""Sentinel's own password (`requirepass`): clients, KEDA and the check need it to ask."""
+REPLICATOR_COMMANDS: dict[str, tuple[str, ...]] = {"replication": ("psync", "replconf", "ping")}
+SENTINEL_COMMANDS: dict[str, tuple[str, ...]] = {
+    # Redis docs (Sentinel, "Redis Access Control List authentication"): what a Sentinel
+    # sends to masters and replicas to watch them, promote one and point the others at it.
+    "monitoring": ("ping", "info", "role", "client|setname", "subscribe", "publish"),
+    "promotion": ("multi", "exec", "slaveof", "replicaof", "config|rewrite", "client|kill"),
+    "scripts": ("script|kill",),
+}
+REPLICATION_PASSWORD_FILES = {
+    REPLICATOR_USER: REPLICATOR_PASSWORD_FILE,
+    SENTINEL_USER: SENTINEL_USER_PASSWORD_FILE,
+}
+"""The replicated broker's Redis users and the users Secret file holding each one's password."""
+
 KOMBU_UNACKED = "unacked"
 """kombu's hash of delivered, unacknowledged messages: delivery tag -> the whole message."""
 KOMBU_UNACKED_INDEX = "unacked_index"
@@ -234,11 +257,13 @@ def queue_key_patterns(queues: Sequence[str]) -> list[str]:
     ]
 
 
-def acl_user_rules(queues: Sequence[str] = ()) -> dict[str, str]:
+def acl_user_rules(queues: Sequence[str] = (), *, replicated: bool = False) -> dict[str, str]:
     """Each user's ACL rules without its password, as the start script writes them.
 
     `queues` are the stack's queues: the KEDA and exporter users may touch only their lists
     (and the exporter kombu's two unacked keys); with none, those users have no queue keys.
+    A `replicated` broker (topology sentinel) also has the replication and Sentinel users:
+    no keys; Sentinel publishes and subscribes on its own hello channel.
     """
     queue_keys = queue_key_patterns(queues)
     # EVAL treats KEYS[] as read-write, so KEDA's patterns grant both; it has no write command.
@@ -259,6 +284,19 @@ def acl_user_rules(queues: Sequence[str] = ()) -> dict[str, str]:
         ),
         # No keys, no channels: it re-applies users and TLS files and kills runaway scripts.
         RELOADER_USER: f"on resetkeys resetchannels {acl_commands(RELOADER_COMMANDS)}",
+        **(
+            {
+                REPLICATOR_USER: (
+                    f"on resetkeys resetchannels {acl_commands(REPLICATOR_COMMANDS)}"
+                ),
+                SENTINEL_USER: (
+                    f"on resetkeys resetchannels &__sentinel__:hello "
+                    f"{acl_commands(SENTINEL_COMMANDS)}"
+                ),
+            }
+            if replicated
+            else {}
+        ),
     }
 
 
@@ -322,6 +360,31 @@ def listener_lines(settings: StackSettings) -> list[str]:
     ]
 
 
+def replication_lines(settings: StackSettings) -> list[str]:
+    """redis.conf lines of a replicated broker (static: the same on every pod)."""
+    sentinel = settings.broker.sentinel
+    lines = [
+        "# sentinel: one master and replicas; Sentinels promote a replica when the master is",
+        "# lost. The start script adds this pod's hostname, the replication user and, on a",
+        "# replica, replicaof (run-time include, components/sentinel_config.py).",
+        "# The loss bound: a master with fewer replicas acknowledging within the lag refuses",
+        "# writes (NOREPLICAS), so a master cut off from the others stops taking tasks that the",
+        "# failover on the other side would throw away.",
+        f"min-replicas-to-write {sentinel.min_replicas_to_write}",
+        f"min-replicas-max-lag {sentinel.min_replicas_max_lag}",
+        "replica-read-only yes",
+        "# A replica that lost its master still answers the probes and the check (with INFO).",
+        "replica-serve-stale-data yes",
+        "# Full syncs stream the RDB over the socket: no second copy of the dataset on disk.",
+        "repl-diskless-sync yes",
+        "repl-diskless-sync-delay 0",
+        "replica-priority 100",
+    ]
+    if settings.tls.enabled:
+        lines += ["# Replication traffic is TLS like every other client's.", "tls-replication yes"]
+    return [*lines, ""]
+
+
 def redis_conf(settings: StackSettings) -> str:
     """Return the broker's redis.conf: listener, memory, connections, persistence; no secrets.
 
@@ -365,6 +428,7 @@ def redis_conf(settings: StackSettings) -> str:
         "enable-protected-configs no",
         *version_specific_lines(broker.engine, broker.server_version),
         "",
+        *(replication_lines(settings) if broker.topology == "sentinel" else []),
     ]
     return "\n".join(lines)
 
@@ -380,7 +444,9 @@ def _user_line(name: str, hashes: str, rules: str, since_7_2: bool) -> str:
     return f'    echo "user {name} on {hashes} {rules.removeprefix("on ")}{extra}"'
 
 
-def acl_functions(*, tls: bool, queues: Sequence[str] = (), engine: str = "redis") -> str:
+def acl_functions(
+    *, tls: bool, queues: Sequence[str] = (), engine: str = "redis", replicated: bool = False
+) -> str:
     """Shell functions that write the ACL file and checksum what it was written from.
 
     The only place the ACL file is written: the start script runs them before Redis starts,
@@ -389,15 +455,20 @@ def acl_functions(*, tls: bool, queues: Sequence[str] = (), engine: str = "redis
     hashed by sha256sum reading the
     Secret's files on stdin, so they never appear in argv, the environment or a log. With
     `tls`, `tls_checksum` fingerprints the TLS files the same way, for the same comparison.
+    `replicated` adds the replication and Sentinel users (topology sentinel).
     """
     since_7_2 = " ".join(f"+{command}" for command in SINCE_7_2_COMMANDS)
-    rules = acl_user_rules(queues)
+    rules = acl_user_rules(queues, replicated=replicated)
+    password_files = {
+        **READER_PASSWORD_FILES,
+        **(REPLICATION_PASSWORD_FILES if replicated else {}),
+    }
     reader_hashes = [
         f'  {user}="#$(hash_of "${ENV_USERS_DIR}/{file}")" || return 1'
-        for user, file in READER_PASSWORD_FILES.items()
+        for user, file in password_files.items()
     ]
     reader_lines = [
-        _user_line(user, f"${user}", rules[user], since_7_2=True) for user in READER_PASSWORD_FILES
+        _user_line(user, f"${user}", rules[user], since_7_2=True) for user in password_files
     ]
     lines = [
         "# --- acl_functions (components/redis_config.py): shared by redis-start and reloader ---",
@@ -442,7 +513,13 @@ def acl_functions(*, tls: bool, queues: Sequence[str] = (), engine: str = "redis
     return "\n".join([*lines, "# --- end of acl_functions ---"])
 
 
-def start_script(*, tls: bool = False, queues: Sequence[str] = (), engine: str = "redis") -> str:
+def start_script(
+    *,
+    tls: bool = False,
+    queues: Sequence[str] = (),
+    engine: str = "redis",
+    replication: str | None = None,
+) -> str:
     """Write the ACL file from the mounted users Secret, then exec the server as PID 1.
 
     `queues` are the stack's queues, whose lists the KEDA and exporter users may read;
@@ -452,18 +529,26 @@ def start_script(*, tls: bool = False, queues: Sequence[str] = (), engine: str =
     memory-backed volume both containers share; only its hash reaches the ACL. The checksums
     it records tell the reloader what the running Redis was started from. redis-server then
     replaces the shell, so it receives SIGTERM directly and flushes before the grace period ends.
+
+    `replication` (topology sentinel, components/sentinel_config.py) is shell that writes the
+    run-time replication include before the server starts with it.
     """
     record_tls = ['tls_checksum > "$run_dir/tls.sha256"'] if tls else []
+    replicated = replication is not None
+    include = (
+        [replication, 'set -- --include "$run_dir/replication.conf" "$@"'] if replicated else []
+    )
     return "\n".join(
         [
             "set -eu",
             "umask 077",
-            acl_functions(tls=tls, queues=queues, engine=engine),
+            acl_functions(tls=tls, queues=queues, engine=engine, replicated=replicated),
             "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > \"$reloader_password_file\"",
             "# Checksums first: a Secret update racing this start only causes one more reload.",
             'users_checksum > "$run_dir/users.sha256"',
             *record_tls,
             "write_acl_file",
+            *include,
             f'exec {SERVER_BINARIES[engine]} "${ENV_CONFIG}" --aclfile "${ENV_ACL_FILE}" \\',
             f'  --dir "${ENV_DATA_DIR}" "$@"',
             "",
@@ -478,7 +563,9 @@ RELOADER_STALL_PASSES = 3
 CLI_TIMEOUT_SECONDS = 10
 
 
-def reloader_script(*, tls: bool, queues: Sequence[str] = (), engine: str = "redis") -> str:
+def reloader_script(
+    *, tls: bool, queues: Sequence[str] = (), engine: str = "redis", replicated: bool = False
+) -> str:
     """Return the reloader sidecar's loop: apply a changed users or TLS Secret to running Redis.
 
     It is also the script watchdog. Every WATCHDOG_INTERVAL_SECONDS it sends SCRIPT KILL as
@@ -504,7 +591,7 @@ def reloader_script(*, tls: bool, queues: Sequence[str] = (), engine: str = "red
     lines = [
         "set -u",
         "umask 077  # the ACL file it rewrites holds password hashes",
-        acl_functions(tls=tls, queues=queues, engine=engine),
+        acl_functions(tls=tls, queues=queues, engine=engine, replicated=replicated),
         "cli() {",
         f'  REDISCLI_AUTH="$(cat "$reloader_password_file")" timeout {CLI_TIMEOUT_SECONDS} \\',
         f'    redis-cli --no-auth-warning --user {RELOADER_USER} -h 127.0.0.1 -p "${ENV_PORT}"'
@@ -652,12 +739,16 @@ def liveness_command(*, tls: bool = False) -> list[str]:
     )
 
 
-def readiness_command(*, tls: bool = False) -> list[str]:
-    """Ready only when Redis answers PONG and has finished loading its data (loading:0)."""
+def readiness_command(*, tls: bool = False, then: Sequence[str] = ()) -> list[str]:
+    """Ready only when Redis answers PONG and has finished loading its data (loading:0).
+
+    `then`: further shell lines a topology requires (a replica's link: sentinel_config).
+    """
     return _probe(
         'reply="$(cli ping)"',
         '[ "$reply" = PONG ] || { echo "not ready: $reply"; exit 1; }',
         "cli info persistence | grep -q '^loading:0' || { echo \"not ready: loading\"; exit 1; }",
+        *then,
         tls=tls,
     )
 

@@ -35,6 +35,7 @@ CHECKSUM_ANNOTATION = "celery-redis/wiring-sha256"
 KEDA_API = "keda.sh/v1alpha1"
 KEDA_USERNAME_KEY = "username"
 KEDA_PASSWORD_KEY = "password"  # noqa: S105 - a Secret key name, not a password
+KEDA_SENTINEL_PASSWORD_KEY = "sentinelPassword"  # noqa: S105 - KEDA's parameter name
 
 
 def trigger_name(index: int, queue: str, step: int) -> str:
@@ -146,6 +147,12 @@ def celery_env(pool: PoolSettings, secret: ClientSecret) -> list[k8s.core.v1.Env
         secret.env(secret.broker_url_key, secret.broker_url_key),
         secret.env(secret.result_backend_key, secret.result_backend_key),
         *[secret.env(alias, secret.broker_url_key) for alias in pool.broker_url_aliases],
+        # Behind Sentinel: its password, which the wiring module adds to the transport options.
+        *(
+            [secret.env(celery_config.SENTINEL_PASSWORD_ENV, secret.sentinel_password_key)]
+            if secret.sentinel_password_key
+            else []
+        ),
         *[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(plain.items())],
     ]
 
@@ -388,6 +395,11 @@ class WorkerPools(pulumi.ComponentResource):
             string_data={
                 KEDA_USERNAME_KEY: access.username,
                 KEDA_PASSWORD_KEY: pulumi.Output.secret(access.password),
+                **(
+                    {KEDA_SENTINEL_PASSWORD_KEY: pulumi.Output.secret(access.sentinel_password)}
+                    if access.sentinel_password is not None
+                    else {}
+                ),
             },
             opts=self._child,
         )
@@ -400,7 +412,15 @@ class WorkerPools(pulumi.ComponentResource):
                 "secretTargetRef": [
                     *(
                         {"parameter": parameter, "name": secret.metadata.name, "key": parameter}
-                        for parameter in (KEDA_USERNAME_KEY, KEDA_PASSWORD_KEY)
+                        for parameter in (
+                            KEDA_USERNAME_KEY,
+                            KEDA_PASSWORD_KEY,
+                            *(
+                                [KEDA_SENTINEL_PASSWORD_KEY]
+                                if access.sentinel_password is not None
+                                else []
+                            ),
+                        )
                     ),
                     # With TLS, KEDA verifies the broker against the CA in the TLS Secret.
                     *(

@@ -39,9 +39,16 @@ def scan(folder: Path) -> list[dict]:
     return [c for r in reports for c in r.get("results", {}).get("failed_checks", [])]
 
 
+VARIANTS_DIR = ROOT / "tests" / "fixtures" / "render_variants"
+"""Stack files beside the shipped ones that the scans also cover (e.g. prod on Sentinel)."""
+VARIANTS = ("prod-sentinel",)
+
+
 def render(stack: str, out: Path) -> None:
-    """Render one stack with the project's own command."""
+    """Render one stack (shipped, or a variant from VARIANTS_DIR) with the project's command."""
     command = [sys.executable, "-m", "brokerctl", "render", "--stack", stack, "--out", str(out)]
+    if stack in VARIANTS:
+        command += ["--config-dir", str(VARIANTS_DIR)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
 
 
@@ -49,7 +56,7 @@ def main() -> int:
     """Print failed checks per stack; exit 1 when any stack has one."""
     total = 0
     with tempfile.TemporaryDirectory() as scratch:
-        for stack in STACKS:
+        for stack in (*STACKS, *VARIANTS):
             out = Path(scratch) / stack
             render(stack, out)
             failed = scan(out)

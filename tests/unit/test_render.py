@@ -12,16 +12,23 @@ import pytest
 import yaml
 
 from brokerctl.mockrun import PLACEHOLDER_PREFIX
+from scripts.checkov_report import VARIANTS, VARIANTS_DIR
 from tests.unit.conftest import leaves, run_brokerctl
 
-STACKS = ("dev", "staging", "prod")
+STACKS = ("dev", "staging", "prod", *VARIANTS)
 KUBERNETES_VERSION = "1.30.0"
+
+
+def render_args(stack: str) -> list[str]:
+    """`render` arguments for a shipped stack or a variant (tests/fixtures/render_variants)."""
+    args = ["render", "--stack", stack]
+    return [*args, "--config-dir", str(VARIANTS_DIR)] if stack in VARIANTS else args
 
 
 @pytest.fixture(scope="module", params=STACKS)
 def rendered(request, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp(f"render-{request.param}")
-    result = run_brokerctl("render", "--stack", request.param, "--out", str(out))
+    result = run_brokerctl(*render_args(request.param), "--out", str(out))
     assert result.returncode == 0, f"render {request.param} failed:\n{result.stderr}"
     return request.param, out
 
@@ -44,7 +51,7 @@ def test_each_file_holds_exactly_one_named_object(rendered):
 def test_two_renders_are_byte_identical(rendered, tmp_path):
     stack, out = rendered
     again = tmp_path / "again"
-    assert run_brokerctl("render", "--stack", stack, "--out", str(again)).returncode == 0
+    assert run_brokerctl(*render_args(stack), "--out", str(again)).returncode == 0
     first = {p.name: p.read_bytes() for p in out.glob("*.yaml")}
     second = {p.name: p.read_bytes() for p in again.glob("*.yaml")}
     assert first == second, (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.checkov_report import CHECKOV, render, scan, skipped_checks
+from scripts.checkov_report import CHECKOV, VARIANTS, render, scan, skipped_checks
 
-STACKS = ("dev", "staging", "prod")
+STACKS = ("dev", "staging", "prod", *VARIANTS)
 
 
 def test_every_skip_has_a_reason():

@@ -1,0 +1,325 @@
+"""The Sentinel topology's run-time pieces: sentinel.conf, role discovery, the handover.
+
+Pure functions of the settings, like components/redis_config.py, so the tests start real
+redis-server and redis-sentinel processes from exactly what pods run.
+
+Where Sentinels run and keep their state. One Sentinel beside each Redis, in the same pod
+(container `sentinel`): N pods give N Sentinels, spread over nodes with the Redis pods, so
+losing one node loses one Redis and one Sentinel and a majority remains to elect a leader.
+Sentinel rewrites its config file as it learns (epochs, replicas, other Sentinels); that file
+lives on the pod's memory-backed volume, which survives a container restart but not a new
+pod. A new pod's Sentinel does not trust old state: the start script asks the other
+Sentinels which Redis is master and monitors that one. The charts' split brain after reboots
+comes from the opposite choice, a Sentinel (or Redis) that restarts from a stale file naming
+itself, or pod 0, as master while the others promoted another; here only a start with no
+other Sentinel answering (the first deploy, or every pod lost at once) falls back to pod 0.
+
+The same discovery decides each Redis's role at start: the master Sentinels name, or itself
+when it is that master; a Redis never starts as a master on its own say while Sentinels
+answer. Hostnames, not addresses, are announced (`replica-announce-ip`, Sentinel's
+`announce-ip`, `resolve-hostnames`, `announce-hostnames`): a pod that comes back with a new IP
+is still the same replica to Sentinel.
+
+Passwords: the replication user's and Sentinel's are written at start into files on the same
+memory-backed volume as the ACL file (Redis and Sentinel read plaintext `masterauth`,
+`auth-pass`, `requirepass` from config), never into a ConfigMap, argv or a log.
+"""
+
+from __future__ import annotations
+
+from components.engine import SERVER_BINARIES
+from components.naming import object_name
+from components.redis_config import (
+    ACL_DIR,
+    CLI_TIMEOUT_SECONDS,
+    CONFIG_DIR,
+    ENV_ACL_FILE,
+    ENV_PORT,
+    ENV_TLS_DIR,
+    ENV_USERS_DIR,
+    REPLICATOR_PASSWORD_FILE,
+    REPLICATOR_USER,
+    SENTINEL_PASSWORD_FILE,
+    SENTINEL_USER,
+    SENTINEL_USER_PASSWORD_FILE,
+    TLS_CA_KEY,
+    TLS_CERT_KEY,
+    TLS_DIR,
+    TLS_KEY_KEY,
+    probe_prelude,
+)
+from components.settings import StackSettings
+
+CONTAINER = "sentinel"
+PORT_NAME = "sentinel"
+CONFIG_KEY = "sentinel.conf"
+"""Key of the broker ConfigMap holding the static part of sentinel.conf (no secret)."""
+STATE_FILE = "sentinel.conf"
+"""sentinel.conf as Sentinel runs and rewrites it, in the run directory (memory-backed)."""
+REPLICATION_INCLUDE = "replication.conf"
+"""Redis's run-time include: announced hostname, replication user and, on replicas, replicaof."""
+
+ENV_POD_NAME = "POD_NAME"
+"""The pod's name (downward API): its own hostname is `<POD_NAME>.<headless Service domain>`."""
+ENV_SENTINEL_PORT = "SENTINEL_PORT"
+ENV_SENTINEL_TEMPLATE = "SENTINEL_TEMPLATE"
+TEMPLATE_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+"""Where the Sentinel container finds the static sentinel.conf (the broker ConfigMap)."""
+
+HANDOVER_SECONDS = 20
+"""Longest the preStop hook waits for Sentinel to move the master role away before it lets
+the pod stop anyway (a failed handover then costs an unplanned failover, never a hang)."""
+
+
+def headless_domain(settings: StackSettings) -> str:
+    """Return the domain of the broker pods' own names (the headless Service's)."""
+    return f"{object_name(settings.name_prefix, 'broker-headless')}.{settings.namespace}.svc"
+
+
+def pod_hostname(settings: StackSettings, ordinal: int) -> str:
+    """Return the DNS name of broker pod `ordinal`, as Redis and Sentinel announce it."""
+    return f"{object_name(settings.name_prefix, 'broker')}-{ordinal}.{headless_domain(settings)}"
+
+
+def pod_hostnames(settings: StackSettings) -> list[str]:
+    """Every broker pod's name, pod 0 first (the master of a first deploy)."""
+    return [pod_hostname(settings, k) for k in range(settings.broker.sentinel.replicas)]
+
+
+def sentinel_addresses(settings: StackSettings) -> list[str]:
+    """`host:port` of every Sentinel: what clients, KEDA and the check ask for the master."""
+    port = settings.broker.sentinel.port
+    return [f"{host}:{port}" for host in pod_hostnames(settings)]
+
+
+def sentinel_conf(settings: StackSettings) -> str:
+    """Return the static part of sentinel.conf: listener, state dir, hostname handling.
+
+    The start script appends what differs per pod or is secret: announce-ip, the monitored
+    master, passwords, and the timings (after `monitor`, which must come first).
+    """
+    port = settings.broker.sentinel.port
+    if settings.tls.enabled:
+        listener = [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {TLS_DIR}/{TLS_CERT_KEY}",
+            f"tls-key-file {TLS_DIR}/{TLS_KEY_KEY}",
+            f"tls-ca-cert-file {TLS_DIR}/{TLS_CA_KEY}",
+            "tls-auth-clients no",
+            "# Sentinel talks TLS to Redis (and to other Sentinels) too.",
+            "tls-replication yes",
+        ]
+    else:
+        listener = [f"port {port}"]
+    return "\n".join(
+        [
+            "# Rendered by components/sentinel_config.py; the start script adds the rest.",
+            *listener,
+            "bind * -::*",
+            "daemonize no",
+            'logfile ""',
+            f"dir {ACL_DIR}",
+            "# Pods are known by name: an IP that changes with a new pod confuses nobody.",
+            "sentinel resolve-hostnames yes",
+            "sentinel announce-hostnames yes",
+            "",
+        ]
+    )
+
+
+def _cli_tls(tls: bool) -> str:
+    return f' --tls --cacert "${ENV_TLS_DIR}/{TLS_CA_KEY}"' if tls else ""
+
+
+def discovery_functions(settings: StackSettings) -> str:
+    """Shell functions: this pod's hostname, and which Redis is master according to Sentinels.
+
+    `find_master` asks the other pods' Sentinels first and this pod's last (a Sentinel that
+    just started here knows only what it was told at its own start); the first answer naming
+    one of the broker's pods wins. With none, pod 0 (a first deploy, or every pod lost).
+    """
+    sentinel = settings.broker.sentinel
+    hosts = " ".join(pod_hostnames(settings))
+    return "\n".join(
+        [
+            "# --- discovery_functions (components/sentinel_config.py) ---",
+            f'me="${{{ENV_POD_NAME}}}.{headless_domain(settings)}"',
+            f'peers="{hosts}"',
+            "ask_sentinel() {",
+            f'  REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_PASSWORD_FILE}")" \\',
+            f"    timeout {CLI_TIMEOUT_SECONDS // 5} redis-cli --no-auth-warning"
+            f' -h "$1" -p "${ENV_SENTINEL_PORT}"{_cli_tls(settings.tls.enabled)} \\',
+            f"    SENTINEL get-master-addr-by-name {sentinel.master_name} 2>/dev/null | head -n 1",
+            "}",
+            "find_master() {",
+            '  for host in $peers; do [ "$host" = "$me" ] || echo "$host"; done > "$run_dir/ask"',
+            '  echo "$me" >> "$run_dir/ask"',
+            "  while read -r host; do",
+            '    answer="$(ask_sentinel "$host" || true)"',
+            "    # Only one of the broker's own pods counts: not an error text, not an address.",
+            '    case " $peers " in',
+            '      *" $answer "*) [ -n "$answer" ] && { echo "$answer"; return 0; } ;;',
+            "    esac",
+            '  done < "$run_dir/ask"',
+            f'  echo "{pod_hostname(settings, 0)}"',
+            "}",
+            "# --- end of discovery_functions ---",
+        ]
+    )
+
+
+def replication_prelude(settings: StackSettings) -> str:
+    """Shell run by Redis's start script before it execs: write the replication include.
+
+    The include is passed with `--include`; it names the hostname this Redis announces, the
+    replication user (its password in plaintext, as Redis reads masterauth: hence the
+    memory-backed run directory and umask 077) and, unless Sentinels name this pod the
+    master, `replicaof` the master they name.
+    """
+    port = settings.broker.port
+    return "\n".join(
+        [
+            discovery_functions(settings),
+            'master="$(find_master)"',
+            "{",
+            '  echo "replica-announce-ip $me"',
+            f'  echo "masteruser {REPLICATOR_USER}"',
+            f'  echo "masterauth $(cat "${ENV_USERS_DIR}/{REPLICATOR_PASSWORD_FILE}")"',
+            f'  [ "$master" = "$me" ] || echo "replicaof $master {port}"',
+            f'}} > "$run_dir/{REPLICATION_INCLUDE}"',
+            'echo "redis-start: Sentinels name $master as master; this pod is $me"',
+        ]
+    )
+
+
+def replication_include_args() -> str:
+    """Arguments that make redis-server read the include `replication_prelude` wrote."""
+    return f'--include "$run_dir/{REPLICATION_INCLUDE}"'
+
+
+def sentinel_start_script(settings: StackSettings) -> str:
+    """Write this pod's sentinel.conf and exec Sentinel as PID 1 (it gets SIGTERM itself)."""
+    sentinel = settings.broker.sentinel
+    name = sentinel.master_name
+    users = f"${ENV_USERS_DIR}"
+    state = f"$run_dir/{STATE_FILE}"
+    server = SERVER_BINARIES[settings.broker.engine]
+    return "\n".join(
+        [
+            "set -eu",
+            "umask 077",
+            f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
+            discovery_functions(settings),
+            'master="$(find_master)"',
+            "{",
+            f'  cat "${ENV_SENTINEL_TEMPLATE}"',
+            '  echo "sentinel announce-ip $me"',
+            f'  echo "requirepass $(cat "{users}/{SENTINEL_PASSWORD_FILE}")"',
+            f'  echo "sentinel sentinel-pass $(cat "{users}/{SENTINEL_PASSWORD_FILE}")"',
+            f'  echo "sentinel monitor {name} $master ${ENV_PORT} {sentinel.effective_quorum}"',
+            f'  echo "sentinel auth-user {name} {SENTINEL_USER}"',
+            f'  echo "sentinel auth-pass {name} $(cat "{users}/{SENTINEL_USER_PASSWORD_FILE}")"',
+            f'  echo "sentinel down-after-milliseconds {name} {sentinel.down_after_ms}"',
+            f'  echo "sentinel failover-timeout {name} {sentinel.failover_timeout_ms}"',
+            f'  echo "sentinel parallel-syncs {name} 1"',
+            f'}} > "{state}.new"',
+            f'mv "{state}.new" "{state}"',
+            'echo "sentinel-start: monitoring $master as this pod ($me)"',
+            f'exec {server} "{state}" --sentinel',
+            "",
+        ]
+    )
+
+
+def sentinel_cli_prelude(tls: bool) -> str:
+    """`scli`: redis-cli to this pod's Sentinel, its password in the environment only."""
+    return (
+        f'export REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_PASSWORD_FILE}")"\n'
+        f"scli() {{ timeout {CLI_TIMEOUT_SECONDS} redis-cli --no-auth-warning -h 127.0.0.1 "
+        f'-p "${ENV_SENTINEL_PORT}"{_cli_tls(tls)} "$@"; }}'
+    )
+
+
+def sentinel_liveness_command(settings: StackSettings) -> list[str]:
+    """Alive while Sentinel answers PING."""
+    return [
+        "sh",
+        "-c",
+        "\n".join(
+            [
+                sentinel_cli_prelude(settings.tls.enabled),
+                '[ "$(scli ping)" = PONG ] || { echo "sentinel does not answer"; exit 1; }',
+            ]
+        ),
+    ]
+
+
+def sentinel_readiness_command(settings: StackSettings) -> list[str]:
+    """Ready when Sentinel answers and knows a master (its own quorum is the check's job)."""
+    name = settings.broker.sentinel.master_name
+    return [
+        "sh",
+        "-c",
+        "\n".join(
+            [
+                sentinel_cli_prelude(settings.tls.enabled),
+                f'[ -n "$(scli SENTINEL get-master-addr-by-name {name} | head -n 1)" ] || '
+                '{ echo "sentinel knows no master"; exit 1; }',
+            ]
+        ),
+    ]
+
+
+def redis_readiness_lines() -> list[str]:
+    """Extra readiness of a replicated Redis: a replica is ready once its link is up.
+
+    A rollout then waits for each restarted replica to have synced before it takes the next
+    pod, so it never stops two up-to-date copies at once.
+    """
+    return [
+        'repl="$(cli info replication)"',
+        'case "$repl" in',
+        '  *role:slave*) echo "$repl" | grep -q "^master_link_status:up" || '
+        '{ echo "not ready: replication link down"; exit 1; } ;;',
+        "esac",
+    ]
+
+
+def handover_command(settings: StackSettings) -> list[str]:
+    """Return the Redis container's preStop: a master hands its role over before the pod stops.
+
+    Deleting the master's pod (a drain, a rollout, a node pool scale-down) asks another
+    pod's Sentinel for a failover (SENTINEL FAILOVER: no vote, the best replica is promoted
+    at once) and waits until Sentinel has turned this Redis into a replica of the new
+    master, so the pod stops as a replica: clients move with at most a failed publish or two
+    instead of down-after + election. Bounded by HANDOVER_SECONDS; a replica stops at once.
+    """
+    name = settings.broker.sentinel.master_name
+    tls = _cli_tls(settings.tls.enabled)
+    return [
+        "sh",
+        "-c",
+        "\n".join(
+            [
+                probe_prelude(tls=settings.tls.enabled),
+                f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
+                discovery_functions(settings),
+                "cli info replication | grep -q '^role:master' || exit 0",
+                "for host in $peers; do",
+                '  [ "$host" = "$me" ] && continue',
+                f'  reply="$(REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_PASSWORD_FILE}")" '
+                f'timeout 3 redis-cli --no-auth-warning -h "$host" -p "${ENV_SENTINEL_PORT}"{tls} '
+                f'SENTINEL FAILOVER {name} 2>&1)"',
+                '  [ "$reply" = OK ] && break',
+                "done",
+                f"deadline=$(( $(date +%s) + {HANDOVER_SECONDS} ))",
+                'while [ "$(date +%s)" -lt "$deadline" ]; do',
+                "  cli info replication | grep -q '^role:slave' && "
+                '{ echo "handover: this pod is a replica now"; exit 0; }',
+                "  sleep 0.2",
+                "done",
+                'echo "handover: still master after the wait; stopping anyway" >&2',
+            ]
+        ),
+    ]
