@@ -57,6 +57,9 @@ CONFIG_KEY = "sentinel.conf"
 STATE_FILE = "sentinel.conf"
 """sentinel.conf as Sentinel runs and rewrites it, in the run directory (memory-backed)."""
 REPLICATION_INCLUDE = "replication.conf"
+STARTED_ALONE = "started-without-sentinels"
+"""Marker in the run directory: this Redis started while no Sentinel answered (see
+`redis_readiness_lines`); removed once its replication link is up."""
 """Redis's run-time include: announced hostname, replication user and, on replicas, replicaof."""
 
 ENV_POD_NAME = "POD_NAME"
@@ -135,9 +138,10 @@ def _cli_tls(tls: bool) -> str:
 def discovery_functions(settings: StackSettings) -> str:
     """Shell functions: this pod's hostname, and which Redis is master according to Sentinels.
 
-    `find_master` asks the other pods' Sentinels first and this pod's last (a Sentinel that
-    just started here knows only what it was told at its own start); the first answer naming
-    one of the broker's pods wins. With none, pod 0 (a first deploy, or every pod lost).
+    `sentinel_master` asks the other pods' Sentinels first and this pod's last (a Sentinel
+    that just started here knows only what it was told at its own start); the first answer
+    naming one of the broker's pods wins, none prints nothing. `find_master` falls back to
+    pod 0 then (a first deploy, a move from standalone, or every pod lost at once).
     """
     sentinel = settings.broker.sentinel
     hosts = " ".join(pod_hostnames(settings))
@@ -152,17 +156,23 @@ def discovery_functions(settings: StackSettings) -> str:
             f' -h "$1" -p "${ENV_SENTINEL_PORT}"{_cli_tls(settings.tls.enabled)} \\',
             f"    SENTINEL get-master-addr-by-name {sentinel.master_name} 2>/dev/null | head -n 1",
             "}",
-            "find_master() {",
-            '  for host in $peers; do [ "$host" = "$me" ] || echo "$host"; done > "$run_dir/ask"',
-            '  echo "$me" >> "$run_dir/ask"',
+            "sentinel_master() {",
+            "  # One list per caller: Redis's and Sentinel's start scripts may ask at once.",
+            "  for host in $peers; do",
+            '    [ "$host" = "$me" ] || echo "$host"',
+            '  done > "$run_dir/ask.$$"',
+            '  echo "$me" >> "$run_dir/ask.$$"',
             "  while read -r host; do",
             '    answer="$(ask_sentinel "$host" || true)"',
             "    # Only one of the broker's own pods counts: not an error text, not an address.",
             '    case " $peers " in',
             '      *" $answer "*) [ -n "$answer" ] && { echo "$answer"; return 0; } ;;',
             "    esac",
-            '  done < "$run_dir/ask"',
-            f'  echo "{pod_hostname(settings, 0)}"',
+            '  done < "$run_dir/ask.$$"',
+            "}",
+            "find_master() {",
+            '  answer="$(sentinel_master)"',
+            f'  echo "${{answer:-{pod_hostname(settings, 0)}}}"',
             "}",
             "# --- end of discovery_functions ---",
         ]
@@ -181,14 +191,17 @@ def replication_prelude(settings: StackSettings) -> str:
     return "\n".join(
         [
             discovery_functions(settings),
-            'master="$(find_master)"',
+            'master="$(sentinel_master)"',
+            "# No Sentinel answered: a first deploy or a move from standalone; pod 0 leads.",
+            f'[ -n "$master" ] && rm -f "$run_dir/{STARTED_ALONE}" || {{',
+            f'  master="{pod_hostname(settings, 0)}"; : > "$run_dir/{STARTED_ALONE}"; }}',
             "{",
             '  echo "replica-announce-ip $me"',
             f'  echo "masteruser {REPLICATOR_USER}"',
             f'  echo "masterauth $(cat "${ENV_USERS_DIR}/{REPLICATOR_PASSWORD_FILE}")"',
             f'  [ "$master" = "$me" ] || echo "replicaof $master {port}"',
             f'}} > "$run_dir/{REPLICATION_INCLUDE}"',
-            'echo "redis-start: Sentinels name $master as master; this pod is $me"',
+            'echo "redis-start: master is $master; this pod is $me"',
         ]
     )
 
@@ -275,13 +288,22 @@ def redis_readiness_lines() -> list[str]:
     """Extra readiness of a replicated Redis: a replica is ready once its link is up.
 
     A rollout then waits for each restarted replica to have synced before it takes the next
-    pod, so it never stops two up-to-date copies at once.
+    pod, so it never stops two up-to-date copies at once. The exception is a replica that
+    started while no Sentinel answered: moving a standalone stack to Sentinel creates the
+    new replicas beside the old standalone pod, which has no replication user yet, and the
+    StatefulSet only replaces that pod (the first master, on its volume) once the others are
+    ready. Such a replica is ready until its link first comes up, then as any other.
     """
     return [
+        f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
         'repl="$(cli info replication)"',
         'case "$repl" in',
-        '  *role:slave*) echo "$repl" | grep -q "^master_link_status:up" || '
-        '{ echo "not ready: replication link down"; exit 1; } ;;',
+        "  *role:slave*)",
+        '    if echo "$repl" | grep -q "^master_link_status:up"; then',
+        f'      rm -f "$run_dir/{STARTED_ALONE}"',
+        f'    elif [ ! -e "$run_dir/{STARTED_ALONE}" ]; then',
+        '      echo "not ready: replication link down"; exit 1',
+        "    fi ;;",
         "esac",
     ]
 
