@@ -1,0 +1,169 @@
+"""The check's Sentinel options: what a sentinel:// URL needs, and what is refused before any step.
+
+No network here: these are the configurations `brokercheck.py ARGV` would run with, and the
+usage errors (exit 2) it gives instead. tests/integration/test_check_sentinel.py runs them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from brokerctl import brokercheck
+
+SENTINEL_PASSWORD = "sentinel-Pa55-Qz81"
+PROBE_PASSWORD = "probe-Pa55-X7mWz"
+SENTINEL_URL = ";".join(
+    f"sentinel://probe:{PROBE_PASSWORD}@broker-{k}.broker-headless.ns.svc:26379/0" for k in range(3)
+)
+
+
+def check_config(*argv: str, environ: dict[str, str] | None = None) -> brokercheck.CheckConfig:
+    """Return the configuration `brokercheck.py ARGV` would run with (no network step)."""
+    args = brokercheck.build_parser().parse_args(list(argv))
+    return brokercheck.config_from_args(args, environ=environ or {})
+
+
+def test_sentinel_url_reads_master_name_password_and_expectations() -> None:
+    config = check_config(
+        *("--url", SENTINEL_URL, "--sentinel-master", "celery-broker"),
+        *("--sentinel-password-env", "SENTINEL_PW", "--max-replica-lag", "2.5"),
+        *("--expect-replicas", "2", "--expect-min-replicas-to-write", "1"),
+        *("--expect-min-replicas-max-lag", "10"),
+        environ={"SENTINEL_PW": SENTINEL_PASSWORD},
+    )
+
+    assert config.sentinel == brokercheck.SentinelConfig(
+        master_name="celery-broker",
+        password=SENTINEL_PASSWORD,
+        max_replica_lag=2.5,
+        expect_replicas=2,
+        expect_min_replicas_to_write=1,
+        expect_min_replicas_max_lag=10,
+    ), config.sentinel
+    assert SENTINEL_PASSWORD not in repr(config.sentinel), "the password must stay out of reprs"
+
+
+def test_sentinel_password_defaults_to_the_client_secret_variable() -> None:
+    config = check_config(
+        "--url", SENTINEL_URL, "--sentinel-master", "m",
+        environ={"BROKER_SENTINEL_PASSWORD": SENTINEL_PASSWORD},
+    )  # fmt: skip
+
+    assert config.sentinel is not None
+    assert config.sentinel.password == SENTINEL_PASSWORD
+
+
+def test_master_name_and_expectations_come_from_stack_outputs(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs.json"
+    values = {
+        "check_url": SENTINEL_URL,
+        "sentinel_master": "celery-broker",
+        "expect_replicas": 2,
+        "min_replicas_to_write": 1,
+        "min_replicas_max_lag": 1,
+    }
+    outputs.write_text(json.dumps(values))
+
+    config = check_config("--outputs", str(outputs))
+
+    assert config.sentinel is not None
+    assert config.sentinel.master_name == "celery-broker"
+    assert (config.sentinel.expect_replicas, config.sentinel.expect_min_replicas_to_write) == (2, 1)
+    assert config.sentinel.expect_min_replicas_max_lag == 1
+
+
+def test_plain_redis_url_has_no_sentinel_checks() -> None:
+    assert check_config("--url", f"redis://probe:{PROBE_PASSWORD}@h:6379/0").sentinel is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "says"),
+    [
+        (["--url", SENTINEL_URL], {}, "--sentinel-master"),
+        (
+            ["--url", SENTINEL_URL, "--sentinel-master", "m", "--sentinel-password-env", "NOPE"],
+            {},
+            "NOPE is not set",
+        ),
+        (
+            ["--url", "redis://probe:pw@h:6379/0", "--sentinel-master", "m"],
+            {},
+            "only for a sentinel:// broker URL",
+        ),
+        (
+            ["--url", "redis://probe:pw@h:6379/0", "--worker-url", SENTINEL_URL],
+            {},
+            "the worker URL is a sentinel:// URL",
+        ),
+        (
+            ["--url", f"sentinel://probe:{PROBE_PASSWORD}@h0/0", "--sentinel-master", "m"],
+            {},
+            "every Sentinel needs its port",
+        ),
+        (
+            ["--url", f"{SENTINEL_URL};redis://probe:pw@h:6379/0", "--sentinel-master", "m"],
+            {},
+            "must look like sentinel://",
+        ),
+    ],
+    ids=[
+        "no-master",
+        "unset-password-variable",
+        "sentinel-option-on-redis-url",
+        "sentinel-worker-url-only",
+        "sentinel-without-port",
+        "mixed-schemes",
+    ],
+)
+def test_sentinel_misconfiguration_is_a_usage_error(
+    argv: list[str], environ: dict[str, str], says: str
+) -> None:
+    with pytest.raises(brokercheck.UsageError, match=says) as raised:
+        check_config(*argv, environ=environ)
+
+    assert PROBE_PASSWORD not in str(raised.value), f"password in usage error: {raised.value}"
+
+
+def test_master_url_keeps_user_database_and_tls_options_of_the_sentinel_url() -> None:
+    url = (
+        f"sentinel://probe:{PROBE_PASSWORD}@s0:26379/3?ssl_cert_reqs=required&ssl_ca_certs=/ca.crt"
+        f";sentinel://probe:{PROBE_PASSWORD}@s1:26379/3?ssl_cert_reqs=required"
+    )
+
+    assert brokercheck.master_url(url, "broker-1.svc", 6379) == (
+        f"rediss://probe:{PROBE_PASSWORD}@broker-1.svc:6379/3"
+        "?ssl_cert_reqs=required&ssl_ca_certs=/ca.crt"
+    )
+    assert brokercheck.master_url(SENTINEL_URL, "fd00::1", 6380) == (
+        f"redis://probe:{PROBE_PASSWORD}@[fd00::1]:6380/0"
+    )
+
+
+def test_sentinel_addresses_are_every_url_host_in_order() -> None:
+    assert brokercheck.sentinel_addresses(SENTINEL_URL) == [
+        (f"broker-{k}.broker-headless.ns.svc", 26379) for k in range(3)
+    ]
+
+
+def test_report_target_masks_every_sentinel_url_and_keeps_every_host() -> None:
+    config = check_config("--url", SENTINEL_URL, "--sentinel-master", "m")
+
+    shown = brokercheck.masked_url(config.masker(), config.broker_url)
+
+    assert PROBE_PASSWORD not in shown, shown
+    assert shown.count("probe:***@") == 3, shown
+    assert all(f"broker-{k}.broker-headless" in shown for k in range(3)), shown
+
+
+def test_sentinel_password_is_masked_wherever_it_appears() -> None:
+    config = check_config(
+        "--url", SENTINEL_URL, "--sentinel-master", "m",
+        environ={"BROKER_SENTINEL_PASSWORD": SENTINEL_PASSWORD},
+    )  # fmt: skip
+
+    masked = config.masker()(f"AUTH failed for {SENTINEL_PASSWORD} at s0:26379")
+
+    assert SENTINEL_PASSWORD not in masked, masked
