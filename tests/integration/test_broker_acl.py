@@ -8,7 +8,8 @@ After it, the ACL LOG must be empty: any command Celery needs and the ACL lacks 
 
 The readers (the kubelet's probe, the check, KEDA, the exporter) each run what their client
 sends, replayed from its source, and are refused every way to see a task body (queued, being
-run, or a result), to write, and, unless they need Lua, to start a script.
+run, or a result), to write, and, unless they need Lua, to start a script. All of it runs
+on Redis and on Valkey, each with its own render.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.support.broker_boot import (
 )
 from tests.support.celery_worker import running_worker, worker_argv, worker_env
 from tests.support.check_cli import run_check
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
 
 APP = """
@@ -177,10 +179,10 @@ KEDA_SCRIPT = """
 PRIORITY = "\x06\x16"
 
 
-@pytest.fixture(scope="module")
-def broker_server():
-    """Boot the prod broker from its rendered objects, once for the module."""
-    with booted_broker(rendered_broker("prod")) as server:
+@pytest.fixture(scope="module", params=ENGINES)
+def broker_server(request):
+    """Boot the prod broker from its rendered objects, once per engine for the module."""
+    with booted_broker(rendered_broker("prod", request.param)) as server:
         yield server
 
 

@@ -1,4 +1,4 @@
-"""Each stack's rendered broker boots a real redis-server in the mode the stack asks for."""
+"""Each stack's rendered broker boots a real server (Redis, Valkey) in the mode the stack asks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.support.broker_boot import (
     booted_broker,
     rendered_broker,
 )
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
 
 EXPECTED = {
@@ -24,9 +25,10 @@ EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("stack", sorted(EXPECTED))
-def test_rendered_broker_boots_in_the_stacks_persistence_mode(stack):
-    broker = rendered_broker(stack)
+def test_rendered_broker_boots_in_the_stacks_persistence_mode(stack, engine):
+    broker = rendered_broker(stack, engine)
     expected = EXPECTED[stack]
     with booted_broker(broker) as server:
         admin = server.admin()
@@ -43,8 +45,9 @@ def test_rendered_broker_boots_in_the_stacks_persistence_mode(stack):
         assert server.client("probe", PROBE_PASSWORD).ping(), f"{stack}: probe cannot log in"
 
 
-def test_default_user_and_wrong_passwords_are_refused():
-    broker = rendered_broker("staging")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_default_user_and_wrong_passwords_are_refused(engine):
+    broker = rendered_broker("staging", engine)
     with booted_broker(broker) as server:
         anonymous = redis.Redis(host=server.host, port=server.port, socket_timeout=5)
         with pytest.raises(redis.AuthenticationError):
@@ -53,8 +56,9 @@ def test_default_user_and_wrong_passwords_are_refused():
             server.client("celery", PROBE_PASSWORD).ping()
 
 
-def test_passwords_reach_redis_hashed_and_nowhere_in_plain_text():
-    broker = rendered_broker("prod")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_passwords_reach_redis_hashed_and_nowhere_in_plain_text(engine):
+    broker = rendered_broker("prod", engine)
     with booted_broker(broker) as server:
         acl_files = list(Path(server.directory).rglob("users.acl"))
         assert len(acl_files) == 1, f"expected one ACL file, found {acl_files}"

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD
 
 MESSAGE = b"m" * 1024
@@ -38,8 +39,9 @@ def surviving_indexes(client: redis.Redis) -> set[int]:
     return {int(item[:8]) for item in client.lrange(QUEUE, 0, -1)}
 
 
-def test_prod_broker_keeps_every_acknowledged_write_across_kill_9(tmp_path: Path):
-    broker = rendered_broker("prod")  # persistence aof-always
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prod_broker_keeps_every_acknowledged_write_across_kill_9(tmp_path: Path, engine: str):
+    broker = rendered_broker("prod", engine)  # persistence aof-always
     with booted_broker(broker, root=tmp_path) as server:
         acknowledged = push_acknowledged(server.client("celery", CELERY_PASSWORD), 20_000)
         server.stop(signal.SIGKILL)
@@ -50,8 +52,9 @@ def test_prod_broker_keeps_every_acknowledged_write_across_kill_9(tmp_path: Path
     assert not missing, f"{len(missing)} acknowledged LPUSHes lost by aof-always after kill -9"
 
 
-def test_staging_broker_loses_at_most_a_second_of_writes_to_kill_9(tmp_path: Path):
-    broker = rendered_broker("staging")  # persistence aof, fsync every second
+@pytest.mark.parametrize("engine", ENGINES)
+def test_staging_broker_loses_at_most_a_second_of_writes_to_kill_9(tmp_path: Path, engine: str):
+    broker = rendered_broker("staging", engine)  # persistence aof, fsync every second
     acknowledged: list[int] = []
     with booted_broker(broker, root=tmp_path) as server:
         client = server.client("celery", CELERY_PASSWORD)
@@ -94,9 +97,10 @@ def fill_until_refused(client: redis.Redis, limit: int = 100_000) -> tuple[int, 
     pytest.fail(f"{limit} messages of 1 KB fit under maxmemory: no limit applies")
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_full_broker_refuses_writes_and_keeps_every_queued_task(stack):
-    broker = rendered_broker(stack)
+def test_full_broker_refuses_writes_and_keeps_every_queued_task(stack, engine):
+    broker = rendered_broker(stack, engine)
     small, replaced = re.subn(r"^maxmemory \d+$", "maxmemory 4mb", broker.redis_conf, flags=re.M)
     assert replaced == 1, "the rendered redis.conf has no single maxmemory line"
     with booted_broker(broker, redis_conf=small) as server:

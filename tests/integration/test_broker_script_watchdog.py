@@ -28,6 +28,7 @@ from tests.support.broker_boot import (
     rendered_broker,
     running_container,
 )
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD
 
 RUNAWAY = "while true do end"
@@ -78,9 +79,9 @@ def served_again(client: redis.Redis) -> bool:
 
 
 @contextmanager
-def broker_with_watchdog() -> Iterator[tuple[RenderedBroker, BootedBroker]]:
+def broker_with_watchdog(engine: str) -> Iterator[tuple[RenderedBroker, BootedBroker]]:
     """Boot the prod broker with its reloader sidecar running beside it, as rendered."""
-    broker = rendered_broker("prod")
+    broker = rendered_broker("prod", engine)
     with booted_broker(broker) as server, running_container(broker, server, "reloader"):
         heartbeat = next(server.directory.rglob(redis_config.RELOADER_HEARTBEAT), None)
         deadline = time.monotonic() + WAIT_SECONDS
@@ -96,8 +97,9 @@ def reloader_log(server: BootedBroker) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def test_runaway_script_is_killed_and_celery_is_served_by_the_same_redis():
-    with broker_with_watchdog() as (_broker, server):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_runaway_script_is_killed_and_celery_is_served_by_the_same_redis(engine: str):
+    with broker_with_watchdog(engine) as (_broker, server):
         pid = server.pid
         celery = server.client("celery", CELERY_PASSWORD)
         runaway = RunawayScript(server, "keda", KEDA_PASSWORD)
@@ -114,8 +116,9 @@ def test_runaway_script_is_killed_and_celery_is_served_by_the_same_redis():
         assert server.admin().info("server")["process_id"] == pid, "Redis was restarted"
 
 
-def test_liveness_counts_busy_as_alive_while_the_watchdog_kills_the_script():
-    with broker_with_watchdog() as (broker, server):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_liveness_counts_busy_as_alive_while_the_watchdog_kills_the_script(engine: str):
+    with broker_with_watchdog(engine) as (broker, server):
         runaway = RunawayScript(server, "keda", KEDA_PASSWORD)
         runaway.start()
         wait_until_busy(server)
@@ -124,9 +127,10 @@ def test_liveness_counts_busy_as_alive_while_the_watchdog_kills_the_script():
         runaway.join(WAIT_SECONDS)
 
 
-def test_liveness_fails_when_a_script_outlives_the_watchdog_bound():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_liveness_fails_when_a_script_outlives_the_watchdog_bound(engine: str):
     """Without a watchdog (or for a script SCRIPT KILL cannot stop) the kubelet still acts."""
-    broker = rendered_broker("prod")
+    broker = rendered_broker("prod", engine)
     with booted_broker(broker) as server:
         runaway = RunawayScript(server, "keda", KEDA_PASSWORD)
         runaway.start()

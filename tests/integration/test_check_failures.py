@@ -19,6 +19,7 @@ from celery import Celery
 
 from tests.support.celery_worker import running_worker, worker_argv, worker_env
 from tests.support.check_cli import CheckRun, CheckUrls, check_urls, run_check
+from tests.support.engines import ENGINES
 from tests.support.network import dead_port, silent_listener
 from tests.support.redis_server import (
     CELERY_PASSWORD,
@@ -41,9 +42,10 @@ class Deployment:
     urls: CheckUrls
 
 
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
-    with running_redis(broker_config()) as server:
+@pytest.fixture(scope="module", params=ENGINES)
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    engine = request.param
+    with running_redis(broker_config(engine=engine), engine=engine) as server:
         urls = check_urls(server)
         env = worker_env(urls.celery, urls.result_backend)
         with running_worker(worker_argv(), env=env):
@@ -99,12 +101,15 @@ def test_unreachable_broker_fails_fast_and_says_why(
         assert run.statuses() == {"connect": "fail"}, run.stdout
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(
     ("running", "expected"),
     [("aof-always", "aof"), ("aof", "aof-always"), ("none", "rdb"), ("rdb", "none")],
 )
-def test_persistence_mismatch_fails_the_persistence_check(running: str, expected: str) -> None:
-    with running_redis(broker_config(persistence=running)) as server:
+def test_persistence_mismatch_fails_the_persistence_check(
+    engine: str, running: str, expected: str
+) -> None:
+    with running_redis(broker_config(persistence=running, engine=engine), engine=engine) as server:
         run = run_check(
             "--url", check_urls(server).probe, "--expect-persistence", expected, "--json"
         )
@@ -113,23 +118,28 @@ def test_persistence_mismatch_fails_the_persistence_check(running: str, expected
     assert run.check("persistence")["measured"] == running, run.stdout
 
 
-def test_evicting_broker_fails_the_eviction_policy_check() -> None:
-    with running_redis(broker_config(maxmemory_policy="allkeys-lru")) as server:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_evicting_broker_fails_the_eviction_policy_check(engine: str) -> None:
+    with running_redis(
+        broker_config(maxmemory_policy="allkeys-lru", engine=engine), engine=engine
+    ) as server:
         run = run_check("--url", check_urls(server).probe, "--json")
 
     assert_only_failure(run, "eviction-policy")
     assert run.check("eviction-policy")["measured"] == "allkeys-lru", run.stdout
 
 
-def test_broker_without_maxmemory_fails_the_maxmemory_check() -> None:
-    with running_redis(broker_config(maxmemory="0")) as server:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_broker_without_maxmemory_fails_the_maxmemory_check(engine: str) -> None:
+    with running_redis(broker_config(maxmemory="0", engine=engine), engine=engine) as server:
         run = run_check("--url", check_urls(server).probe, "--json")
 
     assert_only_failure(run, "maxmemory")
 
 
-def test_nearly_full_broker_fails_the_memory_check() -> None:
-    with running_redis(broker_config(maxmemory="4mb")) as server:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nearly_full_broker_fails_the_memory_check(engine: str) -> None:
+    with running_redis(broker_config(maxmemory="4mb", engine=engine), engine=engine) as server:
         writer = server.client("celery", CELERY_PASSWORD)
         chunk = b"x" * 65536
         with pytest.raises(redis.exceptions.OutOfMemoryError):  # noqa: PT012 - fill until refused
@@ -179,12 +189,13 @@ def test_brokerctl_check_fails_on_dead_port_without_printing_the_password() -> N
     assert_no_password(run)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_canary_queued_behind_a_backlog_warns_instead_of_failing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
-    with running_redis(broker_config()) as server:
+    with running_redis(broker_config(engine=engine), engine=engine) as server:
         urls = check_urls(server)
         env = worker_env(urls.celery, urls.result_backend)
         argv = worker_argv(concurrency=1, extra=["--prefetch-multiplier", "1"])

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.celery_worker import CeleryWorker, running_worker, worker_argv, worker_env
 from tests.support.check_cli import BROKERCHECK, CheckUrls, check_urls, run_check
+from tests.support.engines import ENGINES
 from tests.support.redis_server import (
     CELERY_PASSWORD,
     PROBE_PASSWORD,
@@ -50,9 +51,10 @@ class Deployment:
     worker: CeleryWorker
 
 
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
-    with running_redis(broker_config(persistence="aof")) as server:
+@pytest.fixture(scope="module", params=ENGINES)
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    engine = request.param
+    with running_redis(broker_config(persistence="aof", engine=engine), engine=engine) as server:
         urls = check_urls(server)
         env = worker_env(urls.celery, urls.result_backend)
         with running_worker(worker_argv(concurrency=2), env=env) as worker:

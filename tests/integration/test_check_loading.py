@@ -1,6 +1,6 @@
 """A broker still loading its dataset is reported as loading, with how far it got.
 
-A real redis-server restarts on an RDB of many keys, slowed with Redis' `key-load-delay`
+A real server (Redis, then Valkey) restarts on an RDB of many keys, slowed with `key-load-delay`
 (microseconds per key) and answering clients between small chunks
 (`loading-process-events-interval-bytes`), so that the check runs while it loads: Redis
 then accepts connections and AUTH, answers `-LOADING` to PING and reports its progress in
@@ -9,7 +9,6 @@ INFO persistence.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ import pytest
 import redis
 
 from tests.support.check_cli import run_check
+from tests.support.engines import ENGINES, server_executable
 from tests.support.redis_server import (
     CELERY_PASSWORD,
     PROBE_PASSWORD,
-    REDIS_SERVER,
     broker_config,
     free_port,
     running_redis,
@@ -34,11 +33,14 @@ KEYS = 40_000
 KEY_LOAD_DELAY_MICROSECONDS = 200  # about 8 s or more to load: the check runs well within it
 
 
-@pytest.fixture(scope="module")
-def rdb_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=ENGINES)
+def rdb_directory(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """Return a directory whose dump.rdb holds KEYS keys (saved on SIGTERM: `save` is on)."""
-    directory = tmp_path_factory.mktemp("loading")
-    with running_redis(broker_config(persistence="rdb"), directory=directory) as server:
+    engine = request.param
+    directory = tmp_path_factory.mktemp(f"loading-{engine}")
+    config = broker_config(persistence="rdb", engine=engine)
+    (directory / "engine").write_text(engine)
+    with running_redis(config, directory=directory, engine=engine) as server:
         client = server.client("celery", CELERY_PASSWORD)
         for start in range(0, KEYS, 1000):
             client.mset({f"key:{n}": b"v" * 64 for n in range(start, start + 1000)})
@@ -48,10 +50,10 @@ def rdb_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def loading_redis(directory: Path) -> Iterator[int]:
-    """Start redis-server on `directory`'s RDB, slowed down; yield its port once it says LOADING."""
+    """Start the RDB's own engine on `directory`, slowed down; yield its port once it is LOADING."""
     port = free_port()
     argv = [
-        shutil.which(REDIS_SERVER) or REDIS_SERVER,
+        server_executable((directory / "engine").read_text()),
         str(directory / "redis.conf"),
         *("--key-load-delay", str(KEY_LOAD_DELAY_MICROSECONDS)),
         *("--loading-process-events-interval-bytes", "1024"),

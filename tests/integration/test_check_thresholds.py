@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.check_cli import CheckRun, run_check
+from tests.support.engines import ENGINES
 from tests.support.redis_server import (
     PROBE_PASSWORD,
     RedisServer,
@@ -21,9 +22,10 @@ from tests.support.redis_server import (
 )
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with running_redis(broker_config(maxmemory="64mb")) as running:
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    engine = request.param
+    with running_redis(broker_config(maxmemory="64mb", engine=engine), engine=engine) as running:
         yield running
 
 

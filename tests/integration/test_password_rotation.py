@@ -21,6 +21,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 import redis
 from celery import Celery
 from celery.result import AsyncResult
@@ -33,6 +34,7 @@ from tests.support.broker_boot import (
     running_container,
 )
 from tests.support.celery_worker import running_worker, worker_argv, worker_env
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD
 
 OLD_PASSWORD = CELERY_PASSWORD
@@ -103,8 +105,9 @@ def blocked_consumers(server: BootedBroker) -> set[str]:
     return {c["id"] for c in clients if c["user"] == "celery" and c["cmd"] == "brpop"}
 
 
-def test_password_rotation_keeps_workers_consuming_and_loses_no_task(tmp_path: Path):
-    broker = rendered_broker("staging")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_password_rotation_keeps_workers_consuming_and_loses_no_task(tmp_path: Path, engine: str):
+    broker = rendered_broker("staging", engine)
     with ExitStack() as stack:
         server = stack.enter_context(booted_broker(broker, root=tmp_path / "pod"))
         stack.enter_context(

