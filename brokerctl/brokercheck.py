@@ -1510,6 +1510,7 @@ def _check_unacked(report: Report, state: BrokerState, visibility_timeout: float
 
 SENTINEL_DOWN_FLAGS = ("s_down", "o_down", "disconnected")
 REDIS_DEFAULT_MIN_REPLICAS_MAX_LAG = 10  # redis.conf's default, the bound when none is set
+SECOND_LOOK_SECONDS = 1.1  # a replica acknowledges every second: past one, it really is behind
 _REPLICA_INFO_KEY = re.compile(r"slave\d+")  # INFO replication: slave0:ip=...,port=...,lag=...
 
 
@@ -1542,6 +1543,23 @@ class Replication:
         """Return one loss-bound setting as a number, or None when CONFIG GET was refused."""
         value = _config_value(self.loss_bound, name)
         return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+    def good_replicas(self) -> int:
+        """Replicas that count towards min-replicas-to-write: online, lag within max-lag.
+
+        Redis reports the count (min_slaves_good_slaves) only while the bound is on; without
+        it they are counted the same way.
+        """
+        if isinstance(self.info, Exception):
+            return 0
+        if "min_slaves_good_slaves" in self.info:
+            return int(self.info["min_slaves_good_slaves"])
+        max_lag = self.setting("min-replicas-max-lag") or 0
+        return sum(
+            1
+            for row in self.replicas().values()
+            if row.get("state") == "online" and int(row.get("lag", 0)) <= max_lag
+        )
 
     def replicas(self) -> dict[str, Mapping[str, Any]]:
         """Replicas connected to the master (any state), by `host:port`."""
@@ -1636,6 +1654,7 @@ def check_sentinel(config: CheckConfig, report: Report, deadline: Deadline) -> s
     if not isinstance(replication, Replication):
         return url  # the connect check explains why the master did not answer
     bound = _replica_lag_bound(sentinel, replication)
+    replication = _second_look_if_behind(url, replication, answers, chosen, bound, deadline)
     healthy = _report_replicas(report, answers, chosen, replication, bound)
     _report_replica_count(
         report, healthy, len(_replica_names(answers, chosen, replication)), sentinel
@@ -1900,6 +1919,36 @@ def _report_quorum(report: Report, answers: Sequence[SentinelAnswer]) -> None:
     )
 
 
+def _second_look_if_behind(
+    url: str,
+    replication: Replication,
+    answers: Sequence[SentinelAnswer],
+    chosen: tuple[str, int],
+    bound: float,
+    deadline: Deadline,
+) -> Replication:
+    """Read replication again a second later when a replica looks behind; judge the later read.
+
+    Redis counts lag in whole seconds since a once-a-second acknowledgement, so a healthy
+    replica reads one second over now and then, and so may the master's count of good
+    replicas. A replica still behind a second later is behind; one that caught up was jitter.
+    """
+    rows = replication.replicas()
+    to_write = replication.setting("min-replicas-to-write") or 0
+    behind = (
+        any(name not in rows for name in _replica_names(answers, chosen, replication))
+        or any(
+            int(row.get("lag", 0)) > bound or row.get("state") != "online" for row in rows.values()
+        )
+        or replication.good_replicas() < to_write
+    )
+    if not behind:
+        return replication
+    time.sleep(min(SECOND_LOOK_SECONDS, deadline.remaining() / 4))
+    later = _read_replication(url, deadline)
+    return later if isinstance(later, Replication) else replication
+
+
 def _replica_lag_bound(sentinel: SentinelConfig, replication: Replication) -> float:
     """--max-replica-lag, else the lag the master itself tolerates (min-replicas-max-lag)."""
     if sentinel.max_replica_lag is not None:
@@ -2081,18 +2130,12 @@ def _report_writes(report: Report, replication: Replication) -> None:
             "writes", PASS, "accepted (no replica required: the loss bound is off)", expected
         )
         return
-    good = replication.info.get("min_slaves_good_slaves")
-    if good is None:  # Redis counts them only while the bound is on; count them alike
-        good = sum(
-            1
-            for row in replication.replicas().values()
-            if row.get("state") == "online" and int(row.get("lag", 0)) <= max_lag
-        )
+    good = replication.good_replicas()
     measured = (
-        f"{int(good)} good replicas (online, lag <= {max_lag} s) of {to_write} required by "
+        f"{good} good replicas (online, lag <= {max_lag} s) of {to_write} required by "
         "min-replicas-to-write"
     )
-    if int(good) >= to_write:
+    if good >= to_write:
         report.add("writes", PASS, f"accepted: {measured}", expected)
         return
     report.add(

@@ -25,6 +25,8 @@ from components.workers import WorkerPools
 COMPONENT = "broker-check"
 CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "brokerctl" / "brokercheck.py"
 SCRIPT_DIR = "/etc/brokercheck"
+SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a variable's name
+"""The Job's variable holding Sentinel's password (from the client Secret), topology sentinel."""
 
 
 def replicas_at_deploy(pool: PoolSettings) -> int:
@@ -59,7 +61,28 @@ def check_arguments(settings: StackSettings) -> list[str]:
     ]  # fmt: skip
     for pool in pools:
         args += ["--pool", f"{pool.name}={','.join(pool.queues)}:{replicas_at_deploy(pool)}"]
+    if settings.broker.topology == "sentinel":
+        args += sentinel_check_arguments(settings)
     return args
+
+
+def sentinel_check_arguments(settings: StackSettings) -> list[str]:
+    """Return what the check verifies behind Sentinel, from `broker.sentinel`.
+
+    Every replica of the StatefulSet must be connected, and none behind the lag the master
+    itself tolerates (a replica further behind no longer counts towards the loss bound). The
+    loss bound must be the configured one: the master may run another after a hand-made
+    CONFIG SET or a ConfigMap that never reached it.
+    """
+    sentinel = settings.broker.sentinel
+    return [
+        "--sentinel-master", sentinel.master_name,
+        "--sentinel-password-env", SENTINEL_PASSWORD_ENV,
+        "--expect-replicas", str(sentinel.replicas - 1),
+        "--max-replica-lag", str(sentinel.min_replicas_max_lag),
+        "--expect-min-replicas-to-write", str(sentinel.min_replicas_to_write),
+        "--expect-min-replicas-max-lag", str(sentinel.min_replicas_max_lag),
+    ]  # fmt: skip
 
 
 def check_revision(settings: StackSettings, script: str) -> str:
@@ -143,6 +166,8 @@ class BrokerCheck(pulumi.ComponentResource):
             secret.env(key, key)
             for key in (secret.check_url_key, secret.broker_url_key, secret.result_backend_key)
         ]
+        if secret.sentinel_password_key is not None:  # clients ask Sentinel for the master
+            env.append(secret.env(SENTINEL_PASSWORD_ENV, secret.sentinel_password_key))
         first_pool = settings.workers.pools[0]
         container = hardened_container(
             name="check",

@@ -2,8 +2,9 @@
 
 One master, two replicas and three Sentinels (quorum 2) run for the whole module, with the
 users the Sentinel design fixes and `min-replicas-to-write 1`; a stand-in worker reaches the
-master through Sentinel. Each test breaks one thing, runs the check as the Job does (URLs and
-Sentinel's password from the environment) and the `broker` fixture restores the topology.
+master through Sentinel. Each test breaks one thing and runs the check as the gate Job does:
+the arguments components/checks.py renders for a stack shaped like this broker, URLs and
+Sentinel's password from the environment. The `broker` fixture restores the topology after.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from components.checks import SENTINEL_PASSWORD_ENV, check_arguments
+from components.endpoint import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY
+from components.settings import StackSettings
 from tests.support.celery_worker import CeleryWorker, running_worker, worker_argv, worker_env
 from tests.support.check_cli import CheckRun, run_check
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
@@ -37,6 +41,7 @@ BROKER_CHECKS = {"connect", "default-user", "persistence", "persistence-status",
                  "maxmemory", "memory-usage", "backlog:celery", "unacked"}  # fmt: skip
 WORKER_CHECKS = {"workers", "pool:default", "canary:celery"}
 PASSWORDS = (PROBE_PASSWORD, CELERY_PASSWORD, SENTINEL_PASSWORD, ADMIN_PASSWORD)
+IMAGE = "registry.example.com/transcritor-pdf:1.0.0"
 
 
 @dataclass
@@ -68,24 +73,44 @@ def broker(deployment: Deployment) -> Iterator[SentinelBroker]:
     deployment.broker.restore()
 
 
-def sentinel_check(broker: SentinelBroker, *extra: str, expect_workers: int = 1) -> CheckRun:
-    """Run the check as the Job runs it: URLs and Sentinel's password from the environment."""
-    env = {
-        "BROKER_CHECK_URL": broker.url("probe", PROBE_PASSWORD, db=0),
-        "CELERY_BROKER_URL": broker.url("celery", CELERY_PASSWORD, db=0),
-        "CELERY_RESULT_BACKEND": broker.url("celery", CELERY_PASSWORD, db=1),
-        "BROKER_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+def gate_settings() -> StackSettings:
+    """Return the settings of a stack shaped like the module's broker (three Redis, one master)."""
+    return StackSettings.model_validate(
+        {
+            "kube_context": "test",
+            "ephemeral": True,  # persistence none, like the test broker
+            "broker": {
+                "persistence": "none",
+                "topology": "sentinel",
+                "sentinel": {
+                    "replicas": 3,
+                    "master_name": MASTER_NAME,
+                    "min_replicas_to_write": MIN_REPLICAS_TO_WRITE,
+                    "min_replicas_max_lag": MIN_REPLICAS_MAX_LAG,
+                },
+            },
+            "workers": {"pools": [{"name": "default", "image": IMAGE, "queues": ["celery"]}]},
+        },
+        strict=False,
+    )
+
+
+def job_environment(broker: SentinelBroker) -> dict[str, str]:
+    """Return the check Job's environment: the client Secret's URLs, Sentinel's password."""
+    return {
+        CHECK_URL_KEY: broker.url("probe", PROBE_PASSWORD, db=0),
+        BROKER_URL_KEY: broker.url("celery", CELERY_PASSWORD, db=0),
+        RESULT_BACKEND_KEY: broker.url("celery", CELERY_PASSWORD, db=1),
+        SENTINEL_PASSWORD_ENV: SENTINEL_PASSWORD,
     }
+
+
+def sentinel_check(broker: SentinelBroker, *extra: str, expect_workers: int = 1) -> CheckRun:
+    """Run the check as the gate Job does (its rendered arguments and environment), + `extra`."""
     return run_check(
-        *("--url-env", "BROKER_CHECK_URL", "--worker-url-env", "CELERY_BROKER_URL"),
-        *("--result-backend-env", "CELERY_RESULT_BACKEND"),
-        *("--sentinel-master", MASTER_NAME, "--sentinel-password-env", "BROKER_SENTINEL_PASSWORD"),
-        *("--expect-replicas", "2", "--expect-workers", str(expect_workers)),
-        *("--expect-min-replicas-to-write", str(MIN_REPLICAS_TO_WRITE)),
-        *("--expect-min-replicas-max-lag", str(MIN_REPLICAS_MAX_LAG)),
-        "--json",
-        *extra,
-        env=env,
+        *check_arguments(gate_settings()),
+        *("--expect-workers", str(expect_workers), "--json", *extra),
+        env=job_environment(broker),
     )
 
 
@@ -99,7 +124,7 @@ def assert_no_password(run: CheckRun) -> None:
         assert password not in run.output, f"a password was printed:\n{run.output}"
 
 
-def test_healthy_sentinel_broker_passes_every_check_on_its_master(broker: SentinelBroker) -> None:
+def test_healthy_sentinel_broker_passes_the_gate_jobs_every_check(broker: SentinelBroker) -> None:
     run = sentinel_check(broker)
 
     replicas = {f"replica:{broker.replica_address(i)}" for i in range(2)}

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from brokerctl import brokercheck
+from brokerctl import brokercheck, mockrun
+from components.stack_config import parse_stack_config
+from tests.unit.conftest import PROJECT_ROOT
 
 SENTINEL_PASSWORD = "sentinel-Pa55-Qz81"
 PROBE_PASSWORD = "probe-Pa55-X7mWz"
@@ -167,3 +169,55 @@ def test_sentinel_password_is_masked_wherever_it_appears() -> None:
     masked = config.masker()(f"AUTH failed for {SENTINEL_PASSWORD} at s0:26379")
 
     assert SENTINEL_PASSWORD not in masked, masked
+
+
+VARIANTS = PROJECT_ROOT / "tests" / "fixtures" / "render_variants"
+JOB = "kubernetes:batch/v1:Job"
+
+
+def gate_job_container(stack: str, config_dir: Path) -> dict:
+    """Return the check Job's container as the real program declares it under mocks."""
+    config, secret_keys = mockrun.read_stack_config(stack, config_dir)
+    run = mockrun.run_program(stack, config, secret_keys, config_dir)
+    (job,) = [resource for resource in run.resources if resource.type == JOB]
+    (container,) = job.inputs["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def option(args: list[str], name: str) -> str:
+    """Return the value following `name` in an argument list."""
+    return args[args.index(name) + 1]
+
+
+def test_sentinel_stack_gate_job_checks_replication_with_its_settings() -> None:
+    config, secret_keys = mockrun.read_stack_config("prod-sentinel", VARIANTS)
+    settings, _ = parse_stack_config(config, secret_keys, "Pulumi.prod-sentinel.yaml")
+    sentinel = settings.broker.sentinel
+
+    container = gate_job_container("prod-sentinel", VARIANTS)
+
+    args = container["args"]
+    assert option(args, "--sentinel-master") == sentinel.master_name, args
+    assert option(args, "--expect-replicas") == str(sentinel.replicas - 1), args
+    assert option(args, "--expect-min-replicas-to-write") == str(sentinel.min_replicas_to_write)
+    assert option(args, "--expect-min-replicas-max-lag") == str(sentinel.min_replicas_max_lag)
+    assert option(args, "--max-replica-lag") == str(sentinel.min_replicas_max_lag), args
+    variable = option(args, "--sentinel-password-env")
+    (password_env,) = [env for env in container["env"] if env["name"] == variable]
+    assert password_env["valueFrom"]["secretKeyRef"]["key"] == "BROKER_SENTINEL_PASSWORD", (
+        f"the Job must take Sentinel's password from the client Secret: {password_env}"
+    )
+    parsed = brokercheck.build_parser().parse_args(args)
+    assert parsed.sentinel_master == sentinel.master_name, "the check must accept the Job's args"
+
+
+def test_standalone_stack_gate_job_has_no_sentinel_option() -> None:
+    container = gate_job_container("dev", mockrun.CONFIG_DIR)
+
+    given = [
+        arg
+        for arg in container["args"]
+        if arg.startswith("--") and arg[2:].replace("-", "_") in brokercheck.SENTINEL_OPTIONS
+    ]
+    assert not given, f"a standalone broker's gate must not pass Sentinel options: {given}"
+    assert not [env for env in container["env"] if "SENTINEL" in env["name"]], container["env"]
