@@ -83,6 +83,8 @@ PASS, WARN, FAIL = "pass", "warn", "fail"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 PERSISTENCE_MODES = ("none", "rdb", "aof", "aof-always")
+ENGINES = ("redis", "valkey")
+"""Engines the broker may run; Valkey says `server_name:valkey` in INFO (Redis says nothing)."""
 URL_SCHEMES = ("redis", "rediss")
 SENTINEL_SCHEME = "sentinel"  # kombu's and Celery's: `sentinel://u:p@h0:26379/0;sentinel://...`
 SENTINEL_URL_SEPARATOR = ";"
@@ -424,6 +426,7 @@ class CheckConfig:
     memory_fail_percent: float = DEFAULT_MEMORY_FAIL_PERCENT
     canary: bool = True
     sentinel: SentinelConfig | None = None
+    expect_engine: tuple[str, str | None] | None = None
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -471,6 +474,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         choices=PERSISTENCE_MODES,
         metavar="MODE",
         help="none | rdb | aof | aof-always",
+    )
+    source.add_argument(
+        "--expect-engine",
+        type=_engine_spec,
+        metavar="ENGINE[:VERSION]",
+        help="the broker runs this engine (redis | valkey), at a version starting with VERSION "
+        "(default: stack output broker_engine, else any)",
     )
     source.add_argument(
         "--expect-workers",
@@ -566,6 +576,30 @@ def _add_sentinel_options(parser: argparse.ArgumentParser) -> None:
         help="the master's min-replicas-max-lag must be SECONDS (default: stack output "
         "min_replicas_max_lag, else more than 0)",
     )
+
+
+def _engine_spec(text: str) -> tuple[str, str | None]:
+    """Parse --expect-engine: `valkey`, or `valkey:9.1` with a dotted version."""
+    engine, _, version = text.partition(":")
+    if engine not in ENGINES or (version and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", version)):
+        msg = f"must be ENGINE[:VERSION] with ENGINE one of {', '.join(ENGINES)}, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return engine, version or None
+
+
+def _output_engine(outputs: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """Return the `broker_engine` output ({"engine", "version"}) as an expectation, if any."""
+    value = outputs.get("broker_engine")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("engine") not in ENGINES:
+        msg = (
+            f"{outputs['__origin__']}: output broker_engine is {value!r}; allowed: "
+            f'{{"engine": one of {", ".join(ENGINES)}, "version": "X.Y[.Z]"}}'
+        )
+        raise UsageError(msg)
+    version = value.get("version")
+    return str(value["engine"]), str(version) if version else None
 
 
 def _non_negative_int(text: str) -> int:
@@ -670,6 +704,7 @@ def config_from_args(
         memory_fail_percent=memory_fail,
         canary=not args.no_canary,
         sentinel=_sentinel_config(args, outputs, environ, broker_url),
+        expect_engine=args.expect_engine or _output_engine(outputs),
     )
 
 
@@ -1152,6 +1187,7 @@ def check_broker(config: CheckConfig, report: Report, deadline: Deadline) -> Bro
         return None
     finally:
         client.close()
+    _check_engine(report, state.info, config.expect_engine)
     _check_persistence(report, state, config.expect_persistence)
     _check_memory(report, state, config)
     _check_backlog(report, state, config)
@@ -1323,6 +1359,41 @@ def _command_error(report: Report, name: str, answer: Any, expected: str, grant:
         name, FAIL, f"{type(answer).__name__}: {answer}", expected, f"the check user needs {grant}"
     )
     return True
+
+
+def running_engine(info: Mapping[str, Any]) -> tuple[str, str]:
+    """Return (engine, version) from INFO: Valkey reports `redis_version:7.2.4` for old clients."""
+    if info.get("server_name") == "valkey":
+        return "valkey", str(info.get("valkey_version", "unknown"))
+    return "redis", str(info.get("redis_version", "unknown"))
+
+
+def _check_engine(report: Report, info: Any, expected: tuple[str, str | None] | None) -> None:
+    """Compare the running engine and version with the deployed one, when one is expected.
+
+    After an image change this tells whether the broker really rolled onto the new server.
+    """
+    if expected is None or isinstance(info, Exception):
+        return  # no expectation; a refused INFO is reported by the persistence check
+    engine, version = running_engine(info)
+    want_engine, want_version = expected
+    wanted = want_engine + (f" {want_version}" if want_version else "")
+    measured = f"{engine} {version}"
+    same_version = want_version is None or (
+        version.split(".")[: len(want_version.split("."))] == want_version.split(".")
+    )
+    if engine == want_engine and same_version:
+        report.add("engine", PASS, measured, wanted)
+        return
+    report.add(
+        "engine",
+        FAIL,
+        measured,
+        wanted,
+        "the broker runs another server than the stack deployed: its StatefulSet has not rolled "
+        "onto the new image yet (kubectl rollout status), or broker.engine_version does not "
+        "match what the image runs",
+    )
 
 
 def _persistence_mode(info: Mapping[str, Any], appendfsync: str | None, save: str | None) -> str:

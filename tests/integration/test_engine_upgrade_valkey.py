@@ -114,9 +114,17 @@ def test_redis_70_data_upgrades_to_valkey_91_and_the_check_passes(tmp_path: Path
                 *("--url", server.url("check", CHECK_PASSWORD)),
                 *("--worker-url", urls["celery"], "--result-backend", urls["results"]),
                 *("--expect-persistence", "aof", "--expect-workers", "1", "--json"),
+                *("--expect-engine", f"valkey:{deployed_output('valkey')['version']}"),
+            )
+            not_rolled = run_check(
+                *("--url", server.url("check", CHECK_PASSWORD), "--no-canary"),
+                *("--expect-workers", "0", "--expect-engine", "redis:7.0", "--json"),
             )
     assert sorted(line.split()[0] for line in ran) == sorted(labels), "each task runs once"
     assert check.returncode == 0, f"the check fails after the upgrade:\n{check.output}"
+    assert check.check("engine")["measured"].startswith("valkey 9.1"), check.stdout
+    assert not_rolled.returncode == 1, f"a broker still on the old engine passed:\n{not_rolled}"
+    assert not_rolled.statuses()["engine"] == "fail", not_rolled.stdout
 
 
 def test_valkey_91_data_is_refused_by_the_guard_and_by_redis_70(tmp_path: Path) -> None:

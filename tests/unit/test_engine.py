@@ -7,10 +7,12 @@ servers in tests/integration/test_engine_upgrade_valkey.py; here, what the model
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import pytest
 
+from brokerctl import brokercheck
 from components import redis_config
 from components.deployed import deployed_engine, engine_change_problem
 from components.engine import (
@@ -231,3 +233,38 @@ def test_what_the_guard_knows_decides(
 
 def test_a_stack_deployed_before_engines_were_recorded_keeps_redis_as_before() -> None:
     assert engine_change_problem(stack(image="redis:7.0.15"), None, "aof") is None
+
+
+# --- the check: which server answers ----------------------------------------------------------
+
+
+VALKEY_INFO = {"server_name": "valkey", "valkey_version": "9.1.2", "redis_version": "7.2.4"}
+REDIS_INFO = {"redis_version": "7.0.15"}
+
+
+@pytest.mark.parametrize(
+    ("info", "expected", "status"),
+    [
+        (VALKEY_INFO, ("valkey", "9.1"), "pass"),
+        (VALKEY_INFO, ("valkey", None), "pass"),
+        (VALKEY_INFO, ("redis", "7.2"), "fail"),  # Valkey's redis_version must not pass for Redis
+        (VALKEY_INFO, ("valkey", "9.10"), "fail"),
+        (REDIS_INFO, ("redis", "7.0.15"), "pass"),
+        (REDIS_INFO, ("valkey", "9.1.2"), "fail"),
+    ],
+)
+def test_the_check_compares_the_running_engine_with_the_deployed_one(
+    info: dict[str, str], expected: tuple[str, str | None], status: str
+) -> None:
+    report = brokercheck.Report("test", brokercheck.Masker())
+    brokercheck._check_engine(report, info, expected)
+    (result,) = report.checks
+    assert (result.name, result.status) == ("engine", status), result
+
+
+def test_expect_engine_takes_an_engine_and_a_dotted_version() -> None:
+    assert brokercheck._engine_spec("valkey:9.1") == ("valkey", "9.1")
+    assert brokercheck._engine_spec("redis") == ("redis", None)
+    for bad in ("keydb", "valkey:nine", "valkey:9.", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="ENGINE"):
+            brokercheck._engine_spec(bad)
