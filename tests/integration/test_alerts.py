@@ -7,26 +7,17 @@ for. promtool evaluates the real rule file; a missing promtool fails the test, n
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from components import metrics, redis_config
 from components.settings import StackSettings
+from tests.support import promtool_rules
+from tests.support.promtool_rules import FIXTURES, quiet
 
-FIXTURE = (
-    Path(__file__).resolve().parents[1]
-    / "fixtures"
-    / "exporter"
-    / "redis_exporter-v1.67.0-celery.prom"
-)
-SAMPLE = re.compile(r"^(?P<name>[a-z_:]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+FIXTURE = FIXTURES / "redis_exporter-v1.67.0-celery.prom"
 
 
 def stack() -> StackSettings:
@@ -51,18 +42,7 @@ def stack() -> StackSettings:
 
 def recorded(settings: StackSettings) -> dict[str, float]:
     """Return the fixture's samples by promtool series name (target labels added)."""
-    target = f'job="{metrics.metrics_service_name(settings)}",namespace="{settings.namespace}"'
-    series = {}
-    for line in FIXTURE.read_text().splitlines():
-        match = SAMPLE.match(line)
-        if not match or match["name"] == "redis_script_values":
-            continue
-        labels = "".join(
-            f',{key}="{value.encode("unicode_escape").decode()}"'
-            for key, value in LABEL.findall(match["labels"] or "")
-        )
-        series[f"{match['name']}{{{target}{labels}}}"] = float(match["value"])
-    return series
+    return promtool_rules.exporter_samples(FIXTURE, target(settings))
 
 
 def with_changes(base: dict[str, float], changes: dict[str, str]) -> list[dict[str, str]]:
@@ -81,46 +61,13 @@ def key(queue_key: str) -> str:
     return f'key="{queue_key.encode("unicode_escape").decode()}"'
 
 
-def quiet(eval_time: str, *alerts: str) -> list[dict[str, Any]]:
-    return [{"eval_time": eval_time, "alertname": alert, "exp_alerts": []} for alert in alerts]
-
-
 def fires(eval_time: str, alert: str, labels: dict[str, str]) -> dict[str, Any]:
     """One expected firing alert; its annotations are the rule's own (promtool compares them)."""
-    annotations = next(
-        rule["annotations"]
-        for group in metrics.alert_rules(stack())["groups"]
-        for rule in group["rules"]
-        if rule.get("alert") == alert and rule["labels"].get("pool") in (None, labels.get("pool"))
-    )
-    return {
-        "eval_time": eval_time,
-        "alertname": alert,
-        "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}],
-    }
+    return promtool_rules.fires(metrics.alert_rules(stack()), eval_time, alert, labels)
 
 
 def run_promtool(tmp_path: Path, settings: StackSettings, tests: list[dict[str, Any]]) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: scripts/bootstrap.sh --test installs Debian's prometheus"
-    (tmp_path / "rules.yml").write_text(
-        yaml.safe_dump(metrics.alert_rules(settings), sort_keys=False)
-    )
-    (tmp_path / "tests.yml").write_text(
-        yaml.safe_dump(
-            {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests},
-            sort_keys=False,
-        )
-    )
-    completed = subprocess.run(
-        [promtool, "test", "rules", "tests.yml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, f"promtool:\n{completed.stdout}\n{completed.stderr}"
+    promtool_rules.run_promtool(tmp_path, metrics.alert_rules(settings), tests)
 
 
 ALL_ALERTS = (
