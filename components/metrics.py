@@ -26,6 +26,11 @@ What Prometheus can see through it, and so what the alerts can say:
   consumes is therefore behavioural: tasks waited for longer than the pool's hard time limit
   and the queue never got shorter, which a live worker with prefetch 1 cannot allow.
 
+With `broker.topology: sentinel` every broker pod has its sidecar and Prometheus scrapes each
+pod as its own target (labelled `pod`): INFO's replication section tells each pod's role, the
+master's replicas with their state and lag, and each replica's link, from which the Sentinel
+alerts are made (`sentinel_rules`); alerts about tasks read the master's copy only.
+
 Everything here is a pure function of the settings except the two custom resources, which the
 broker component creates (with `parent=` itself) only with `metrics.prometheus_operator`.
 """
@@ -393,7 +398,7 @@ def _rule(
 
 
 def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
-    """Alerts about the broker itself: reachability, memory, connections, persistence."""
+    """Alerts about the broker: reachability, memory, connections, persistence, replication."""
     sel = _selector(settings)
     ratio = settings.metrics.memory_alert_ratio
     pending = _duration(3 * settings.metrics.scrape_interval_seconds)
@@ -438,7 +443,7 @@ def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
     ]
     if exporter_may_run_scripts():
         rules.append(oldest_unacked_rule(settings))
-    return rules + persistence_rules(settings)
+    return rules + persistence_rules(settings) + sentinel_rules(settings)
 
 
 def persistence_rules(settings: StackSettings) -> list[dict[str, Any]]:
@@ -532,7 +537,7 @@ def oldest_unacked_rule(settings: StackSettings) -> dict[str, Any]:
     delivered = f'redis_script_values{{{_selector(settings)},key="{OLDEST_UNACKED_KEY}"}}'
     return _rule(
         "CeleryTaskUnackedTooLong",
-        f"time() - {delivered} > {threshold}",
+        _on_masters(settings, f"time() - {delivered} > {threshold}"),
         duration=None,
         severity="warning",
         summary=(
@@ -548,25 +553,221 @@ def oldest_unacked_rule(settings: StackSettings) -> dict[str, Any]:
     )
 
 
+# --- the Sentinel topology: N broker pods, each its own scrape target ----------------------
+
+POD_LABELS = "namespace, job, pod"
+"""Labels naming one scraped broker pod, to match one pod's series with one another.
+
+The Prometheus Operator sets `pod` (and `instance`, the pod's IP and port) on every target of
+the ServiceMonitor; a StatefulSet pod keeps its name when it comes back, its IP not always.
+"""
+POD_ONLY_LABELS = "pod, instance"
+"""The target labels that differ between broker pods: dropped where a series must outlive a
+failover (a queue is the same queue whichever pod is master)."""
+RELEASE_LABELS = "namespace, job"
+"""Labels shared by every broker pod of one release: what counting pods groups by."""
+FAILOVER_WINDOW_MINUTES = 15
+"""How long CeleryBrokerFailover keeps firing after the master role moved."""
+
+
+def _replicated(settings: StackSettings) -> bool:
+    """Whether the broker runs as N Redis pods with Sentinels (`broker.topology: sentinel`)."""
+    return settings.broker.topology == "sentinel"
+
+
+def _masters(settings: StackSettings) -> str:
+    """One series per pod whose Redis reports role master (redis_exporter's `instance_info`)."""
+    return f'redis_instance_info{{{_selector(settings)},role="master"}}'
+
+
+def _on_masters(settings: StackSettings, expr: str) -> str:
+    """Return `expr` kept only on pods that report role master; standalone: `expr` unchanged.
+
+    A replica holds a copy of the master's lists, a stale one while its link is down, so
+    alerts about tasks read the master's: a frozen copy would look like a queue nobody consumes.
+    """
+    if not _replicated(settings):
+        return expr
+    return f"({expr}) and on ({POD_LABELS}) {_masters(settings)}"
+
+
+def _replication_pending(settings: StackSettings) -> str:
+    """Return a minute, at least two scrapes: one late acknowledgement is not an alert."""
+    return _duration(max(60, 2 * settings.metrics.scrape_interval_seconds))
+
+
+def sentinel_rules(settings: StackSettings) -> list[dict[str, Any]]:
+    """Alerts about replication and failover; only with `broker.topology: sentinel`.
+
+    Every broker pod is its own scrape target, and the pod of a lost node is not scraped at
+    all, so no rule waits for a lost pod's series: each reads what the survivors report (the
+    master's count of replicas, a replica's own link) or counts pods per release.
+    """
+    if not _replicated(settings):
+        return []
+    sel = _selector(settings)
+    sentinel = settings.broker.sentinel
+    scrape = settings.metrics.scrape_interval_seconds
+    masters = _masters(settings)
+    expected = sentinel.replicas - 1
+    window = f"{FAILOVER_WINDOW_MINUTES}m"
+    brief = _replication_pending(settings)
+    # Longer than Sentinels take to see a master down and promote a replica, so a failover
+    # (or the handover of a pod's restart) that ends well never raises these.
+    failover = _duration(
+        (sentinel.down_after_ms + sentinel.failover_timeout_ms) / 1000 + 2 * scrape
+    )
+    ask_sentinel = (
+        f"`SENTINEL get-master-addr-by-name {sentinel.master_name}` (redis-cli -p "
+        f"{sentinel.port}, the client Secret's BROKER_SENTINEL_PASSWORD)"
+    )
+    replicas_following = (
+        f"count by ({RELEASE_LABELS}) (count by ({RELEASE_LABELS}, master_host, master_port)"
+        f" (redis_slave_info{{{sel}}}))"
+    )
+    rules = [
+        _rule(
+            "CeleryBrokerNoMaster",
+            f"absent({masters})",
+            duration=failover,
+            severity="critical",
+            summary=(
+                "No broker pod reports the master role (or the master's exporter is not "
+                "scraped): nothing can publish or fetch a task."
+            ),
+            runbook=(
+                f"Ask a Sentinel: {ask_sentinel}; the sentinel containers' logs show +odown, "
+                "failover-abort or no quorum (fewer than broker.sentinel.quorum Sentinels "
+                "reachable); if they name a master, check that pod's redis and exporter."
+            ),
+        ),
+        _rule(
+            "CeleryBrokerSplitBrain",
+            f"count by ({RELEASE_LABELS}) ({masters}) > 1 or {replicas_following} > 1",
+            duration=failover,
+            severity="critical",
+            summary=(
+                "More than one broker pod reports the master role, or replicas follow "
+                "different masters: the Sentinels disagree, and tasks published to a master "
+                "they demote are lost."
+            ),
+            runbook=(
+                f"Ask every Sentinel: {ask_sentinel}, and compare; a master cut off from the "
+                "others keeps its role until it sees them again (min_replicas_to_write stops "
+                "its writes). If it lasts after the network heals, delete the master pod the "
+                "Sentinels do not name: it comes back as a replica."
+            ),
+        ),
+        _rule(
+            "CeleryBrokerFailover",
+            (
+                f"count by ({RELEASE_LABELS}) (count by ({POD_LABELS})"
+                f" (max_over_time({masters}[{window}]))) > 1"
+            ),
+            duration=None,
+            severity="info",
+            summary=(
+                f"The master role moved to another broker pod within the last {window}: a "
+                "failover, or the handover of the master pod's restart."
+            ),
+            runbook=(
+                "Find why the old master left (kubectl get events, its node, the sentinel logs' "
+                "+switch-master); clients follow through Sentinel. Publishes acknowledged in "
+                "its last broker.sentinel.min_replicas_max_lag seconds may be missing."
+            ),
+        ),
+        _rule(
+            "CeleryBrokerReplicaDown",
+            f"redis_connected_slaves{{{sel}}} < {expected} and on ({POD_LABELS}) {masters}",
+            duration=brief,
+            severity="warning",
+            summary=(
+                f"The master has fewer than {expected} replicas connected: fewer copies of "
+                "the queues, and fewer pods a failover can promote."
+            ),
+            runbook=(
+                "kubectl -n NS get pod -l app.kubernetes.io/name=redis -o wide: a Pending "
+                "replica needs a node of its own (broker.sentinel.spread), a crashing one its "
+                "logs; INFO replication on the master lists the connected ones. "
+                "Expected: broker.sentinel.replicas - 1."
+            ),
+        ),
+        _rule(
+            "CeleryBrokerReplicationBroken",
+            f"redis_master_link_up{{{sel}}} == 0",
+            duration=brief,
+            severity="warning",
+            summary=(
+                "A replica's link to its master is down: it copies nothing and cannot take over."
+            ),
+            runbook=(
+                "The replica's redis log says why: the replicator user's password or ACL "
+                "(NOAUTH, NOPERM), the master_host label not resolving, TLS, or a full resync "
+                "failing again and again (output buffer, disk)."
+            ),
+        ),
+    ]
+    if sentinel.min_replicas_to_write > 0:
+        rules.append(writes_refused_rule(settings))
+    return rules
+
+
+def writes_refused_rule(settings: StackSettings) -> dict[str, Any]:
+    """Return the alert for a master that refuses writes because too few replicas keep up.
+
+    Redis counts a replica towards `min-replicas-to-write` while it is online and acknowledged
+    within `min-replicas-max-lag` seconds; INFO shows each replica's state and lag, which the
+    exporter exports per replica, so the rule counts the same way. A master with no replica
+    has no such series at all: its count is 0, taken from `redis_connected_slaves`.
+    """
+    sel = _selector(settings)
+    sentinel = settings.broker.sentinel
+    good = (
+        "sum without (slave_ip, slave_port, slave_state) ("
+        f'redis_connected_slave_lag_seconds{{{sel},slave_state="online"}}'
+        f" <= bool {sentinel.min_replicas_max_lag})"
+    )
+    return _rule(
+        "CeleryBrokerWritesRefused",
+        (
+            f"({good} or 0 * redis_connected_slaves{{{sel}}})"
+            f" < {sentinel.min_replicas_to_write} and on ({POD_LABELS}) {_masters(settings)}"
+        ),
+        duration=_replication_pending(settings),
+        severity="critical",
+        summary=(
+            "The master has fewer replicas acknowledging within "
+            f"{sentinel.min_replicas_max_lag} s than min_replicas_to_write "
+            f"({sentinel.min_replicas_to_write}): it answers NOREPLICAS to every publish."
+        ),
+        runbook=(
+            "Bring replicas back (CeleryBrokerReplicaDown, CeleryBrokerReplicationBroken). "
+            "In an emergency lower broker.sentinel.min_replicas_to_write (0: off) and pulumi "
+            "up, knowing that a master cut off from its replicas then keeps taking tasks that "
+            "a failover throws away."
+        ),
+    )
+
+
 def recording_rules(settings: StackSettings) -> list[dict[str, Any]]:
     """Each queue's depth with its priority lists summed, as one series labelled `queue`."""
     sizes = (
         f'redis_key_size{{{_selector(settings)},db="db{settings.broker.broker_db}",'
         f"key=~`({_alternatives(configured_queues(settings))}){PRIORITY_SUFFIX}`}}"
     )
-    return [
-        {
-            "record": QUEUE_DEPTH_RECORD,
-            "expr": (
-                f'sum without (key) (label_replace({sizes}, "queue", "$1", "key", '
-                f"`(.+?){PRIORITY_SUFFIX}`))"
-            ),
-        }
-    ]
+    depth = (
+        f'sum without (key) (label_replace({sizes}, "queue", "$1", "key", '
+        f"`(.+?){PRIORITY_SUFFIX}`))"
+    )
+    if _replicated(settings):
+        # Replicas hold copies of the same lists (stale ones when their link is down): count
+        # the master's, and drop the pod so a queue keeps one series across a failover.
+        depth = f"max without ({POD_ONLY_LABELS}) ({_on_masters(settings, depth)})"
+    return [{"record": QUEUE_DEPTH_RECORD, "expr": depth}]
 
 
 def broker_alert_groups(settings: StackSettings) -> list[dict[str, Any]]:
-    """Return the broker's own rule group: reachability, memory, connections, persistence."""
+    """Return the broker's own rule group: reachability, memory, persistence, replication."""
     release = naming.release(settings)
     return [{"name": f"{release}-celery-broker.alerts", "rules": broker_rules(settings)}]
 

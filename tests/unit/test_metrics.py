@@ -142,8 +142,9 @@ def test_unacked_script_and_alert_appear_only_when_the_exporter_may_eval(
     ]
 
 
-def test_every_alert_has_a_runbook_line_and_only_this_release_is_selected() -> None:
-    settings = stack()
+@pytest.mark.parametrize("topology", ["standalone", "sentinel"])
+def test_every_alert_has_a_runbook_line_and_only_this_release_is_selected(topology: str) -> None:
+    settings = stack(broker={"topology": topology})
     for group in metrics.alert_rules(settings)["groups"]:
         for rule in group["rules"]:
             assert 'job="celery-broker-metrics",namespace="celery"' in rule["expr"], rule
@@ -199,3 +200,55 @@ def test_crd_validator_rejects_a_wrong_object(tmp_path: Path) -> None:
 def test_crd_validator_refuses_an_unknown_api_group(tmp_path: Path) -> None:
     with pytest.raises(CrdSchemaError, match="no schema package"):
         validate_custom_resources([{"apiVersion": "example.com/v1", "kind": "Thing"}], tmp_path)
+
+
+SENTINEL_ALERTS = {
+    "CeleryBrokerNoMaster",
+    "CeleryBrokerSplitBrain",
+    "CeleryBrokerFailover",
+    "CeleryBrokerReplicaDown",
+    "CeleryBrokerReplicationBroken",
+    "CeleryBrokerWritesRefused",
+}
+
+
+def alerts_by_name(settings: StackSettings) -> dict[str, dict[str, Any]]:
+    return {
+        rule["alert"]: rule
+        for group in metrics.alert_rules(settings)["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+
+def sentinel_stack(**sentinel: Any) -> StackSettings:
+    return stack(broker={"topology": "sentinel", "sentinel": sentinel})
+
+
+def test_replication_alerts_exist_only_with_the_sentinel_topology() -> None:
+    standalone = metrics.alert_rules(stack())
+    assert not SENTINEL_ALERTS & set(alerts_by_name(stack())), "standalone has no replicas"
+    assert "redis_instance_info" not in json.dumps(standalone), (
+        "standalone rules must not depend on the role a Redis reports"
+    )
+    assert SENTINEL_ALERTS <= set(alerts_by_name(sentinel_stack()))
+    assert alerts_by_name(sentinel_stack())["CeleryBrokerFailover"]["labels"]["severity"] == "info"
+
+
+def test_refused_writes_alert_exists_only_while_the_loss_bound_is_on() -> None:
+    names = set(alerts_by_name(sentinel_stack(min_replicas_to_write=0)))
+    assert "CeleryBrokerWritesRefused" not in names, "with the bound off nothing refuses writes"
+    assert SENTINEL_ALERTS - {"CeleryBrokerWritesRefused"} <= names
+
+
+def test_replication_alerts_take_their_thresholds_from_the_sentinel_settings() -> None:
+    rules = alerts_by_name(
+        sentinel_stack(replicas=5, min_replicas_to_write=3, min_replicas_max_lag=4)
+    )
+    assert "redis_connected_slaves{" in rules["CeleryBrokerReplicaDown"]["expr"]
+    assert " < 4 and on (namespace, job, pod) " in rules["CeleryBrokerReplicaDown"]["expr"], (
+        "five pods: the master should have four replicas"
+    )
+    refused = rules["CeleryBrokerWritesRefused"]["expr"]
+    assert "<= bool 4)" in refused, f"lag bound not min_replicas_max_lag: {refused}"
+    assert ") < 3 and on (namespace, job, pod) " in refused, f"not min_replicas_to_write: {refused}"
