@@ -121,3 +121,20 @@ def test_alert_table_lists_every_alert_of_every_persistence_mode():
     table = alerts_markdown(stack_settings("dev"), "dev")
     for name in names:
         assert f"| {name} |" in table
+
+
+def test_alert_table_lists_the_sentinel_alerts_of_any_stack():
+    """A standalone stack's table still lists what a move to `topology: sentinel` would raise."""
+    names = {rule["alert"] for rule in every_alert(stack_settings("dev"))}
+    prod = stack_settings("prod")
+    sentinel = prod.broker.sentinel.model_copy(update={"min_replicas_to_write": 1})
+    broker = prod.broker.model_copy(update={"topology": "sentinel", "sentinel": sentinel})
+    variant = prod.model_copy(update={"broker": broker})
+    sentinel_names = {
+        rule["alert"]
+        for group in metrics.alert_rules(variant)["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert sentinel_names - names == set(), "README's alert table lacks Sentinel alerts"
+    assert "CeleryBrokerWritesRefused" in sentinel_names
