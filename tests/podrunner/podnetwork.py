@@ -80,7 +80,8 @@ class BridgeNetwork:
         self.prefix = network.prefixlen
         self.gateway = hosts[0]
         self.pool = hosts[1:]
-        self.cursor = 0
+        self.pool_set = set(self.pool)
+        self.cursors: dict[str | None, int] = {}
         self.sequence = itertools.count()
         self.interfaces: list[PodInterface] = []
         self.lock = threading.Lock()
@@ -89,21 +90,44 @@ class BridgeNetwork:
         ip(hub, "addr", "add", f"{self.gateway}/{self.prefix}", "dev", BRIDGE)
         ip(hub, "link", "set", BRIDGE, "up")
 
-    def allocate(self) -> tuple[int, str]:
-        """Return a fresh sequence number and the next free address after the last one given."""
+    def allocate(self, within: str | None = None) -> tuple[int, str]:
+        """Return a fresh sequence number and the next free address after the last one given.
+
+        within (a CIDR inside the subnet) limits the choice to that range: a node's pod CIDR
+        when several nodes share the bridge (tests/realengine/pod_network.py).
+        """
+        pool = self.pool if within is None else self.range_of(within)
         with self.lock:
             in_use = {interface.address for interface in self.interfaces}
-            for step in range(len(self.pool)):
-                address = self.pool[(self.cursor + step) % len(self.pool)]
+            cursor = self.cursors.get(within, 0)
+            for step in range(len(pool)):
+                address = pool[(cursor + step) % len(pool)]
                 if address not in in_use:
-                    self.cursor = (self.cursor + step + 1) % len(self.pool)
+                    self.cursors[within] = (cursor + step + 1) % len(pool)
                     return next(self.sequence), address
-        msg = f"pod network: all {len(self.pool)} addresses are in use (choose a larger subnet)"
+        where = f"{within} of the pod network" if within else "the pod network"
+        msg = f"{where}: all {len(pool)} addresses are in use (choose a larger subnet)"
         raise PodRunnerError(msg)
 
-    def attach(self) -> PodInterface:
-        """Create a pod's namespace, wire it to the bridge and give it an address."""
-        sequence, address = self.allocate()
+    def range_of(self, within: str) -> list[str]:
+        """Pod addresses of a CIDR inside the subnet (never the gateway); an error otherwise."""
+        try:
+            network = ipaddress.IPv4Network(within)
+        except ValueError as exc:
+            msg = f"pod address range {within!r}: {exc}"
+            raise PodRunnerError(msg) from exc
+        pool = [str(address) for address in network.hosts() if str(address) in self.pool_set]
+        if not pool:
+            msg = f"pod address range {within!r} holds no address of the bridge's subnet"
+            raise PodRunnerError(msg)
+        return pool
+
+    def attach(self, within: str | None = None) -> PodInterface:
+        """Create a pod's namespace, wire it to the bridge and give it an address.
+
+        within: see allocate (a node's range of the shared subnet).
+        """
+        sequence, address = self.allocate(within)
         interface = PodInterface(
             NetworkNamespace(f"{self.hub.name}-pod{sequence}"), address, f"pod{sequence}"
         )

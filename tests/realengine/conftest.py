@@ -1,5 +1,10 @@
 """Fixtures of the real-engine tests: one control plane per session, stacks in project copies.
 
+Two clusters, each made once per session and only when a test asks for it:
+- `control_plane` with its one `node` (every stack lifecycle test; pods share one network);
+- `three_nodes`: a control plane of its own with node-a, node-b and node-c on one pod network
+  (tests/realengine/multinode.py), for what needs several nodes: spreading, drains, PDBs.
+
 These tests need the toolchain that scripts/toolchain.sh builds (make test runs it first),
 Debian's etcd and openssl. They FAIL when one is missing, never skip.
 """
@@ -12,11 +17,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.podrunner import Backoff
+from tests.podrunner import Backoff, LocalImage
 from tests.realengine.controlplane import ControlPlane
 from tests.realengine.engine import RealStack, copy_project
 
 if TYPE_CHECKING:
+    from tests.realengine.multinode import MultiNodeCluster
     from tests.realengine.node_agent import NodeAgent
 
 REAL_ENGINE_TEST_TIMEOUT = 1500
@@ -56,6 +62,37 @@ def node(
     with NodeAgent(control_plane, images, root / "node", backoff=Backoff(0.5, 5)) as agent:
         agent.create_storage_class("standard", default=True)
         yield agent
+
+
+MULTI_NODE_TIME_SCALE = 0.5
+"""Probe periods x0.5 on the three nodes: a rolled or moved broker pod is ready sooner."""
+
+
+@pytest.fixture(scope="session")
+def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeCluster]:
+    """Run a second control plane with three nodes on one pod network and shared storage.
+
+    Its own control plane, so that the single `node` of the lifecycle tests (another network)
+    never receives a pod of a multi-node test, nor the other way round. The image table is the
+    stand-in stack's, plus `busybox` (the host's sh) for the harness's own tests.
+    """
+    from tests.realengine.deployed import stand_in_images
+    from tests.realengine.multinode import MultiNodeCluster
+
+    root = tmp_path_factory.mktemp("three-nodes")
+    images = {**stand_in_images(root), "busybox": LocalImage(entrypoint=(), cmd=("sh",))}
+    with (
+        ControlPlane(root / "control-plane", context=CONTEXT) as cluster,
+        MultiNodeCluster(
+            cluster,
+            images,
+            root / "nodes",
+            time_scale=MULTI_NODE_TIME_SCALE,
+            backoff=Backoff(0.5, 5),
+        ) as nodes,
+    ):
+        nodes.create_storage_class("standard", default=True)
+        yield nodes
 
 
 def new_stack(

@@ -13,11 +13,21 @@ not pass its real probes.
         cluster.kubectl("apply", "-f", manifests)
         node.pod("broker-0", "celery").exec(["redis-cli", "ping"])
 
-Networking: every pod lives in one network namespace the agent creates (as in the pod runner):
-Service names resolve to 127.0.0.1 through each pod's /etc/hosts (rewritten as Services come
-and go), and each pod gets its own pod IP from 10.244.0.0/16, which is local to that namespace
-(assigned to its loopback), so Endpoints and EndpointSlices get real, reachable addresses. The
-agent itself runs in the root namespace and talks to the API server on loopback.
+Networking, one node (the default): every pod lives in one network namespace the agent creates
+(as in the pod runner): Service names resolve to 127.0.0.1 through each pod's /etc/hosts
+(rewritten as Services come and go), and each pod gets its own pod IP from 10.244.0.0/16, which
+is local to that namespace (assigned to its loopback), so Endpoints and EndpointSlices get real,
+reachable addresses. The agent itself runs in the root namespace and talks to the API server on
+loopback.
+
+Networking, several nodes (`network=PodNetwork`, see pod_network.py and multinode.py): each pod
+gets its own network namespace and an address from the node's pod CIDR on a bridge every node
+shares, and names resolve as cluster DNS answers them from the real EndpointSlices, so pods on
+different nodes listen on the same port and find each other by per-pod names.
+
+Cordon and drain are the API server's and kubectl's: the scheduler stops binding to a cordoned
+node, and an eviction (checked against PodDisruptionBudgets by the API server) is a graceful
+deletion, which the agent honours like any other (preStop, SIGTERM, the grace period).
 
 Every API call is bounded by a timeout; the agent polls (lists) rather than watches, which
 keeps it independent of the API server's watch-list support on older etcd.
@@ -44,7 +54,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import yaml
 
@@ -61,6 +71,7 @@ from tests.podrunner.kubelet import Container, kill_pods_now
 from tests.podrunner.logserver import LogServer
 from tests.podrunner.network import hosts_file_text, service_dns_names
 from tests.podrunner.objects import config_map_bytes
+from tests.podrunner.podnetwork import PodInterface
 from tests.podrunner.policy import POD_SPEC, check
 from tests.podrunner.runtime import (
     ExecResult,
@@ -71,6 +82,9 @@ from tests.podrunner.runtime import (
     sweep_stale_clusters,
 )
 from tests.realengine.storage import HostPathProvisioner, storage_class
+
+if TYPE_CHECKING:
+    from tests.realengine.pod_network import PodNetwork
 
 API_TIMEOUT = 10.0
 """Seconds any one API call may take."""
@@ -327,6 +341,8 @@ class PodRecord:
     """Why a pod could not be run at all (ErrImagePull, CreateContainerConfigError)."""
     waiting_message: str = ""
     deletion_grace: float | None = None
+    interface: PodInterface | None = None
+    """The pod's own network (several nodes sharing a PodNetwork); None on a single node."""
     reported: dict | None = None
     transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -497,6 +513,11 @@ class NodeAgent:
     capacity: what the Node advertises (cpu, memory, pods); the scheduler fits requests to it.
     volume_sync_seconds: how often mounted ConfigMaps/Secrets are refreshed (the kubelet's sync
         period is about a minute; tests want seconds).
+    network: the pod network this node shares with others (pod_network.PodNetwork); without
+        one the node's pods share one network namespace of its own.
+    pod_cidr: the node's range of pod addresses (spec.podCIDR; within the network's subnet).
+    provisions_storage: whether this node provisions claims of its StorageClasses (node-local
+        volumes); a cluster of several nodes provisions volumes any node mounts instead.
     """
 
     def __init__(
@@ -510,6 +531,9 @@ class NodeAgent:
         backoff: Backoff | None = None,
         capacity: Mapping[str, str] | None = None,
         volume_sync_seconds: float = 2.0,
+        network: PodNetwork | None = None,
+        pod_cidr: str = POD_CIDR,
+        provisions_storage: bool = True,
     ) -> None:
         """Prepare the agent; start() registers the Node and starts running pods."""
         self.api = ApiClient(cluster.kubeconfig)
@@ -521,6 +545,9 @@ class NodeAgent:
         self.backoff = backoff or Backoff()
         self.capacity = dict(capacity or {"cpu": "32", "memory": "128Gi", "pods": "110"})
         self.volume_sync_seconds = volume_sync_seconds
+        self.network = network
+        self.pod_cidr = pod_cidr
+        self.provisions_storage = provisions_storage
         self.storage = HostPathProvisioner(self.api, self.root / "volumes", name)
         self.records: dict[str, PodRecord] = {}
         self.lock = threading.RLock()
@@ -564,19 +591,24 @@ class NodeAgent:
         atexit.register(self.close)
         # Namespaces and state of test processes that were killed before they could clean up.
         sweep_stale_clusters(Path(tempfile.gettempdir()))
-        self.netns_handle = NetworkNamespace()
-        run_quietly(
-            ["ip", "-n", self.netns_handle.name, "addr", "add", "10.244.0.1/16", "dev", "lo"]
-        )
+        if self.network is None:
+            self.netns_handle = NetworkNamespace()
+            run_quietly(
+                ["ip", "-n", self.netns_handle.name, "addr", "add", "10.244.0.1/16", "dev", "lo"]
+            )
+        else:
+            self.network.join(self)
         # `kubectl logs` reaches pods through the API server, which calls the node's kubelet.
         self.log_server = LogServer(self.find_container, self.root / "kubelet-pki")
         self.register_node()
-        for target, what in (
+        loops = [
             (self.heartbeat_loop, "heartbeat"),
             (self.pod_loop, "pods"),
             (self.volume_loop, "volumes"),
-            (self.storage_loop, "storage"),
-        ):
+        ]
+        if self.provisions_storage:
+            loops.append((self.storage_loop, "storage"))
+        for target, what in loops:
             thread = threading.Thread(
                 target=self.guarded(target, what), name=f"node-{what}", daemon=True
             )
@@ -607,9 +639,14 @@ class NodeAgent:
         self.stopping.set()
         for thread in self.threads:
             thread.join(timeout=15)
+        if self.network is not None:
+            self.network.leave(self)
         with self.lock:
-            pods = [r.pod for r in self.records.values() if r.pod is not None]
-        kill_pods_now(pods)
+            records = list(self.records.values())
+        kill_pods_now([r.pod for r in records if r.pod is not None])
+        for record in records:
+            if record.interface is not None and self.network is not None:
+                self.network.detach(record.interface)
         for forward in self.forwards:
             forward.close()
         if self.log_server is not None:
@@ -678,7 +715,7 @@ class NodeAgent:
                     "kubernetes.io/arch": "amd64",
                 },
             },
-            "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+            "spec": {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]},
             "status": self.node_status(),
         }
         self.api.create("/api/v1/nodes", node)
@@ -726,7 +763,9 @@ class NodeAgent:
     # -- what pods ask of their node (tests/podrunner/kubelet.Node) ------------------------
     @property
     def netns(self) -> NetworkNamespace:
-        """The pods' network namespace; the agent must be started."""
+        """The pods' network namespace (a shared network's hub); the agent must be started."""
+        if self.network is not None:
+            return self.network.namespace
         if self.netns_handle is None:
             msg = "the node agent is not started"
             raise PodRunnerError(msg)
@@ -740,12 +779,20 @@ class NodeAgent:
         aliases: list[dict],
         pod_ip: str = "127.0.0.1",
     ) -> str:
-        """Return a pod's /etc/hosts from the Services and StatefulSets the API server has."""
+        """Return a pod's /etc/hosts from the Services and StatefulSets the API server has.
+
+        With a shared network: from the EndpointSlices, as cluster DNS answers (pod_network.py).
+        """
+        if self.network is not None:
+            return self.network.hosts_text(namespace, hostname, fqdn, aliases, pod_ip)
         names = service_dns_names(self.services, self.statefulsets, namespace)
         return hosts_file_text(names, hostname, fqdn, aliases, pod_ip)
 
     def service_links(self, namespace: str) -> dict[str, str]:
         """Service link variables of a namespace, from the Services the API server has."""
+        if self.network is not None:
+            services = [s for s in self.network.services if s["metadata"]["namespace"] == namespace]
+            return service_link_variables(services, self.network.service_address)
         return service_link_variables(
             [s for s in self.services if s["metadata"]["namespace"] == namespace]
         )
@@ -761,7 +808,8 @@ class NodeAgent:
     # -- pods ------------------------------------------------------------------------------
     def pod_loop(self) -> None:
         """One sync: start new pods, honour deletions, report every pod's status."""
-        if time.monotonic() - self.last_objects_sync >= OBJECTS_SYNC_SECONDS:
+        stale = time.monotonic() - self.last_objects_sync >= OBJECTS_SYNC_SECONDS
+        if self.network is None and stale:  # a shared network follows Services itself
             self.services = self.api.list("/api/v1/services")
             self.statefulsets = self.api.list("/apis/apps/v1/statefulsets")
             self.last_objects_sync = time.monotonic()
@@ -786,12 +834,14 @@ class NodeAgent:
     def admit(self, server_pod: dict) -> PodRecord:
         """Start running a newly bound pod (or record why it cannot run)."""
         metadata, spec = server_pod["metadata"], server_pod["spec"]
+        interface = None if self.network is None else self.network.attach(self.pod_cidr)
         record = PodRecord(
             uid=metadata["uid"],
             namespace=metadata["namespace"],
             name=metadata["name"],
-            ip=next(self.addresses),
+            ip=next(self.addresses) if interface is None else interface.address,
             started=time.time(),
+            interface=interface,
         )
         where = f"Pod {record.where}"
         try:
@@ -803,7 +853,12 @@ class NodeAgent:
             pod_dir = self.root / "pods" / f"{record.namespace}_{record.name}_{record.uid}"
             try:
                 record.pod = Pod(
-                    self, manifest, pod_dir, pod_owner(server_pod), (record.ip, NODE_IP)
+                    self,
+                    manifest,
+                    pod_dir,
+                    pod_owner(server_pod),
+                    (record.ip, NODE_IP),
+                    None if interface is None else interface.netns,
                 )
             except PodRunnerError as error:
                 # The image table is this node's registry: an image not in it cannot be pulled.
@@ -869,6 +924,8 @@ class NodeAgent:
             return  # forgotten at a later sync, when the pod has finished
         with self.lock:
             self.records.pop(record.uid, None)
+        if record.interface is not None and self.network is not None:
+            self.network.detach(record.interface)
         self.store.forget_pod(record.uid)
         if pod is not None:
             shutil.rmtree(pod.dir, ignore_errors=True)
@@ -953,11 +1010,20 @@ class NodeAgent:
         namespace: str | None = None,
     ) -> ExecResult:
         """Run a command as root in the pod network, Service names resolving as in a pod."""
+        if self.network is not None:
+            return self.network.run_in_netns(argv, timeout, env, namespace)
         hosts = self.hosts_file(namespace, None, None, [])
         return run_client(self.netns, hosts, self.root, argv, timeout, env)
 
     def host_port(self, port: int) -> int:
-        """Return a port on the test process's 127.0.0.1 forwarding into the pod network."""
+        """Return a port on the test process's 127.0.0.1 forwarding into the pod network.
+
+        On a single node only (pods share its loopback); with a shared network a port belongs to
+        a pod: see MultiNodeCluster.pod_port.
+        """
+        if self.network is not None:
+            msg = "host_port needs the single-node network; use MultiNodeCluster.pod_port"
+            raise PodRunnerError(msg)
         forward = PortForward(self.netns, port)
         self.forwards.append(forward)
         return forward.port

@@ -8,6 +8,13 @@ controller then binds them. A Released volume is deleted with its data when its 
 is Delete and kept when it is Retain. A claim grown in a class with allowVolumeExpansion is
 resized (capacity only: a directory has no size to enforce). Claim data survives pod deletion
 and rescheduling, because the volume outlives every pod that mounts it.
+
+Two kinds, as clusters have them:
+- node-local (PROVISIONER, one provisioner per node agent): the volume is pinned to its node
+  (PV nodeAffinity), like a local disk; a pod that uses it can only run there.
+- attachable anywhere (SHARED_PROVISIONER, one provisioner for a cluster of several nodes):
+  no node affinity, like a cloud block volume that follows its pod to another node. All
+  nodes are folders on this one machine, so every node can mount every such volume.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ if TYPE_CHECKING:
     from tests.realengine.node_agent import ApiClient
 
 PROVISIONER = "podrunner.local/hostpath"
-"""The `provisioner` of StorageClasses whose claims the node agent provisions."""
+"""The `provisioner` of StorageClasses whose claims the node agent provisions (node-local)."""
+SHARED_PROVISIONER = "podrunner.local/shared"
+"""The `provisioner` of StorageClasses whose volumes any node mounts (multinode.py)."""
 
 PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
@@ -39,14 +48,15 @@ def storage_class(
     reclaim_policy: str = "Delete",
     binding_mode: str = "Immediate",
     allow_expansion: bool = True,
+    provisioner: str = PROVISIONER,
 ) -> dict:
-    """Return a StorageClass whose claims the node agent provisions."""
+    """Return a StorageClass whose claims the node agent (or the shared provisioner) provisions."""
     annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
         "metadata": {"name": name, "annotations": annotations},
-        "provisioner": PROVISIONER,
+        "provisioner": provisioner,
         "reclaimPolicy": reclaim_policy,
         "volumeBindingMode": binding_mode,
         "allowVolumeExpansion": allow_expansion,
@@ -54,27 +64,32 @@ def storage_class(
 
 
 class HostPathProvisioner:
-    """Provision, resize and reclaim hostPath volumes for one node; resolve claims to folders."""
+    """Provision, resize and reclaim hostPath volumes; resolve claims to folders.
 
-    def __init__(self, api: ApiClient, root: Path, node_name: str) -> None:
+    node_name: the node whose local volumes these are; None for volumes any node mounts
+    (classes of SHARED_PROVISIONER, no node affinity).
+    """
+
+    def __init__(self, api: ApiClient, root: Path, node_name: str | None) -> None:
         """Volumes live under root (one folder per volume, named after it)."""
         self.api = api
         self.root = root
         self.node_name = node_name
+        self.provisioner = PROVISIONER if node_name is not None else SHARED_PROVISIONER
 
     def sync(self) -> None:
         """One pass: provision pending claims, resize grown ones, reclaim released volumes."""
         classes = {
             sc["metadata"]["name"]: sc
             for sc in self.api.list("/apis/storage.k8s.io/v1/storageclasses")
-            if sc.get("provisioner") == PROVISIONER
+            if sc.get("provisioner") == self.provisioner
         }
         if not classes:
             return
         volumes = {
             pv["metadata"]["name"]: pv
             for pv in self.api.list("/api/v1/persistentvolumes")
-            if (pv["metadata"].get("annotations") or {}).get(PROVISIONED_BY) == PROVISIONER
+            if (pv["metadata"].get("annotations") or {}).get(PROVISIONED_BY) == self.provisioner
         }
         for claim in self.api.list("/api/v1/persistentvolumeclaims"):
             storage_class_name = claim["spec"].get("storageClassName")
@@ -94,7 +109,8 @@ class HostPathProvisioner:
         """Create the hostPath PersistentVolume for a pending claim (the PV controller binds)."""
         annotations = claim["metadata"].get("annotations") or {}
         waits_for_pod = sc.get("volumeBindingMode") == "WaitForFirstConsumer"
-        if waits_for_pod and annotations.get(SELECTED_NODE) != self.node_name:
+        local = self.node_name is not None
+        if local and waits_for_pod and annotations.get(SELECTED_NODE) != self.node_name:
             return
         name = f"pvc-{claim['metadata']['uid']}"
         path = self.root / name
@@ -104,7 +120,7 @@ class HostPathProvisioner:
         volume = {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": name, "annotations": {PROVISIONED_BY: PROVISIONER}},
+            "metadata": {"name": name, "annotations": {PROVISIONED_BY: self.provisioner}},
             "spec": {
                 "capacity": {"storage": claim["spec"]["resources"]["requests"]["storage"]},
                 "accessModes": claim["spec"].get("accessModes") or ["ReadWriteOnce"],
@@ -119,23 +135,13 @@ class HostPathProvisioner:
                     "uid": claim["metadata"]["uid"],
                 },
                 "hostPath": {"path": str(path), "type": "Directory"},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {
-                                        "key": "kubernetes.io/hostname",
-                                        "operator": "In",
-                                        "values": [self.node_name],
-                                    }
-                                ]
-                            }
-                        ]
-                    }
-                },
             },
         }
+        if local:
+            match = {"key": "kubernetes.io/hostname", "operator": "In", "values": [self.node_name]}
+            volume["spec"]["nodeAffinity"] = {
+                "required": {"nodeSelectorTerms": [{"matchExpressions": [match]}]}
+            }
         self.api.create("/api/v1/persistentvolumes", volume)
 
     def resize(self, claim: dict, pv: dict, sc: dict) -> None:
