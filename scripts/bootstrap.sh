@@ -94,6 +94,11 @@ if [ $want_test -eq 1 ]; then
     touch "$cstamp"
   fi
 fi
+if [ $want_test -eq 1 ]; then
+  # Workers on Celery 5.5 and 5.6 for the recovery tests: pinned virtualenvs cached outside the
+  # repository (scripts/celery_venvs.py), built once, a no-op when warm.
+  .venv/bin/python scripts/celery_venvs.py
+fi
 if [ $want_test -eq 1 ] && [ -x tests/support/install-node-tools.sh ]; then
   tests/support/install-node-tools.sh
 fi
