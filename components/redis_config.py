@@ -80,8 +80,10 @@ RELOADER_COMMANDS: dict[str, tuple[str, ...]] = {
 # a soft shutdown that requeues, with `+@all`, and reading INFO commandstats (Lua scripts'
 # inner calls are counted there too). Commands marked "code" come from reading kombu's and
 # Celery's Redis modules: paths that workload did not reach (non-Lua chord join, basic_get,
-# x-expires queues). tests/integration/test_broker_acl.py replays the workload against
-# these rules and requires an empty ACL LOG. AUTH is always allowed and needs no rule.
+# x-expires queues). Celery 5.5 and 5.6 (kombu 5.5/5.6, redis-py 5/6) ran the same workload
+# and need one more (ZREVRANGEBYSCORE). tests/integration/test_broker_acl.py replays the
+# workload on each series against these rules and requires an empty ACL LOG. AUTH is always
+# allowed and needs no rule.
 CELERY_COMMANDS: dict[str, tuple[str, ...]] = {
     # redis-py 8 handshake (HELLO ... AUTH), SELECT of the result DB, health-check PINGs.
     "connection": ("hello", "ping", "select"),
@@ -89,7 +91,8 @@ CELERY_COMMANDS: dict[str, tuple[str, ...]] = {
     # basic_get (code), LLEN for sizes and purge, DEL for purge and queue_delete.
     "queues": ("lpush", "rpush", "brpop", "rpop", "llen", "del"),
     # Ack emulation: a delivered message waits in the `unacked` hash, indexed by time in the
-    # `unacked_index` sorted set, inside MULTI/EXEC; restore_visible scans that index.
+    # `unacked_index` sorted set, inside MULTI/EXEC; restore_visible scans that index (kombu
+    # 5.7 with ZRANGEBYSCORE, 5.5 and 5.6 with ZREVRANGEBYSCORE).
     "unacked": (
         "multi",
         "exec",
@@ -103,6 +106,7 @@ CELERY_COMMANDS: dict[str, tuple[str, ...]] = {
         "zrem",
         "zrange",
         "zrangebyscore",
+        "zrevrangebyscore",
     ),
     # Exchange bindings (`_kombu.binding.*` sets); kombu 5.7 refreshes and sweeps them with
     # Lua scripts that call TIME and EXISTS; PEXPIRE for queues with x-expires (code).

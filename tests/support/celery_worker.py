@@ -25,10 +25,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import celery
+
+from scripts import celery_venvs
+
 STANDIN_APP_DIR = Path(__file__).resolve().parents[1] / "standin_app"
 """Directory holding the stand-in user app (package `src`), the default worker `cwd`."""
 
 READY_MARKER = "ready."
+
+TESTED_CELERY_SERIES = ("5.5", "5.6", "5.7")
+"""Celery series a pool's image may carry that the recovery tests run real workers on."""
 
 
 class CeleryWorkerError(RuntimeError):
@@ -41,6 +48,18 @@ def celery_executable() -> list[str]:
     return [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
 
 
+def celery_for_series(series: str) -> str:
+    """Return a `celery` executable of that series: this virtualenv's, or a pinned one's.
+
+    This virtualenv holds requirements.txt's Celery; older series come from the virtualenvs
+    scripts/celery_venvs.py builds (bootstrap --test). A missing one is an error, never a skip.
+    """
+    own_series = ".".join(celery.__version__.split(".")[:2])
+    if series == own_series:
+        return celery_executable()[0]
+    return celery_venvs.celery_bin(series)
+
+
 def worker_argv(
     app: str = "src.celery_app",
     *,
@@ -49,10 +68,14 @@ def worker_argv(
     hostname: str = "worker1@%h",
     pool: str = "prefork",
     extra: Sequence[str] = (),
+    celery_bin: str | None = None,
 ) -> list[str]:
-    """Return a `celery worker` command line; gossip and mingle are off to start fast."""
+    """Return a `celery worker` command line; gossip and mingle are off to start fast.
+
+    `celery_bin` runs another Celery (`celery_for_series`); this virtualenv's by default.
+    """
     return [
-        *celery_executable(),
+        *([celery_bin] if celery_bin else celery_executable()),
         *("-A", app, "worker", "--loglevel", "INFO"),
         *("-Q", ",".join(queues), "-c", str(concurrency), "-n", hostname, "-P", pool),
         *("--without-gossip", "--without-mingle"),
