@@ -23,11 +23,9 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -286,75 +284,6 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 def executions(record: Path) -> list[str]:
     """Labels written by `src.tasks.record_execution`, one per run of the task."""
     return [line.split()[0] for line in record.read_text().splitlines()] if record.exists() else []
-
-
-class SwitchableProxy:
-    """A TCP proxy in front of Redis that can start to blackhole: connections stay open, silent.
-
-    That is a broker cut off by a network partition or a dead node: no RST, no FIN, nothing.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.blackholed = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.server.getsockname()[1])
-        self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = [self.server]
-        self._start(self._accept)
-
-    def blackhole(self) -> None:
-        """From now on forward nothing, in either direction, on old and new connections."""
-        self.blackholed.set()
-
-    def close(self) -> None:
-        """Close every socket; the threads end with them."""
-        for sock in self._sockets:
-            sock.close()
-
-    def _start(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            self._sockets.append(client)
-            if self.blackholed.is_set():
-                continue  # accepted, never answered
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self._sockets.append(upstream)
-            self._start(self._pipe, client, upstream)
-            self._start(self._pipe, upstream, client)
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if self.blackholed.is_set():
-                continue  # swallow: the peer waits forever
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-
-
-@contextmanager
-def blackhole_proxy(redis_server: RedisServer) -> Iterator[SwitchableProxy]:
-    """Yield a SwitchableProxy for the test's duration."""
-    proxy = SwitchableProxy(redis_server.port)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 @dataclass

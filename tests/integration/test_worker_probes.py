@@ -14,11 +14,11 @@ from contextlib import ExitStack
 from components.celery_config import heartbeat_seconds
 from tests.integration.test_worker_harness import (
     ProxiedRedis,
-    blackhole_proxy,
     pod_worker,
     render_pool,
 )
 from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.tcp_proxy import tcp_proxy
 
 STALE_SECONDS = 10  # the smallest window the settings allow: keeps the test short
 
@@ -31,7 +31,7 @@ def test_liveness_fails_for_stopped_and_cut_off_workers_and_passes_for_a_healthy
     with ExitStack() as stack:
         redis_server = stack.enter_context(booted_broker(rendered_broker("dev")))
         doomed_redis = stack.enter_context(booted_broker(rendered_broker("dev")))
-        proxy = stack.enter_context(blackhole_proxy(redis_server))
+        proxy = stack.enter_context(tcp_proxy(redis_server.port))
         workers = {
             "healthy": stack.enter_context(pod_worker(pool, redis_server)),
             "stopped": stack.enter_context(pod_worker(pool, redis_server)),
