@@ -9,7 +9,11 @@ module shipped in a ConfigMap and put first on PYTHONPATH (`celery -A <wiring mo
   (read `Celery._load_config`: `detect_settings(loader.conf, self._preconf)`), and updates
   after configuration change the live settings; either way they win over the app's own values.
   CELERY_CONFIG_MODULE would not do: Celery ignores it once the app calls config_from_object;
-* it adds a consumer bootstep that maintains the health files the pod's probes read.
+* it adds a consumer bootstep that maintains the health files the pod's probes read, judged on
+  the consuming connection itself (see `_RUNTIME`'s `watch_consuming`), and one that caps the
+  wait between attempts to reach a lost broker (`RECONNECT_INTERVAL_MAX`);
+* settings a pool's Celery may not know yet (`CelerySetting.since`) are applied only when the
+  running Celery is at least that version: the image, not the stack, decides the Celery version.
 
 The broker URL and result backend are not here: Celery reads CELERY_BROKER_URL and
 CELERY_RESULT_BACKEND from the environment before any configuration (celery/app/utils.py), and
@@ -34,9 +38,9 @@ CONFIG_DIR = "/etc/celery-platform"
 
 HEALTH_DIR = "/tmp/celery-health"  # noqa: S108 - the pod's private emptyDir, not the host's /tmp
 ALIVE_FILE = f"{HEALTH_DIR}/alive"
-"""Touched by the heartbeat while the consumer runs and the broker answers a PING."""
+"""Touched by the heartbeat while the consumer runs and its own connection keeps consuming."""
 READY_FILE = f"{HEALTH_DIR}/ready"
-"""Present while the consumer is connected; removed when it stops, restarts or loses the broker."""
+"""Present while the consumer consumes; removed when it stops, restarts or its connection stalls."""
 
 BEAT_SCHEDULE_FILE = "/tmp/celerybeat-schedule"  # noqa: S108 - the root filesystem is read-only
 
@@ -54,13 +58,40 @@ BROKER_CONNECT_TIMEOUT = 5
 BROKER_HEALTH_CHECK_INTERVAL = 25
 """kombu's default, stated: redis-py PINGs idle connections, kombu 5.7 also checks BRPOP's."""
 
+RECONNECT_INTERVAL_MAX = 5
+"""Most seconds a worker waits between two attempts to reach a lost broker.
+
+kombu's `Connection.ensure_connection` waits 2, 4, 6 ... then 30 s between attempts, and Celery
+passes no intervals and has no setting for them: a worker could idle up to 30 s after the broker
+is back. Capped at 5 s (1, 2, 3, 4, 5, 5 ...), a pool consumes again within about 5 s of the
+broker being ready, for one connection attempt per pod every 5 s while it is down."""
+
+CONSUMER_REPLY_GRACE = 5
+"""Seconds the consuming connection may go without a BRPOP reply before the worker is stuck.
+
+kombu sends BRPOP with a 1 s server-side timeout, so a live connection answers (a message or a
+nil) every second; 5 s leaves room for a busy event loop and a large message being read."""
+
+
+def consumer_stall_seconds(stale_seconds: int) -> int:
+    """Seconds without a BRPOP reply (while a task slot is free) after which beats stop.
+
+    At least one heartbeat interval, so each beat judges what happened since the previous one.
+    """
+    return max(heartbeat_seconds(stale_seconds), CONSUMER_REPLY_GRACE)
+
 
 class CelerySetting(NamedTuple):
-    """One Celery setting, its value, and why the platform sets it (rendered as a comment)."""
+    """One Celery setting, its value, and why the platform sets it (rendered as a comment).
+
+    `since` is the first Celery (major, minor) that knows the setting: older workers skip it
+    (and log which), so one rendered module serves every Celery a pool's image may carry.
+    """
 
     name: str
     value: object
     reason: str
+    since: tuple[int, int] | None = None
 
 
 KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -78,13 +109,8 @@ def priority_lists(queue: str) -> list[tuple[int, str]]:
 
 
 def heartbeat_seconds(stale_seconds: int) -> int:
-    """How often the heartbeat runs: four chances per liveness window, so one slow PING is fine."""
+    """How often the heartbeat runs: four chances per liveness window, so one late beat is fine."""
     return max(stale_seconds // 4, 1)
-
-
-def broker_ping_timeout(stale_seconds: int) -> float:
-    """Bound on the heartbeat's PING: a blackholed broker must not stall the event loop long."""
-    return float(min(5, max(heartbeat_seconds(stale_seconds) // 2, 1)))
 
 
 def liveness_window_seconds(pool: PoolSettings) -> int:
@@ -239,19 +265,45 @@ def worker_settings(
             float(pool.soft_shutdown_seconds),
             "5.5+: on SIGTERM (remapped to a cold shutdown) running tasks get this long, then "
             "are cancelled and handed back; terminationGracePeriodSeconds covers it",
+            since=(5, 5),
         ),
         CelerySetting(
             "worker_enable_soft_shutdown_on_idle",
             pool.max_eta_seconds > 0,
             "wait the soft shutdown even when idle only if ETA tasks may be reserved: gives "
             "those coming due a chance to run before they are handed back",
+            since=(5, 5),
         ),
+        *_disable_prefetch(pool),
         CelerySetting(
             "worker_cancel_long_running_tasks_on_connection_loss",
             False,
             "Redis keeps unacked messages server-side, so a task can still ack after a "
             "reconnect; cancelling would redo finished work",
         ),
+    ]
+
+
+def _disable_prefetch(pool: PoolSettings) -> list[CelerySetting]:
+    """Celery 5.6+ `worker_disable_prefetch` for pools that ask for one task per process.
+
+    Celery's prefetch counts unacknowledged messages. An early-acked task is acknowledged once a
+    process starts it, so with prefetch_multiplier 1 a busy pod still reserves one more message
+    per process, which waits there, however long the running tasks take, while other pods idle.
+    With the setting the consumer stops fetching while every process holds a task. An acks_late
+    pool already holds at most one message per process: there it changes nothing. A pool with a
+    larger multiplier asked for prefetching, so it does not get the setting.
+    """
+    if pool.prefetch_multiplier != 1:
+        return []
+    return [
+        CelerySetting(
+            "worker_disable_prefetch",
+            True,
+            "5.6+: fetch only while a process is free, so no task waits in a busy pod "
+            "(early-acked tasks would otherwise reserve one more per process)",
+            since=(5, 6),
+        )
     ]
 
 
@@ -308,12 +360,17 @@ def beat_pool(settings: StackSettings) -> PoolSettings:
 
 
 def render_settings(rendered: list[CelerySetting]) -> str:
-    """Render the SETTINGS literal of the wiring module, one line per setting with its reason."""
+    """Render the SETTINGS literal of the wiring module, one line per setting with its reason.
+
+    MINIMUM_CELERY follows: each setting an older Celery does not know, with its first version.
+    """
     lines = ["SETTINGS = {"]
     for setting in rendered:
         value = pprint.pformat(setting.value, width=200, sort_dicts=True)
         lines.append(f"    {setting.name!r}: {value},  # {setting.reason}")
     lines.append("}")
+    minimum = {setting.name: setting.since for setting in rendered if setting.since is not None}
+    lines.append(f"MINIMUM_CELERY = {pprint.pformat(minimum, width=100, sort_dicts=True)}")
     return "\n".join(lines)
 
 
@@ -321,14 +378,13 @@ def celery_wiring_module(
     settings: StackSettings, pool: PoolSettings, transport_options: Mapping[str, object]
 ) -> str:
     """Render the wiring module of one worker pool, as the ConfigMap carries it."""
-    stale = liveness_window_seconds(pool)
     return _module(
         title=f"worker pool {pool.name!r}",
         role="worker",
         app=pool.app,
         rendered=worker_settings(settings, pool, transport_options),
         heartbeat=heartbeat_seconds(pool.liveness_stale_seconds),
-        ping_timeout=broker_ping_timeout(stale),
+        consumer_stall=consumer_stall_seconds(pool.liveness_stale_seconds),
     )
 
 
@@ -342,7 +398,7 @@ def beat_wiring_module(settings: StackSettings, transport_options: Mapping[str, 
         app=pool.app,
         rendered=beat_settings(settings, pool, transport_options),
         heartbeat=heartbeat_seconds(stale),
-        ping_timeout=broker_ping_timeout(stale),
+        consumer_stall=consumer_stall_seconds(stale),
     )
 
 
@@ -353,7 +409,7 @@ def _module(
     app: str,
     rendered: list[CelerySetting],
     heartbeat: int,
-    ping_timeout: float,
+    consumer_stall: int,
 ) -> str:
     header = (
         f'"""Celery wiring of {title}, rendered by celery-redis (components/celery_config.py).\n\n'
@@ -366,7 +422,8 @@ def _module(
             f"APP = {app!r}",
             f"HEALTH_DIR = {HEALTH_DIR!r}",
             f"HEARTBEAT_SECONDS = {heartbeat!r}",
-            f"BROKER_PING_TIMEOUT = {ping_timeout!r}",
+            f"CONSUMER_STALL_SECONDS = {consumer_stall!r}",
+            f"RECONNECT_INTERVAL_MAX = {RECONNECT_INTERVAL_MAX!r}",
         ]
     )
     module = f"{header}\n{constants}\n\n{render_settings(rendered)}\n{_RUNTIME}"
@@ -379,15 +436,21 @@ def _module(
 
 _RUNTIME = '''
 import os
+import queue
 import time
 
+import celery
 from celery import bootsteps
 from celery.app.utils import find_app
 from celery.utils.log import get_logger
+from celery.worker import state as worker_state
 
 logger = get_logger(__name__)
 alive_file = os.path.join(HEALTH_DIR, "alive")
 ready_file = os.path.join(HEALTH_DIR, "ready")
+CELERY_SERIES = tuple(celery.VERSION[:2])
+NOT_APPLIED = sorted(name for name, since in MINIMUM_CELERY.items() if CELERY_SERIES < since)
+"""Settings this Celery does not know yet: left out (and logged) rather than silently ignored."""
 
 
 def touch(path):
@@ -402,26 +465,50 @@ def remove(path):
         pass
 
 
-def broker_answers(connection):
-    """PING the broker on a fresh, tightly bounded connection (kombu's Redis channel PINGs)."""
-    options = dict(connection.transport_options or {})
-    options.update(socket_timeout=BROKER_PING_TIMEOUT, socket_connect_timeout=BROKER_PING_TIMEOUT)
-    probe = connection.clone(transport_options=options, connect_timeout=BROKER_PING_TIMEOUT)
-    try:
-        probe.ensure_connection(max_retries=0, timeout=2 * BROKER_PING_TIMEOUT)
+def watch_consuming(channel):
+    """Stamp `channel.platform_consumed_at` whenever its consuming connection answers a BRPOP.
+
+    The consumer is judged on the connection that consumes, not on a fresh one: a consumer
+    whose own socket went silent (a NAT or proxy that dropped that one flow, a reply lost on a
+    half-open connection) still has a broker that answers any new connection, and its event
+    loop still runs timers, so neither a PING nor the timer alone can tell. kombu's Redis
+    channel sends BRPOP with a 1 s server-side timeout and reads each reply, a message or a
+    nil, in `channel.handlers["BRPOP"]` (`_brpop_read`), from the event loop
+    (`MultiChannelPoller.on_readable`) and from `drain_events`, in kombu 5.5, 5.6 and 5.7
+    alike: a wrapper there sees every round trip of the consuming path and nothing else. Only
+    this channel's handler is wrapped (the task consumer's), never kombu's class, so producers,
+    the remote-control channel and anything else in the process are untouched. Returns False
+    when the channel has no such handler; the heartbeat then only proves the event loop runs.
+    """
+    if getattr(channel, "platform_consumed_at", None) is not None:
         return True
-    except Exception as error:  # any failure means "not healthy"; the probe decides what to do
-        logger.warning("health: broker did not answer: %r", error)
+    handlers = getattr(channel, "handlers", None)
+    if not isinstance(handlers, dict) or "BRPOP" not in handlers:
         return False
-    finally:
-        probe.release()
+    read = handlers["BRPOP"]
+
+    def read_and_stamp(*args, **kwargs):
+        try:
+            delivered = read(*args, **kwargs)
+        except queue.Empty:  # the BRPOP timed out server-side: the path works, nothing queued
+            channel.platform_consumed_at = time.monotonic()
+            raise
+        channel.platform_consumed_at = time.monotonic()
+        return delivered
+
+    channel.platform_consumed_at = time.monotonic()
+    handlers["BRPOP"] = read_and_stamp
+    return True
 
 
 class HealthFiles(bootsteps.StartStopStep):
-    """Keeps `ready` while the consumer runs, and touches `alive` while the broker answers.
+    """Keeps `ready` and touches `alive` while the consumer's own connection keeps consuming.
 
     Started after the task consumer, stopped whenever the consumer stops or restarts (lost
-    broker), so a stuck, stopped or cut-off worker stops refreshing `alive`.
+    broker), so a stuck, stopped or cut-off worker stops refreshing `alive`. Each beat runs in
+    the consumer's event loop and asks whether the consuming connection answered a BRPOP in
+    the last CONSUMER_STALL_SECONDS. A worker whose every slot holds a task sends no BRPOP
+    (kombu stops polling until one frees): busy is not stuck, so that counts as consuming.
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -429,15 +516,39 @@ class HealthFiles(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self.timer_entry = None
+        self.stalled = False
 
     def start(self, parent):
+        if NOT_APPLIED:
+            logger.warning("Celery %s.%s does not know %s yet", *CELERY_SERIES, NOT_APPLIED)
+        channel = getattr(parent.task_consumer, "channel", None)
+        if channel is not None and not watch_consuming(channel):
+            logger.warning("health: cannot watch the consuming connection; event loop only")
         self.beat(parent)
         self.timer_entry = parent.timer.call_repeatedly(
             HEARTBEAT_SECONDS, self.beat, (parent,), priority=10
         )
 
+    def consuming(self, parent):
+        channel = getattr(parent.task_consumer, "channel", None)
+        consumed_at = getattr(channel, "platform_consumed_at", None)
+        if consumed_at is None:
+            return channel is not None  # not watchable: the beat itself proves the loop runs
+        now = time.monotonic()
+        if worker_state.reserved_requests and not channel.qos.can_consume():
+            channel.platform_consumed_at = consumed_at = now  # busy: no BRPOP is due
+        silent = now - consumed_at
+        limit = max(CONSUMER_STALL_SECONDS, (getattr(channel, "brpop_timeout", 1) or 1) + 4)
+        if silent < limit:
+            self.stalled = False
+            return True
+        if not self.stalled:
+            logger.warning("health: no BRPOP reply on the consuming connection for %.0f s", silent)
+        self.stalled = True
+        return False
+
     def beat(self, parent):
-        if broker_answers(parent.connection):
+        if self.consuming(parent):
             touch(alive_file)
             touch(ready_file)
         else:
@@ -450,6 +561,35 @@ class HealthFiles(bootsteps.StartStopStep):
         remove(ready_file)
 
     shutdown = stop
+
+
+class PromptReconnect(bootsteps.Step):
+    """Caps the wait between attempts to reach a lost broker at RECONNECT_INTERVAL_MAX seconds.
+
+    Celery's consumer reconnects through `Consumer.ensure_connected`, which calls kombu's
+    `Connection.ensure_connection` with kombu's default intervals (2, 4, 6 ... 30 s) in every
+    version from 5.5 to 5.7, and has no setting for them. Wrapping that method of this one
+    consumer passes shorter intervals and leaves Celery's retry loop, its log lines and its
+    shutdown checks as they are. Applied when the consumer is built, before it connects.
+    """
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        ensure_connected = parent.ensure_connected
+
+        def ensure_connected_promptly(connection):
+            ensure_connection = connection.ensure_connection
+
+            def ensure_connection_promptly(*args, **options):
+                options.update(
+                    interval_start=1, interval_step=1, interval_max=RECONNECT_INTERVAL_MAX
+                )
+                return ensure_connection(*args, **options)
+
+            connection.ensure_connection = ensure_connection_promptly
+            return ensure_connected(connection)
+
+        parent.ensure_connected = ensure_connected_promptly
 
 
 def heartbeat_scheduler(app):
@@ -474,9 +614,10 @@ remove(alive_file)  # /tmp outlives a container restart: never trust an earlier 
 remove(ready_file)
 
 app = find_app(APP)
-app.conf.update(SETTINGS)
+app.conf.update({name: value for name, value in SETTINGS.items() if name not in NOT_APPLIED})
 if ROLE == "worker":
     app.steps["consumer"].add(HealthFiles)
+    app.steps["consumer"].add(PromptReconnect)
 else:
     app.conf.beat_scheduler = heartbeat_scheduler(app)
 '''

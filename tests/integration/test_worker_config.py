@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from components.celery_config import BROKER_SOCKET_TIMEOUT
@@ -14,8 +16,11 @@ from tests.integration.test_worker_harness import (
     wait_for,
 )
 from tests.support.broker_boot import booted_broker, rendered_broker
+from tests.support.celery_worker import TESTED_CELERY_SERIES, celery_for_series
+from tests.support.redis_server import CELERY_PASSWORD
 
 RECORD_TASK = "src.tasks.record_execution"
+PLAIN_TASK = "src.plain_tasks.record_plain"
 
 
 @pytest.fixture
@@ -101,3 +106,49 @@ def test_a_task_runs_through_the_rendered_worker_and_stores_its_result(redis_ser
             "src.tasks.process_pdf_task", args=[b"%PDF-1.7 stand-in".decode(), "a.pdf"]
         )
         assert result.get(timeout=20) == len("%PDF-1.7 stand-in"), "the task did not run to the end"
+
+
+@pytest.mark.parametrize("series", TESTED_CELERY_SERIES, ids=lambda series: f"celery-{series}")
+def test_a_busy_early_acked_worker_leaves_the_next_task_queued_from_celery_5_6(
+    redis_server, tmp_path, scratch, series
+):
+    """worker_disable_prefetch where the pod's Celery knows it (5.6+), left out where not (5.5).
+
+    Early acks count only messages not yet started against the prefetch, so a busy one-process
+    worker would reserve the next task and keep it from idle pods for as long as it is busy.
+    """
+    pool = render_pool(
+        tmp_path / "stack",
+        {
+            "name": "early",
+            "queues": ["early"],
+            "app": "src.plain_tasks",  # its task leaves acks_late to the pool's settings
+            "concurrency": 1,
+            "acks_late": False,
+            "reject_on_worker_lost": False,
+        },
+    )
+    client = client_app(redis_server)
+    record = scratch / "record.txt"
+    with pod_worker(pool, redis_server, celery_bin=celery_for_series(series)) as pod:
+        for label in ("running", "next"):
+            client.send_task(PLAIN_TASK, args=[str(record), label, 4.0], queue="early")
+        wait_for(lambda: executions(record) == ["running"], 20, "the first task to start")
+        time.sleep(1)  # time enough for a consumer that may fetch to fetch the next one
+        with redis_server.client("celery", CELERY_PASSWORD) as redis:
+            queued = redis.llen("early")
+        replies = client.control.inspect([pod.nodename], timeout=5)
+        conf = (replies.conf() or {}).get(pod.nodename) or {}
+        reserved = (replies.reserved() or {}).get(pod.nodename)
+        log = pod.worker.log()
+    if tuple(map(int, series.split("."))) < (5, 6):
+        assert "worker_disable_prefetch" not in conf, f"Celery {series} got a setting it lacks"
+        assert "does not know ['worker_disable_prefetch']" in log, (
+            f"Celery {series}: the worker did not say which setting it left out"
+        )
+        assert queued == 0, f"Celery {series}: expected the busy worker to reserve the next task"
+        assert len(reserved or []) == 1, f"Celery {series}: reserved {reserved}"
+    else:
+        assert conf.get("worker_disable_prefetch") is True, f"Celery {series}: {conf}"
+        assert queued == 1, f"Celery {series}: the busy worker took the next task ({reserved})"
+        assert reserved == [], f"Celery {series}: the busy worker reserved {reserved}"

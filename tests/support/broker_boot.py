@@ -338,19 +338,21 @@ def booted_broker(
     wait: str = "loaded",
     ready_timeout: float = 15.0,
     command_prefix: Sequence[str] = (),
+    port: int | None = None,
 ) -> Iterator[BootedBroker]:
     """Start the rendered broker; yield it once it answers (`wait`: loaded | started | none).
 
     `root` keeps volumes between boots (restart on the same data); `redis_conf` replaces the
     ConfigMap text (a test that needs a tiny maxmemory, say). `command_prefix` runs before the
     container's command, with the pod's env, and must exec it (e.g. mount a size-limited data
-    volume in a private mount namespace).
+    volume in a private mount namespace). `port` reuses a port (a broker restarted in place, as
+    its Service would reach it again); a free one by default.
     """
     own_root = root is None
     workdir = Path(tempfile.mkdtemp(prefix="broker-boot-")) if root is None else root
     mounts = prepare_pod_files(broker, workdir, redis_conf)
     _write_shim(workdir / "bin", broker.engine)
-    port = free_port()
+    port = port or free_port()
     env = pod_env(broker, mounts, port, workdir / "bin")
     # A TLS broker keeps `port 0`: only its TLS port moves to the free one.
     port_option = "--tls-port" if broker.tls else "--port"

@@ -85,6 +85,43 @@ def test_wiring_module_is_valid_python_carrying_every_rendered_setting():
         assert f"  # {setting.reason}" in module, f"{setting.name} is rendered without its reason"
 
 
+def test_settings_an_older_celery_lacks_are_rendered_with_the_first_version_that_has_them():
+    settings = stack_settings()
+    pool = settings.workers.pools[0]
+    module = celery_config.celery_wiring_module(
+        settings, pool, broker.client_transport_options(settings)
+    )
+    minimum = module_literal(module, "MINIMUM_CELERY")
+    assert minimum == {
+        "worker_disable_prefetch": (5, 6),
+        "worker_enable_soft_shutdown_on_idle": (5, 5),
+        "worker_soft_shutdown_timeout": (5, 5),
+    }, f"settings gated on the pod's Celery version: {minimum}"
+    assert set(minimum) <= set(rendered_settings(module)), "a gated setting is not rendered"
+
+
+@pytest.mark.parametrize(("multiplier", "disabled"), [(1, True), (4, None)])
+def test_prefetch_is_disabled_only_for_pools_that_ask_one_task_per_process(multiplier, disabled):
+    settings = stack_settings(prefetch_multiplier=multiplier)
+    pool = settings.workers.pools[0]
+    module = celery_config.celery_wiring_module(
+        settings, pool, broker.client_transport_options(settings)
+    )
+    assert rendered_settings(module).get("worker_disable_prefetch") is disabled, (
+        f"prefetch_multiplier {multiplier}: a pool that asked for prefetching must keep it"
+    )
+
+
+@pytest.mark.parametrize("stale", [10, 11, 20, 40, 120, 600])
+def test_a_stalled_consumer_stops_the_heartbeat_well_inside_the_liveness_window(stale):
+    stall = celery_config.consumer_stall_seconds(stale)
+    heartbeat = celery_config.heartbeat_seconds(stale)
+    assert stall >= celery_config.CONSUMER_REPLY_GRACE, "a busy event loop must not look stuck"
+    assert stall + heartbeat < stale, (
+        f"window {stale} s: a stall is seen only after {stall + heartbeat} s, too late"
+    )
+
+
 def test_solo_pool_liveness_window_covers_the_hard_time_limit():
     settings = stack_settings(pool="solo", time_limit=1800, soft_time_limit=1700)
     window = celery_config.liveness_window_seconds(settings.workers.pools[0])
@@ -209,15 +246,20 @@ def test_beat_is_off_by_default(prod_objects):
     assert not [o for o in prod_objects if o["metadata"]["name"] == "celery-beat"]
 
 
-def rendered_settings(module: str) -> dict[str, Any]:
-    """Return the SETTINGS literal of a rendered wiring module."""
+def module_literal(module: str, name: str) -> Any:
+    """Return the value of the literal assigned to `name` in a rendered wiring module."""
     tree = ast.parse(module)
     literal = next(
         node.value
         for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SETTINGS"
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == name
     )
     return ast.literal_eval(literal)
+
+
+def rendered_settings(module: str) -> dict[str, Any]:
+    """Return the SETTINGS literal of a rendered wiring module."""
+    return module_literal(module, "SETTINGS")
 
 
 @pytest.mark.parametrize("stack", STACKS)
