@@ -1,8 +1,8 @@
 """`python -m brokerctl check`: the post-deploy broker check, from a person's terminal.
 
-All the logic lives in `brokerctl/brokercheck.py`, one self-contained file, because the
-cluster runs the very same code as a Job in the workers' image (which has celery, kombu and
-redis-py, but not this repository). This module only registers the options and maps usage
+All the logic lives in the package `brokerctl/brokercheck/`, which the cluster runs as one
+bundled file (brokercheck/bundle.py) in a Job in the workers' image (which has celery, kombu
+and redis-py, but not this repository). This module only registers the options and maps usage
 errors to the project's CommandError.
 """
 
@@ -20,11 +20,11 @@ IN_CLUSTER_TIMEOUT = 300.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `check` command; its help is brokercheck's docstring, its options declared once."""
+    """Add the `check` command; its help is brokercheck's HELP, its options declared once."""
     parser = subparsers.add_parser(
         "check",
         help="check a deployed broker and its workers (exit 0 ok, 1 failed, 2 usage)",
-        description=brokercheck.__doc__,
+        description=brokercheck.HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # add_parser builds the parent's parser class; the check's own class masks passwords in

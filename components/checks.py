@@ -1,21 +1,22 @@
 """The post-deploy check as a Kubernetes Job that gates `pulumi up`.
 
-The Job runs `brokerctl/brokercheck.py` (shipped verbatim in a ConfigMap) with the first
-pool's image, which has Celery and redis-py. Its name carries a hash of everything it checks
-(broker and pool settings, the check code), so a change to any of them creates a new Job
-and the check runs again, instead of Pulumi keeping a stale success. pulumi-kubernetes waits
-for a Job to complete and fails the update when it fails.
+The Job runs the check package (brokerctl/brokercheck/), joined into one file by its bundle
+module and shipped in a ConfigMap, with the first pool's image, which has Celery and redis-py.
+Its name carries a hash of everything it checks (broker and pool settings, the check code), so
+a change to any of them creates a new Job and the check runs again, instead of Pulumi keeping
+a stale success. pulumi-kubernetes waits for a Job to complete and fails the update when it
+fails.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from brokerctl.brokercheck.bundle import SCRIPT_NAME, bundle
 from components.endpoint import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY, BrokerEndpoint
 from components.naming import labels, object_name
 from components.pods import hardened_container, hardened_pod_spec
@@ -23,7 +24,6 @@ from components.settings import PoolSettings, StackSettings
 from components.workers import WorkerPools
 
 COMPONENT = "broker-check"
-CHECK_SCRIPT = Path(__file__).resolve().parent.parent / "brokerctl" / "brokercheck.py"
 SCRIPT_DIR = "/etc/brokercheck"
 SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a variable's name
 """The Job's variable holding Sentinel's password (from the client Secret), topology sentinel."""
@@ -124,7 +124,7 @@ def _deadline_probe(python_bin: str, deadline_seconds: int) -> k8s.core.v1.Probe
 
 def _script_present_probe(python_bin: str) -> k8s.core.v1.ProbeArgs:
     """Readiness: the check script is mounted where the command expects it."""
-    code = f"import os,sys; sys.exit(not os.path.isfile('{SCRIPT_DIR}/brokercheck.py'))"
+    code = f"import os,sys; sys.exit(not os.path.isfile('{SCRIPT_DIR}/{SCRIPT_NAME}'))"
     return k8s.core.v1.ProbeArgs(
         exec_=k8s.core.v1.ExecActionArgs(command=[python_bin, "-c", code]),
         period_seconds=10,
@@ -149,7 +149,7 @@ class BrokerCheck(pulumi.ComponentResource):
             self.register_outputs({"gate": False})
             return
         checks = settings.checks
-        script = CHECK_SCRIPT.read_text()
+        script = bundle()
         child = pulumi.ResourceOptions(parent=self)
         script_map = k8s.core.v1.ConfigMap(
             f"{name}-script",
@@ -158,7 +158,7 @@ class BrokerCheck(pulumi.ComponentResource):
                 namespace=settings.namespace,
                 labels=labels(settings, COMPONENT),
             ),
-            data={"brokercheck.py": script},
+            data={SCRIPT_NAME: script},
             opts=child,
         )
         secret = endpoint.secret
@@ -172,7 +172,7 @@ class BrokerCheck(pulumi.ComponentResource):
         container = hardened_container(
             name="check",
             image=checks.image or first_pool.image,
-            command=[checks.python_bin, f"{SCRIPT_DIR}/brokercheck.py"],
+            command=[checks.python_bin, f"{SCRIPT_DIR}/{SCRIPT_NAME}"],
             args=check_arguments(settings),
             env=[*env, k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1")],
             resources=checks.resources,

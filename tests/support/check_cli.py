@@ -1,29 +1,38 @@
 """Run the broker check as a subprocess, the way people and the in-cluster Job run it.
 
-    run = run_check("--url", url, "--json")            # python brokerctl/brokercheck.py ...
+    run = run_check("--url", url, "--json")            # python brokercheck.py ... (the Job's)
     run = run_check("--json", via_brokerctl=True)      # python -m brokerctl check ...
     run.report["checks"], run.returncode, run.seconds, run.output (stdout + stderr)
 
-The child's environment is this process's minus every broker variable (so a developer's
-CELERY_BROKER_URL cannot leak into a test), plus `env`.
+`BROKERCHECK` is the one-file bundle the check Job runs (brokerctl/brokercheck/bundle.py),
+written once per test process into a temporary directory. The child's environment is this
+process's minus every broker variable (so a developer's CELERY_BROKER_URL cannot leak into a
+test), plus `env`.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brokerctl.brokercheck.bundle import write_bundle
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD, RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BROKERCHECK = REPO_ROOT / "brokerctl" / "brokercheck.py"
+_BUNDLE_DIR = Path(tempfile.mkdtemp(prefix="brokercheck-bundle-"))
+atexit.register(shutil.rmtree, _BUNDLE_DIR, ignore_errors=True)
+BROKERCHECK = write_bundle(_BUNDLE_DIR)
+"""The check exactly as the Job receives it (the ConfigMap's brokercheck.py)."""
 BROKER_ENV = ("BROKER_CHECK_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL")
 
 
@@ -70,7 +79,7 @@ def run_check(
 ) -> CheckRun:
     """Run the check with `args` and return what it did; `timeout` guards the test only.
 
-    `script` runs another copy of brokercheck.py (the in-cluster Job runs it alone).
+    `script` runs another copy of the bundle (the in-cluster Job runs it alone).
     """
     child_env = {key: value for key, value in os.environ.items() if key not in BROKER_ENV}
     child_env.update(env or {})

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from brokerctl import brokercheck
+from brokerctl.brokercheck import broker as broker_checks
+from brokerctl.brokercheck import options as check_options
 from components import redis_config
 from components.deployed import deployed_engine, engine_change_problem
 from components.engine import (
@@ -257,14 +259,14 @@ def test_the_check_compares_the_running_engine_with_the_deployed_one(
     info: dict[str, str], expected: tuple[str, str | None], status: str
 ) -> None:
     report = brokercheck.Report("test", brokercheck.Masker())
-    brokercheck._check_engine(report, info, expected)
+    broker_checks._check_engine(report, info, expected)
     (result,) = report.checks
     assert (result.name, result.status) == ("engine", status), result
 
 
 def test_expect_engine_takes_an_engine_and_a_dotted_version() -> None:
-    assert brokercheck._engine_spec("valkey:9.1") == ("valkey", "9.1")
-    assert brokercheck._engine_spec("redis") == ("redis", None)
+    assert check_options._engine_spec("valkey:9.1") == ("valkey", "9.1")
+    assert check_options._engine_spec("redis") == ("redis", None)
     for bad in ("keydb", "valkey:nine", "valkey:9.", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="ENGINE"):
-            brokercheck._engine_spec(bad)
+            check_options._engine_spec(bad)
