@@ -8,7 +8,7 @@ import pulumi
 
 from components import metrics, workers
 from components.broker import RedisBroker
-from components.checks import BrokerCheck
+from components.checks import BrokerCheck, sentinel_expectations
 from components.cluster import ClusterTarget
 from components.deployed import (
     ENGINE_OUTPUT,
@@ -58,3 +58,6 @@ pulumi.export("expect_workers", pools.expected_workers)
 # The gate Job's memory thresholds, so `brokerctl check --stack` judges memory alike.
 pulumi.export("memory_warn_ratio", settings.checks.memory_warn_ratio)
 pulumi.export("memory_fail_ratio", settings.checks.memory_fail_ratio)
+# Behind Sentinel: the master's name and the replication the gate Job expects (none standalone).
+for name, value in sentinel_expectations(settings).items():
+    pulumi.export(name, value)

@@ -66,22 +66,39 @@ def check_arguments(settings: StackSettings) -> list[str]:
     return args
 
 
-def sentinel_check_arguments(settings: StackSettings) -> list[str]:
-    """Return what the check verifies behind Sentinel, from `broker.sentinel`.
+def sentinel_expectations(settings: StackSettings) -> dict[str, str | int]:
+    """Return what the check expects of a broker behind Sentinel ({} for a standalone one).
 
-    Every replica of the StatefulSet must be connected, and none behind the lag the master
-    itself tolerates (a replica further behind no longer counts towards the loss bound). The
-    loss bound must be the configured one: the master may run another after a hand-made
-    CONFIG SET or a ConfigMap that never reached it.
+    Keys are the stack outputs `brokerctl check --stack` reads, so a person's check judges the
+    broker as the gate Job did: the master's name, every replica of the StatefulSet connected,
+    and the loss bound as configured (the master may run another after a hand-made CONFIG SET
+    or a ConfigMap that never reached it).
     """
+    if settings.broker.topology != "sentinel":
+        return {}
     sentinel = settings.broker.sentinel
+    return {
+        "sentinel_master": sentinel.master_name,
+        "expect_replicas": sentinel.replicas - 1,
+        "min_replicas_to_write": sentinel.min_replicas_to_write,
+        "min_replicas_max_lag": sentinel.min_replicas_max_lag,
+    }
+
+
+def sentinel_check_arguments(settings: StackSettings) -> list[str]:
+    """Return the gate Job's Sentinel options: sentinel_expectations, and the password's variable.
+
+    No replica may lag more than the master itself tolerates: one further behind no longer
+    counts towards the loss bound.
+    """
+    expected = sentinel_expectations(settings)
     return [
-        "--sentinel-master", sentinel.master_name,
+        "--sentinel-master", str(expected["sentinel_master"]),
         "--sentinel-password-env", SENTINEL_PASSWORD_ENV,
-        "--expect-replicas", str(sentinel.replicas - 1),
-        "--max-replica-lag", str(sentinel.min_replicas_max_lag),
-        "--expect-min-replicas-to-write", str(sentinel.min_replicas_to_write),
-        "--expect-min-replicas-max-lag", str(sentinel.min_replicas_max_lag),
+        "--expect-replicas", str(expected["expect_replicas"]),
+        "--max-replica-lag", str(expected["min_replicas_max_lag"]),
+        "--expect-min-replicas-to-write", str(expected["min_replicas_to_write"]),
+        "--expect-min-replicas-max-lag", str(expected["min_replicas_max_lag"]),
     ]  # fmt: skip
 
 

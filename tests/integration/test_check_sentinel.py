@@ -9,6 +9,7 @@ Sentinel's password from the environment. The `broker` fixture restores the topo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from components.checks import SENTINEL_PASSWORD_ENV, check_arguments
+from components.checks import SENTINEL_PASSWORD_ENV, check_arguments, sentinel_expectations
 from components.endpoint import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY
 from components.settings import StackSettings
 from tests.support.celery_worker import CeleryWorker, running_worker, worker_argv, worker_env
@@ -133,6 +134,36 @@ def test_healthy_sentinel_broker_passes_the_gate_jobs_every_check(broker: Sentin
     assert run.statuses() == dict.fromkeys(expected, "pass"), run.stdout
     assert broker.master_address in run.check("sentinel-master")["measured"], run.stdout
     assert "3 of 3" in run.check("sentinels")["measured"], run.stdout
+    assert_no_password(run)
+
+
+def test_check_from_stack_outputs_judges_like_the_gate(
+    broker: SentinelBroker, tmp_path: Path
+) -> None:
+    """`brokerctl check --stack`: URLs and expectations from outputs, the password from env."""
+    outputs = {
+        "check_url": broker.url("probe", PROBE_PASSWORD, db=0),
+        "broker_url": broker.url("celery", CELERY_PASSWORD, db=0),
+        "result_backend_url": broker.url("celery", CELERY_PASSWORD, db=1),
+        "persistence": "none",
+        "pools": [{"name": "default", "queues": ["celery"], "replicas": 1}],
+        "expect_workers": 1,
+        **sentinel_expectations(gate_settings()),
+    }
+    outputs_file = tmp_path / "outputs.json"
+    outputs_file.write_text(json.dumps(outputs))
+
+    run = run_check(
+        "--outputs", str(outputs_file), "--json",
+        env={"BROKER_SENTINEL_PASSWORD": SENTINEL_PASSWORD}, via_brokerctl=True,
+    )  # fmt: skip
+
+    assert run.returncode == 0, f"check --outputs failed on a healthy broker:\n{run.output}"
+    assert run.check("replicas")["expected"] == ">= 2 healthy replicas", run.stdout
+    assert run.check("loss-bound")["expected"] == (
+        f"min-replicas-to-write {MIN_REPLICAS_TO_WRITE}, "
+        f"min-replicas-max-lag {MIN_REPLICAS_MAX_LAG}"
+    ), run.stdout
     assert_no_password(run)
 
 

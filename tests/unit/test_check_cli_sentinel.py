@@ -211,6 +211,32 @@ def test_sentinel_stack_gate_job_checks_replication_with_its_settings() -> None:
     assert parsed.sentinel_master == sentinel.master_name, "the check must accept the Job's args"
 
 
+def test_sentinel_stack_exports_what_its_gate_job_expects() -> None:
+    """`check --stack` reads these outputs: it must judge the broker as the gate Job did."""
+    config, secret_keys = mockrun.read_stack_config("prod-sentinel", VARIANTS)
+    run = mockrun.run_program("prod-sentinel", config, secret_keys, VARIANTS)
+    (job,) = [resource for resource in run.resources if resource.type == JOB]
+    args = job.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    exported = {
+        "--sentinel-master": run.outputs["sentinel_master"],
+        "--expect-replicas": run.outputs["expect_replicas"],
+        "--expect-min-replicas-to-write": run.outputs["min_replicas_to_write"],
+        "--expect-min-replicas-max-lag": run.outputs["min_replicas_max_lag"],
+    }
+    for flag, value in exported.items():
+        text = value if isinstance(value, str) else f"{value:g}"  # mocks hand numbers as floats
+        assert option(args, flag) == text, f"{flag}: Job {option(args, flag)}, output {value}"
+
+
+def test_standalone_stack_exports_no_sentinel_expectation() -> None:
+    config, secret_keys = mockrun.read_stack_config("dev")
+    run = mockrun.run_program("dev", config, secret_keys)
+
+    exported = {"sentinel_master", "expect_replicas", "min_replicas_to_write"} & set(run.outputs)
+    assert not exported, f"a standalone stack's outputs must stay as they were: {exported}"
+
+
 def test_standalone_stack_gate_job_has_no_sentinel_option() -> None:
     container = gate_job_container("dev", mockrun.CONFIG_DIR)
 
