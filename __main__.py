@@ -51,6 +51,8 @@ pulumi.export(ENGINE_OUTPUT, deployed_engine(settings))  # judged by the next ru
 pulumi.export("visibility_timeout", settings.visibility_timeout)
 pulumi.export("broker_client_secret", broker.client_secret_name)
 pulumi.export("broker_url", broker.broker_url)  # secret: carries the celery user's password
+if broker.sentinel_password is not None:  # secret: `check --stack` asks Sentinel with it
+    pulumi.export("sentinel_password", broker.sentinel_password)
 pulumi.export("result_backend_url", broker.result_backend_url)  # secret
 pulumi.export("check_url", broker.check_url)  # secret: the read-only probe user
 pulumi.export("pools", pools.summary)

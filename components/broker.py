@@ -851,6 +851,7 @@ class RedisBroker(pulumi.ComponentResource):
             else {}
         )
         sentinel_password = replication_passwords.get(redis_config.SENTINEL_PASSWORD_FILE)
+        self.sentinel_password = sentinel_password  # a secret, exported for `check --stack`
 
         self.broker_url = self._client_url(CELERY_USER, celery_password, broker.broker_db)
         self.result_backend_url = self._client_url(CELERY_USER, celery_password, broker.result_db)

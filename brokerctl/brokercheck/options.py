@@ -329,7 +329,10 @@ def _sentinel_config(
     if args.sentinel_password_env is not None:
         password = _from_env_option(args.sentinel_password_env, environ)
     else:
-        password = environ.get(ENV_SENTINEL_PASSWORD) or None
+        # Flags win over outputs over the environment, as for every other setting.
+        password = (
+            output_str(outputs, "sentinel_password") or environ.get(ENV_SENTINEL_PASSWORD) or None
+        )
     return SentinelConfig(
         master_name=master_name,
         password=password,

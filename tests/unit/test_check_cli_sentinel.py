@@ -77,6 +77,25 @@ def test_master_name_and_expectations_come_from_stack_outputs(tmp_path: Path) ->
     assert config.sentinel.expect_min_replicas_max_lag == 1
 
 
+def test_sentinels_password_comes_from_the_stack_outputs_before_the_environment(
+    tmp_path: Path,
+) -> None:
+    outputs = tmp_path / "outputs.json"
+    values = {
+        "check_url": SENTINEL_URL,
+        "sentinel_master": "m",
+        "sentinel_password": SENTINEL_PASSWORD,
+    }
+    outputs.write_text(json.dumps(values))
+
+    config = check_config(
+        "--outputs", str(outputs), environ={"BROKER_SENTINEL_PASSWORD": "not-this-one"}
+    )
+
+    assert config.sentinel is not None
+    assert config.sentinel.password == SENTINEL_PASSWORD
+
+
 def test_plain_redis_url_has_no_sentinel_checks() -> None:
     assert check_config("--url", f"redis://probe:{PROBE_PASSWORD}@h:6379/0").sentinel is None
 

@@ -121,3 +121,12 @@ def test_language_host_reports_bad_settings_without_a_traceback(stack_dir):
     assert "registered=0" in logged, (
         f"resources were registered before settings were checked:\n{logged}"
     )
+
+
+def test_a_sentinel_stack_exports_sentinels_password_only_as_a_secret():
+    """`check --stack` asks Sentinel with it; it must never be a plain output."""
+    from scripts.checkov_report import VARIANTS_DIR
+
+    run = run_stack("prod-sentinel", VARIANTS_DIR)
+    assert is_secret(run.outputs["sentinel_password"]), "Sentinel's password is in plain text"
+    assert "sentinel_password" not in run_stack("prod").outputs, "a standalone stack has none"
