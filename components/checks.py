@@ -53,6 +53,10 @@ def check_arguments(settings: StackSettings) -> list[str]:
         "--worker-url-env", BROKER_URL_KEY,
         "--result-backend-env", RESULT_BACKEND_KEY,
         "--expect-persistence", settings.broker.persistence,
+        # The engine the stack says it runs (not the version: the local pods and the real
+        # engine's node run Debian's 7.0 for any pinned Redis image; `check --stack` compares
+        # the version too, from the broker_engine output).
+        "--expect-engine", settings.broker.engine,
         "--expect-workers", str(sum(replicas_at_deploy(p) for p in pools)),
         "--visibility-timeout", str(settings.visibility_timeout),
         "--timeout", str(settings.checks.timeout_seconds),

@@ -270,3 +270,20 @@ def test_expect_engine_takes_an_engine_and_a_dotted_version() -> None:
     for bad in ("keydb", "valkey:nine", "valkey:9.", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="ENGINE"):
             check_options._engine_spec(bad)
+
+
+def test_the_gate_job_expects_the_engine_the_stack_runs() -> None:
+    """A stack that says valkey must not pass its gate against a Redis (or the reverse)."""
+    from brokerctl import mockrun
+    from components import checks
+    from components.stack_config import parse_stack_config
+    from scripts.checkov_report import VARIANTS_DIR
+
+    for stack, config_dir, engine in (
+        ("staging-valkey", VARIANTS_DIR, "valkey"),
+        ("staging", mockrun.CONFIG_DIR, "redis"),
+    ):
+        config, secret_keys = mockrun.read_stack_config(stack, config_dir)
+        settings, _ = parse_stack_config(config, secret_keys, f"Pulumi.{stack}.yaml")
+        args = checks.check_arguments(settings)
+        assert args[args.index("--expect-engine") + 1] == engine, (stack, args)
