@@ -750,7 +750,22 @@ def client_transport_options(settings: StackSettings) -> dict[str, object]:
         if settings.tls.enabled
         else {}
     )
-    return {**options, "master_name": settings.broker.sentinel.master_name, "sentinel_kwargs": tls}
+    # redis-py's Sentinel takes no timeout from the connection options once sentinel_kwargs is
+    # given: without these, asking the Sentinel of a lost node waits out the kernel's connect
+    # timeout (about two minutes) at every reconnect, and kombu builds a new Sentinel client
+    # (Sentinels in URL order, the lost one maybe first) for every new connection pool.
+    timeouts = {
+        "socket_timeout": celery_config.SENTINEL_SOCKET_TIMEOUT,
+        "socket_connect_timeout": celery_config.SENTINEL_SOCKET_TIMEOUT,
+    }
+    return {
+        **options,
+        # Until Sentinels promote a replica they name the lost master: each connection
+        # attempt to it costs this, and the next attempt may find the new one.
+        "socket_connect_timeout": celery_config.SENTINEL_MASTER_CONNECT_TIMEOUT,
+        "master_name": settings.broker.sentinel.master_name,
+        "sentinel_kwargs": {**timeouts, **tls},
+    }
 
 
 def autoscaler_access(

@@ -57,6 +57,14 @@ without closing the connection must not hang the worker. Generous for 16 MiB mes
 BROKER_CONNECT_TIMEOUT = 5
 BROKER_HEALTH_CHECK_INTERVAL = 25
 """kombu's default, stated: redis-py PINGs idle connections, kombu 5.7 also checks BRPOP's."""
+SENTINEL_SOCKET_TIMEOUT = 1
+"""Seconds a client waits for one Sentinel (connect, then reply) before asking the next: a
+Sentinel answers from memory in milliseconds, and one on a lost node must cost little, as
+every reconnect after a failover asks them in turn."""
+SENTINEL_MASTER_CONNECT_TIMEOUT = 2
+"""Seconds a client behind Sentinel waits for a TCP connection to the master: in a cluster it
+takes milliseconds, and an attempt at a master on a lost node fails this soon, so the next
+attempt (after Sentinels promoted a replica) comes sooner. TLS handshakes are not included."""
 
 RECONNECT_INTERVAL_MAX = 5
 """Most seconds a worker waits between two attempts to reach a lost broker.
@@ -203,7 +211,11 @@ def client_settings(
             "redis_socket_timeout", BROKER_SOCKET_TIMEOUT, "result reads/writes never hang forever"
         ),
         CelerySetting(
-            "redis_socket_connect_timeout", BROKER_CONNECT_TIMEOUT, "bounded connect to the backend"
+            "redis_socket_connect_timeout",
+            SENTINEL_MASTER_CONNECT_TIMEOUT
+            if settings.broker.topology == "sentinel"
+            else BROKER_CONNECT_TIMEOUT,
+            "bounded connect to the backend",
         ),
         CelerySetting("redis_socket_keepalive", True, "notice a dead backend connection"),
         CelerySetting(
@@ -625,23 +637,97 @@ else:
 SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - an environment variable's name
 """Where a replicated broker's clients find Sentinel's password (from the client Secret)."""
 
+SENTINEL_DEAD_PEER_SECONDS = 5
+"""Seconds after which a client's kernel drops a connection to a master that went silent (its
+node lost, or cut off): TCP keepalive probes on idle connections (a consumer waiting in BRPOP)
+and TCP_USER_TIMEOUT on unacknowledged writes (a publish). No Celery or kombu version notices
+such a peer sooner by itself: kombu 5.7 drops an overdue BRPOP after brpop_timeout +
+health_check_interval (26 to 51 s), earlier versions never, and a publish waits out
+socket_timeout. Set about down_after_ms: the client reconnects as Sentinels promote."""
+
 _SENTINEL_RUNTIME = f'''
+
+def dead_peer_options(seconds={SENTINEL_DEAD_PEER_SECONDS}):
+    """TCP options (redis-py's socket_keepalive_options) that make the kernel drop a
+    connection whose peer went silent within about `seconds`: keepalive probes on an idle
+    connection, and a bound on how long written data may stay unacknowledged."""
+    import socket
+
+    wanted = (
+        ("TCP_KEEPIDLE", max(1, seconds - 3)),
+        ("TCP_KEEPINTVL", 1),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", seconds * 1000),
+    )
+    return {{getattr(socket, name): value for name, value in wanted if hasattr(socket, name)}}
+
+
+def remember_answering_sentinels():
+    """Ask first the Sentinel that answered last, across every Sentinel client of the process.
+
+    kombu builds a new redis-py Sentinel client, Sentinels in URL order, for every connection
+    pool it opens (a worker opens about ten after a failover: consumer, events, remote
+    control, health check, ...), and redis-py remembers which Sentinel answered only within
+    one client. A Sentinel on a lost node would then cost each of them a connect timeout in
+    turn. Keyed by the set of Sentinels, so another Sentinel deployment the app talks to is
+    not affected."""
+    from redis import sentinel as redis_sentinel
+
+    base = redis_sentinel.Sentinel
+    if getattr(base, "remembers_answering_sentinels", False):
+        return
+    answered = {{}}
+
+    def address(client):
+        kwargs = client.connection_pool.connection_kwargs
+        return kwargs.get("host"), kwargs.get("port")
+
+    class RememberingSentinel(base):
+        remembers_answering_sentinels = True
+
+        def __init__(self, sentinels, *args, **kwargs):
+            sentinels = list(sentinels)
+            last = answered.get(frozenset(sentinels))
+            if last in sentinels:
+                sentinels.remove(last)
+                sentinels.insert(0, last)
+            super().__init__(sentinels, *args, **kwargs)
+
+        def discover_master(self, service_name):
+            found = super().discover_master(service_name)
+            key = frozenset(address(client) for client in self.sentinels)
+            answered[key] = address(self.sentinels[0])  # redis-py moved it first
+            return found
+
+    redis_sentinel.Sentinel = RememberingSentinel
+
 
 def use_sentinel(app):
     """Ask Sentinel with its password (from the environment: the client Secret), for both
-    the broker and the result backend; the backend also needs the master's name."""
+    the broker and the result backend; the backend also needs the master's name.
+
+    Each Sentinel is asked once per lookup (redis-py retries a connection 3 to 10 times by
+    default: a Sentinel on a lost node would hold every lookup for tens of seconds; the next
+    Sentinel is the retry), and connections to the master notice a silent peer within
+    dead_peer_options' bound, so clients follow a failover as Sentinels make it."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     broker_options = dict(app.conf.broker_transport_options or {{}})
     sentinel_kwargs = dict(broker_options.get("sentinel_kwargs") or {{}})
     password = os.environ.get("{SENTINEL_PASSWORD_ENV}")
     if password:
         sentinel_kwargs["password"] = password
+    sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
     broker_options["sentinel_kwargs"] = sentinel_kwargs
+    broker_options.setdefault("socket_keepalive_options", dead_peer_options())
     app.conf.broker_transport_options = broker_options
     backend_options = dict(app.conf.result_backend_transport_options or {{}})
     backend_options.update(
         master_name=broker_options["master_name"], sentinel_kwargs=dict(sentinel_kwargs)
     )
     app.conf.result_backend_transport_options = backend_options
+    remember_answering_sentinels()
 
 
 use_sentinel(app)
