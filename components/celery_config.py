@@ -702,6 +702,29 @@ def remember_answering_sentinels():
     redis_sentinel.Sentinel = RememberingSentinel
 
 
+def refusals_as_connection_loss():
+    """Raise NOREPLICAS as a lost connection, not as a command error.
+
+    A master with fewer good replicas than min-replicas-to-write refuses every write, and
+    BRPOP (which pops) is one: the new master right after a failover, until a replica
+    attaches, or any master whose replicas are all gone. redis-py raises a bare ResponseError,
+    which Celery's consumer treats as unrecoverable: the worker exits. As a ConnectionError
+    (what redis-py already makes of READONLY from a demoted master), kombu reconnects and
+    consumes again once the master takes writes, and a publish is retried: a refused write
+    did not happen, so retrying it duplicates nothing."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    try:
+        from redis._parsers.base import BaseParser
+    except ImportError:  # redis-py 4
+        from redis.connection import BaseParser
+
+    class NoReplicasError(RedisConnectionError):
+        """NOREPLICAS: the master has too few good replicas to take a write now."""
+
+    BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
+
+
 def use_sentinel(app):
     """Ask Sentinel with its password (from the environment: the client Secret), for both
     the broker and the result backend; the backend also needs the master's name.
@@ -710,6 +733,8 @@ def use_sentinel(app):
     default: a Sentinel on a lost node would hold every lookup for tens of seconds; the next
     Sentinel is the retry), and connections to the master notice a silent peer within
     dead_peer_options' bound, so clients follow a failover as Sentinels make it."""
+    from urllib.parse import urlsplit
+
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -727,7 +752,15 @@ def use_sentinel(app):
         master_name=broker_options["master_name"], sentinel_kwargs=dict(sentinel_kwargs)
     )
     app.conf.result_backend_transport_options = backend_options
+    # Celery 5.5's Sentinel result backend drops the URL's user name (5.6 passes it): it
+    # would log in as the default user, which this broker disables. redis_username is what
+    # every version's backend adds to its connections.
+    backend_url = app.conf.result_backend or os.environ.get("CELERY_RESULT_BACKEND") or ""
+    username = urlsplit(str(backend_url).split(";", 1)[0]).username
+    if username and not app.conf.redis_username:
+        app.conf.redis_username = username
     remember_answering_sentinels()
+    refusals_as_connection_loss()
 
 
 use_sentinel(app)
