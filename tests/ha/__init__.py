@@ -1,0 +1,1 @@
+"""The `ha` tests: the Sentinel topology as local pods, each with its own address."""
