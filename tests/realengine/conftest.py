@@ -1,9 +1,12 @@
 """Fixtures of the real-engine tests: one control plane per session, stacks in project copies.
 
-Two clusters, each made once per session and only when a test asks for it:
-- `control_plane` with its one `node` (every stack lifecycle test; pods share one network);
-- `three_nodes`: a control plane of its own with node-a, node-b and node-c on one pod network
-  (tests/realengine/multinode.py), for what needs several nodes: spreading, drains, PDBs.
+Two kinds of cluster, made only when a test asks for one:
+- `control_plane` with its one `node`, once per session (every stack lifecycle test; pods
+  share one network);
+- `three_nodes`, once per module: a control plane of its own with node-a, node-b and node-c
+  on one pod network (tests/realengine/multinode.py), for what needs several nodes: spreading,
+  drains, PDBs. Per module because idle, three nodes and their control plane still cost about
+  a tenth of a core (they poll), more than starting them again (about 20 s).
 
 These tests need the toolchain that scripts/toolchain.sh builds (make test runs it first),
 Debian's etcd and openssl. They FAIL when one is missing, never skip.
@@ -68,9 +71,9 @@ MULTI_NODE_TIME_SCALE = 0.5
 """Probe periods x0.5 on the three nodes: a rolled or moved broker pod is ready sooner."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeCluster]:
-    """Run a second control plane with three nodes on one pod network and shared storage.
+    """Run a control plane of the module's own with three nodes on one pod network.
 
     Its own control plane, so that the single `node` of the lifecycle tests (another network)
     never receives a pod of a multi-node test, nor the other way round. The image table is the

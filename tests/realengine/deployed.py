@@ -24,6 +24,7 @@ from tests.podrunner import LocalImage
 from tests.realengine.conftest import CONTEXT, new_stack
 from tests.realengine.controlplane import ControlPlane
 from tests.realengine.engine import RealStack
+from tests.realengine.multinode import MultiNodeCluster
 from tests.realengine.node_agent import NodeAgent
 from tests.realengine.toolchain import PROJECT_ROOT
 
@@ -49,7 +50,11 @@ class Deployed:
     """A deployed stack, its node, and the helpers the steps of a lifecycle test share."""
 
     def __init__(
-        self, stack: RealStack, cluster: ControlPlane, node: NodeAgent, namespace: str
+        self,
+        stack: RealStack,
+        cluster: ControlPlane,
+        node: NodeAgent | MultiNodeCluster,
+        namespace: str,
     ) -> None:
         self.stack = stack
         self.cluster = cluster
@@ -114,7 +119,7 @@ class Deployed:
         )  # fmt: skip
 
     def broker_client(self, ca_file: Path | None = None, db: int = 0) -> redis.Redis:
-        """Return a celery-user client of the broker, through a port forward into the pods.
+        """Return a celery-user client of a standalone broker on the single node (a port forward).
 
         With `ca_file`, over TLS to `localhost` (a name the broker's certificate carries),
         verifying the broker against that CA as client pods do.

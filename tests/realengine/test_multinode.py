@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -126,11 +125,11 @@ def scheduled_condition(pod: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ring(three_nodes: MultiNodeCluster) -> Iterator[dict[str, dict]]:
-    """Deploy the ring and wait until its three pods are Ready; delete the namespace after."""
+def ring(three_nodes: MultiNodeCluster) -> dict[str, dict]:
+    """Deploy the ring and wait until its three pods are Ready (the module's cluster dies after)."""
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": ring_objects(NAMESPACE)})
     three_nodes.control_plane.kubectl("apply", "-f", "-", stdin=manifest)
-    pods = wait_until(
+    return wait_until(  # type: ignore[return-value]
         lambda: (
             (found := pods_by_name(three_nodes))
             and len(found) == 3
@@ -141,10 +140,6 @@ def ring(three_nodes: MultiNodeCluster) -> Iterator[dict[str, dict]]:
         "the ring's three pods Ready",
         three_nodes.describe,
         interval=0.5,
-    )
-    yield pods  # type: ignore[misc]
-    three_nodes.control_plane.kubectl(
-        "delete", "namespace", NAMESPACE, "--wait=true", "--timeout=90s", timeout=120
     )
 
 

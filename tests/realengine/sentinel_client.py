@@ -1,0 +1,137 @@
+"""A client of a deployed Sentinel broker, run inside the cluster's pod network (a script).
+
+    python tests/realengine/sentinel_client.py publish --count 30 --prefix before \
+        --seconds 0.2 --record-file /tmp/executions.log      # {label: task id}
+    python tests/realengine/sentinel_client.py status <task id> ...
+        # {"master": host, "queued": n, "unacked": [task id], "results": {task id: status}}
+
+Started by MultiNodeCluster.run_in_netns, so the per-pod names in the client Secret's URLs
+resolve as in a pod. It connects the way the README tells an application to: through the
+Sentinels named in the URLs (`sentinel://celery:<pw>@<pod>:26379/<db>;...`), with the Sentinel
+password in `sentinel_kwargs` and the master's name. Secrets come from the environment
+(CELERY_BROKER_URL, CELERY_RESULT_BACKEND, BROKER_SENTINEL_PASSWORD, SENTINEL_MASTER), never
+argv. Prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import redis
+from redis.sentinel import Sentinel
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+RECORD_TASK = "src.tasks.record_execution"
+TIMEOUT = 5.0
+"""Seconds any one connection or command may take."""
+
+
+def sentinel_urls(variable: str) -> list[urllib.parse.SplitResult]:
+    """Split a `sentinel://...;sentinel://...` URL from the environment into its parts."""
+    return [urllib.parse.urlsplit(part) for part in os.environ[variable].split(";")]
+
+
+def sentinel() -> tuple[Sentinel, str, str]:
+    """Return a Sentinel client of the URL's hosts, the master's name and celery's password."""
+    urls = sentinel_urls("CELERY_BROKER_URL")
+    hosts = [(url.hostname or "", url.port or 26379) for url in urls]
+    kwargs = {"password": os.environ["BROKER_SENTINEL_PASSWORD"], "socket_timeout": TIMEOUT}
+    client = Sentinel(hosts, sentinel_kwargs=kwargs, socket_timeout=TIMEOUT)
+    password = urllib.parse.unquote(urls[0].password or "")
+    return client, os.environ["SENTINEL_MASTER"], password
+
+
+def master_client(db: int) -> redis.Redis:
+    """Return a celery-user client of the current master (asked of the Sentinels)."""
+    client, name, password = sentinel()
+    return client.master_for(
+        name, username="celery", password=password, db=db, socket_connect_timeout=TIMEOUT
+    )
+
+
+def celery_app() -> Celery:
+    """Return a producer app with the stack's client contract (Sentinel URLs and options)."""
+    from celery import Celery  # only `publish` pays for importing Celery
+
+    app = Celery(
+        "sentinel-drain-client",
+        broker=os.environ["CELERY_BROKER_URL"],
+        backend=os.environ["CELERY_RESULT_BACKEND"],
+        set_as_current=False,
+    )
+    options = {
+        "master_name": os.environ["SENTINEL_MASTER"],
+        "sentinel_kwargs": {"password": os.environ["BROKER_SENTINEL_PASSWORD"]},
+        "socket_timeout": TIMEOUT,
+        "socket_connect_timeout": TIMEOUT,
+    }
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_timeout=TIMEOUT,
+        broker_transport_options=options,
+        result_backend_transport_options=options,
+    )
+    return app
+
+
+def status(task_ids: list[str], queue: str) -> dict[str, object]:
+    """Return the master's name, its queue length, unacked task ids and the tasks' results."""
+    client, name, _ = sentinel()
+    host, _ = client.discover_master(name)
+    broker = master_client(0)
+    tags = [tag.decode() for tag in broker.zrange("unacked_index", 0, -1)]
+    messages = [broker.hget("unacked", tag) for tag in tags]
+    raw = (
+        master_client(1).mget([f"celery-task-meta-{task}" for task in task_ids]) if task_ids else []
+    )
+    return {
+        "master": host,
+        "queued": broker.llen(queue),
+        "unacked": [json.loads(message)[0]["headers"]["id"] for message in messages if message],
+        "results": {
+            task: json.loads(value)["status"] if value else None
+            for task, value in zip(task_ids, raw, strict=True)
+        },
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Run one command; print its JSON answer."""
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    publish = commands.add_parser("publish")
+    publish.add_argument("--count", type=int, required=True)
+    publish.add_argument("--prefix", required=True)
+    publish.add_argument("--seconds", type=float, default=0.0)
+    publish.add_argument("--record-file", required=True)
+    publish.add_argument("--queue", default="celery")
+    state = commands.add_parser("status")
+    state.add_argument("--queue", default="celery")
+    state.add_argument("ids", nargs="*")
+    args = parser.parse_args(argv)
+    if args.command == "publish":
+        app = celery_app()
+        labels = [f"{args.prefix}-{n}" for n in range(args.count)]
+        answer: object = {
+            label: app.send_task(
+                RECORD_TASK, args=[args.record_file, label, args.seconds], queue=args.queue
+            ).id
+            for label in labels
+        }
+        app.close()
+    else:
+        answer = status(args.ids, args.queue)
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
