@@ -530,9 +530,12 @@ class HealthFiles(bootsteps.StartStopStep):
         self.timer_entry = None
         self.stalled = False
 
+    announced = False  # the settings left out are logged at the first start, not each restart
+
     def start(self, parent):
-        if NOT_APPLIED:
+        if NOT_APPLIED and not HealthFiles.announced:
             logger.warning("Celery %s.%s does not know %s yet", *CELERY_SERIES, NOT_APPLIED)
+            HealthFiles.announced = True
         channel = getattr(parent.task_consumer, "channel", None)
         if channel is not None and not watch_consuming(channel):
             logger.warning("health: cannot watch the consuming connection; event loop only")
