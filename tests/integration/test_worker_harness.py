@@ -40,6 +40,7 @@ from kombu.exceptions import OperationalError
 from brokerctl import mockrun, render
 from components.celery_config import CONFIG_DIR
 from components.endpoint import BROKER_URL_KEY, RESULT_BACKEND_KEY
+from tests.support.broker_boot import BootedBroker
 from tests.support.celery_worker import (
     STANDIN_APP_DIR,
     CeleryWorker,
@@ -47,6 +48,7 @@ from tests.support.celery_worker import (
     running_worker,
 )
 from tests.support.redis_server import CELERY_PASSWORD, RedisServer
+from tests.support.tcp_proxy import TcpProxy
 
 SCRATCH = Path("/var/tmp")  # outside /tmp, which each worker replaces with its own
 _pod_numbers = itertools.count(1)
@@ -298,3 +300,32 @@ class ProxiedRedis:
         return self.server.url(user, password, db).replace(
             f":{self.server.port}/", f":{self.port}/"
         )
+
+
+def consuming_connection_port(broker: BootedBroker, proxy: TcpProxy) -> int:
+    """Return the proxy-side port of the worker's BRPOP connection, as Redis's CLIENT LIST says.
+
+    One worker behind `proxy`: its consumer is the only client of the proxy whose last command
+    is BRPOP (it issues one every second), so `proxy.silence(port)` cuts that connection only.
+    """
+
+    def brpop_ports() -> list[int]:
+        with broker.admin() as admin:
+            clients = admin.client_list()
+        commands = {int(client["addr"].rsplit(":", 1)[1]): client["cmd"] for client in clients}
+        proxied = proxy.upstream_ports()
+        return [port for port, cmd in commands.items() if cmd == "brpop" and port in proxied]
+
+    ports = wait_for(brpop_ports, 10, "the worker's BRPOP connection to show in CLIENT LIST")
+    assert len(ports) == 1, f"expected one consuming connection through the proxy, got {ports}"
+    return int(ports[0])
+
+
+def seconds_until_probe_fails(pod: PodWorker, kind: str, timeout: float) -> float | None:
+    """Run the pod's `kind` probe every half second; return when it first failed, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if not pod.probe(kind):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None

@@ -21,20 +21,21 @@ import pytest
 import redis
 
 from tests.integration.test_worker_harness import (
-    PodWorker,
     ProxiedRedis,
     RenderedPool,
     client_app,
+    consuming_connection_port,
     executions,
     pod_worker,
     render_pool,
     scratch_dir,
+    seconds_until_probe_fails,
     wait_for,
 )
 from tests.support.broker_boot import BootedBroker, booted_broker, rendered_broker
 from tests.support.celery_worker import TESTED_CELERY_SERIES, celery_for_series
 from tests.support.redis_server import CELERY_PASSWORD
-from tests.support.tcp_proxy import TcpProxy, tcp_proxy
+from tests.support.tcp_proxy import tcp_proxy
 
 RECORD_TASK = "src.tasks.record_execution"
 TASKS_AFTER_RECOVERY = 5
@@ -134,14 +135,14 @@ def test_a_silent_consuming_connection_fails_liveness_and_a_restarted_worker_con
         stack.callback(stuck.kill)
         assert stuck.probe("liveness"), "liveness fails for a freshly started worker"
 
-        proxy.silence(_consuming_port(broker, proxy))
+        proxy.silence(consuming_connection_port(broker, proxy))
         with redis.Redis(
             port=proxy.port, username="celery", password=CELERY_PASSWORD, socket_timeout=5
         ) as fresh:
             assert fresh.ping(), "a fresh connection through the proxy must still reach Redis"
         time.sleep(2)  # past the BRPOP in flight: a task sent now stays queued in Redis
         _send(broker, record, ["while-stuck"])
-        failed_after = _seconds_until_liveness_fails(stuck, timeout=3 * STALE_SECONDS)
+        failed_after = seconds_until_probe_fails(stuck, "liveness", timeout=3 * STALE_SECONDS)
 
         assert failed_after is not None, (
             f"liveness still passes {3 * STALE_SECONDS} s after the consuming connection died"
@@ -159,27 +160,3 @@ def test_a_silent_consuming_connection_fails_liveness_and_a_restarted_worker_con
         labels = ["while-stuck", *[f"after-{n}" for n in range(TASKS_AFTER_RECOVERY)]]
         _send(broker, record, labels[1:])
         _all_processed(record, labels, "after the stuck worker's restart")
-
-
-def _consuming_port(broker: BootedBroker, proxy: TcpProxy) -> int:
-    """Return the proxy-side port of the worker's BRPOP connection, as Redis's CLIENT LIST says."""
-
-    def brpop_ports() -> list[int]:
-        with broker.admin() as admin:
-            clients = admin.client_list()
-        ports = {int(client["addr"].rsplit(":", 1)[1]): client["cmd"] for client in clients}
-        proxied = proxy.upstream_ports()
-        return [port for port, command in ports.items() if command == "brpop" and port in proxied]
-
-    ports = wait_for(brpop_ports, 10, "the worker's BRPOP connection to show in CLIENT LIST")
-    assert len(ports) == 1, f"expected one consuming connection through the proxy, got {ports}"
-    return ports[0]
-
-
-def _seconds_until_liveness_fails(pod: PodWorker, timeout: float) -> float | None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if not pod.probe("liveness"):
-            return time.monotonic() - started
-        time.sleep(0.5)
-    return None
