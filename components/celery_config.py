@@ -728,6 +728,34 @@ def refusals_as_connection_loss():
     BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
 
 
+def acks_follow_the_master(attempts=5, pause=0.5):
+    """Retry an acknowledgement that met a lost or demoted master, on the new master.
+
+    kombu acknowledges by removing the delivery tag from `unacked` (ZREM and HDEL); a
+    failure is logged by Celery and never retried, so the task would wait out the visibility
+    timeout and run again. During a handover the old master holds writes and then answers
+    READONLY (redis-py makes that a ConnectionError); the delivery tag is on the new master
+    too (replicated), and the next attempt asks Sentinel for it. Bounded: 5 tries, 0.5 s
+    apart, and only for connection losses."""
+    from kombu.transport import redis as kombu_redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError, TimeoutError as RedisTimeoutError
+
+    acknowledge = kombu_redis.QoS.ack
+
+    def ack(self, delivery_tag):
+        for attempt in range(attempts):
+            try:
+                return acknowledge(self, delivery_tag)
+            except (RedisConnectionError, ReadOnlyError, RedisTimeoutError) as error:
+                if attempt == attempts - 1:
+                    raise
+                logger.warning("ack of %s met %r; retrying on the master", delivery_tag, error)
+                time.sleep(pause)
+
+    kombu_redis.QoS.ack = ack
+
+
 def use_sentinel(app):
     """Ask Sentinel with its password (from the environment: the client Secret), for both
     the broker and the result backend; the backend also needs the master's name.
@@ -764,6 +792,7 @@ def use_sentinel(app):
         app.conf.redis_username = username
     remember_answering_sentinels()
     refusals_as_connection_loss()
+    acks_follow_the_master()
 
 
 use_sentinel(app)

@@ -234,6 +234,9 @@ SENTINEL_COMMANDS: dict[str, tuple[str, ...]] = {
     "monitoring": ("ping", "info", "role", "client|setname", "subscribe", "publish"),
     "promotion": ("multi", "exec", "slaveof", "replicaof", "config|rewrite", "client|kill"),
     "scripts": ("script|kill",),
+    # The master's preStop (sentinel_config.handover_command) holds writes while it hands
+    # over and follows the new master at once, as this user.
+    "handover": ("client|pause", "client|unpause"),
 }
 REPLICATION_PASSWORD_FILES = {
     REPLICATOR_USER: REPLICATOR_PASSWORD_FILE,

@@ -311,14 +311,25 @@ def redis_readiness_lines() -> list[str]:
 def handover_command(settings: StackSettings) -> list[str]:
     """Return the Redis container's preStop: a master hands its role over before the pod stops.
 
-    Deleting the master's pod (a drain, a rollout, a node pool scale-down) asks another
-    pod's Sentinel for a failover (SENTINEL FAILOVER: no vote, the best replica is promoted
-    at once) and waits until Sentinel has turned this Redis into a replica of the new
-    master, so the pod stops as a replica: clients move with at most a failed publish or two
-    instead of down-after + election. Bounded by HANDOVER_SECONDS; a replica stops at once.
+    Deleting the master's pod (a drain, a rollout, a node pool scale-down) moves the master
+    role away first, so clients lose at most a publish retry instead of down-after plus an
+    election, and no write is dropped:
+
+    1. Writes are held here (CLIENT PAUSE WRITE, as the `sentinel` user): nothing reaches
+       this Redis after the replica it streams to has everything.
+    2. Another pod's Sentinel is asked for a failover (SENTINEL FAILOVER: no vote, the best
+       replica is promoted at once).
+    3. As soon as that Sentinel names the new master, this Redis follows it (REPLICAOF) at
+       once: Sentinel itself would demote it only at its next look, seconds later, and every
+       write it took meanwhile (acknowledgements, results) would be dropped by the resync.
+    4. Writes are released: the held ones meet a replica and fail with READONLY, so their
+       clients reconnect through Sentinel and retry on the new master.
+
+    Bounded by HANDOVER_SECONDS (the pause expires by then too); a replica stops at once.
     """
     name = settings.broker.sentinel.master_name
     tls = _cli_tls(settings.tls.enabled)
+    port = f"${ENV_PORT}"
     return [
         "sh",
         "-c",
@@ -328,19 +339,37 @@ def handover_command(settings: StackSettings) -> list[str]:
                 f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
                 discovery_functions(settings),
                 "cli info replication | grep -q '^role:master' || exit 0",
+                "admin() {",
+                f'  REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_USER_PASSWORD_FILE}")" '
+                f"timeout 3 redis-cli --no-auth-warning --user {SENTINEL_USER} "
+                f'-h 127.0.0.1 -p "{port}"{tls} "$@"',
+                "}",
+                f"admin CLIENT PAUSE {HANDOVER_SECONDS * 1000} WRITE >/dev/null",
+                'asked=""',
                 "for host in $peers; do",
                 '  [ "$host" = "$me" ] && continue',
                 f'  reply="$(REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_PASSWORD_FILE}")" '
                 f'timeout 3 redis-cli --no-auth-warning -h "$host" -p "${ENV_SENTINEL_PORT}"{tls} '
                 f'SENTINEL FAILOVER {name} 2>&1)"',
-                '  [ "$reply" = OK ] && break',
+                '  [ "$reply" = OK ] && { asked="$host"; break; }',
                 "done",
+                'if [ -z "$asked" ]; then',
+                "  admin CLIENT UNPAUSE >/dev/null",
+                '  echo "handover: no Sentinel took the failover; stopping as master" >&2; exit 0',
+                "fi",
                 f"deadline=$(( $(date +%s) + {HANDOVER_SECONDS} ))",
                 'while [ "$(date +%s)" -lt "$deadline" ]; do',
-                "  cli info replication | grep -q '^role:slave' && "
-                '{ echo "handover: this pod is a replica now"; exit 0; }',
+                '  new="$(ask_sentinel "$asked" || true)"',
+                '  if [ -n "$new" ] && [ "$new" != "$me" ]; then',
+                f'    admin REPLICAOF "$new" "{port}" >/dev/null',
+                "  fi",
+                "  if cli info replication | grep -q '^role:slave'; then",
+                "    admin CLIENT UNPAUSE >/dev/null",
+                '    echo "handover: $new is master; this pod is its replica now"; exit 0',
+                "  fi",
                 "  sleep 0.2",
                 "done",
+                "admin CLIENT UNPAUSE >/dev/null",
                 'echo "handover: still master after the wait; stopping anyway" >&2',
             ]
         ),

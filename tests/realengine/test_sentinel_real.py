@@ -13,9 +13,10 @@ reads the way the README tells an application to.
 One stack is deployed once; the tests run in file order and each builds on the one before:
 spread, drain of the master's node (handover, queued tasks kept), the evicted pod waiting for a
 free node while a second drain is refused, the workers consuming on two brokers, uncordon (the
-pod rejoins as a replica), and last, a strict xfail: what the handover does not do yet (lose no
-write that reaches the old master after the promotion; see its reason). The stack is destroyed
-at the end, so later modules start clean.
+pod rejoins as a replica), and last, that the handover kept every acknowledgement and result of
+the tasks running through it (the preStop holds writes, follows the new master at once, and
+workers retry an acknowledgement that met the demoted master). The stack is destroyed at the
+end, so later modules start clean.
 """
 
 from __future__ import annotations
@@ -329,16 +330,6 @@ def test_uncordon_brings_the_pod_back_as_a_replica_of_the_new_master(drill: Dril
     assert drill.replication(drill.new_master)["connected_slaves"] == "2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the preStop's SENTINEL FAILOVER promotes a replica while the workers' connections stay "
-        "on the old master, which keeps taking their writes until Sentinel demotes it about 10 s "
-        "later with a full resync that drops them: the acknowledgements and results of tasks "
-        "running at the handover are lost, so those tasks wait in `unacked` for the visibility "
-        "timeout and run again"
-    ),
-)
 def test_the_handover_keeps_every_acknowledgement_and_result(drill: Drill) -> None:
     state = drill.status(list(drill.before.values()))
     labels = {task: label for label, task in drill.before.items()}
