@@ -10,7 +10,9 @@ resolve as in a pod. It connects the way the README tells an application to: thr
 Sentinels named in the URLs (`sentinel://celery:<pw>@<pod>:26379/<db>;...`), with the Sentinel
 password in `sentinel_kwargs` and the master's name. Secrets come from the environment
 (CELERY_BROKER_URL, CELERY_RESULT_BACKEND, BROKER_SENTINEL_PASSWORD, SENTINEL_MASTER), never
-argv. Prints one JSON document on stdout.
+argv. With TLS, BROKER_CA_FILE names the CA to verify Sentinels and Redis against (and their
+per-pod names: redis-py checks the hostname), in place of the path the URLs carry for pods.
+Prints one JSON document on stdout.
 """
 
 from __future__ import annotations
@@ -33,17 +35,36 @@ TIMEOUT = 5.0
 """Seconds any one connection or command may take."""
 
 
+def tls_options() -> dict[str, object]:
+    """Return redis-py's TLS options when BROKER_CA_FILE is set (the stack serves TLS)."""
+    ca_file = os.environ.get("BROKER_CA_FILE")
+    return {"ssl": True, "ssl_cert_reqs": "required", "ssl_ca_certs": ca_file} if ca_file else {}
+
+
 def sentinel_urls(variable: str) -> list[urllib.parse.SplitResult]:
     """Split a `sentinel://...;sentinel://...` URL from the environment into its parts."""
     return [urllib.parse.urlsplit(part) for part in os.environ[variable].split(";")]
+
+
+def local_url(variable: str) -> str:
+    """Return a URL from the environment whose ssl_ca_certs names BROKER_CA_FILE (if set)."""
+    ca_file = os.environ.get("BROKER_CA_FILE")
+    parts = []
+    for url in sentinel_urls(variable):
+        query = urllib.parse.parse_qsl(url.query)
+        if ca_file:
+            query = [(k, ca_file if k == "ssl_ca_certs" else v) for k, v in query]
+        parts.append(url._replace(query=urllib.parse.urlencode(query, safe="/")).geturl())
+    return ";".join(parts)
 
 
 def sentinel() -> tuple[Sentinel, str, str]:
     """Return a Sentinel client of the URL's hosts, the master's name and celery's password."""
     urls = sentinel_urls("CELERY_BROKER_URL")
     hosts = [(url.hostname or "", url.port or 26379) for url in urls]
-    kwargs = {"password": os.environ["BROKER_SENTINEL_PASSWORD"], "socket_timeout": TIMEOUT}
-    client = Sentinel(hosts, sentinel_kwargs=kwargs, socket_timeout=TIMEOUT)
+    bounded = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, **tls_options()}
+    kwargs = {"password": os.environ["BROKER_SENTINEL_PASSWORD"], **bounded}
+    client = Sentinel(hosts, sentinel_kwargs=kwargs, **bounded)
     password = urllib.parse.unquote(urls[0].password or "")
     return client, os.environ["SENTINEL_MASTER"], password
 
@@ -60,18 +81,21 @@ def celery_app() -> Celery:
     """Return a producer app with the stack's client contract (Sentinel URLs and options)."""
     from celery import Celery  # only `publish` pays for importing Celery
 
-    app = Celery(
-        "sentinel-drain-client",
-        broker=os.environ["CELERY_BROKER_URL"],
-        backend=os.environ["CELERY_RESULT_BACKEND"],
-        set_as_current=False,
-    )
+    broker, backend = local_url("CELERY_BROKER_URL"), local_url("CELERY_RESULT_BACKEND")
+    # Celery prefers these variables to its arguments: they hold the pods' CA path.
+    for variable in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        os.environ.pop(variable)
+    app = Celery("sentinel-drain-client", broker=broker, backend=backend, set_as_current=False)
     options = {
         "master_name": os.environ["SENTINEL_MASTER"],
-        "sentinel_kwargs": {"password": os.environ["BROKER_SENTINEL_PASSWORD"]},
+        "sentinel_kwargs": {"password": os.environ["BROKER_SENTINEL_PASSWORD"], **tls_options()},
         "socket_timeout": TIMEOUT,
         "socket_connect_timeout": TIMEOUT,
     }
+    if os.environ.get("BROKER_CA_FILE"):
+        # Celery's Sentinel result backend takes TLS from this setting only (not the URL).
+        tls = tls_options()
+        app.conf.redis_backend_use_ssl = {k: v for k, v in tls.items() if k != "ssl"}
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

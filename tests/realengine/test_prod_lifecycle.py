@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,84 +31,15 @@ from celery import Celery
 from celery.states import READY_STATES
 
 from tests.e2e.conftest import PDF_TASK, fake_pdf
+from tests.realengine.cert_manager import CertManagerStandIn
 from tests.realengine.controlplane import ControlPlane
 from tests.realengine.deployed import Deployed, deployed_stack
-from tests.realengine.node_agent import ApiClient, NodeAgent
-from tests.support.tls_certs import KeyPair, issue_server_certificate, make_ca
+from tests.realengine.node_agent import NodeAgent
+from tests.support.tls_certs import KeyPair, make_ca
 
 NAMESPACE = "life-prod"
 PARKED_QUEUE = "parked"  # a list no worker consumes: what stays queued across changes
 TASK_SECONDS = 90
-POLL_SECONDS = 0.5
-
-
-class CertManagerStandIn:
-    """Issue the Secret of every Certificate in a namespace, as cert-manager would.
-
-    Polls the API server for Certificates; for each whose Secret is missing, a test CA signs an
-    ECDSA certificate for its dnsNames and the Secret (tls.crt, tls.key, ca.crt, with the
-    Certificate's secretTemplate labels and cert-manager's annotations) is created.
-    """
-
-    def __init__(self, cluster: ControlPlane, namespace: str, folder: Path) -> None:
-        self.api = ApiClient(cluster.kubeconfig)
-        self.namespace = namespace
-        self.folder = folder
-        self.ca: KeyPair = make_ca(folder / "ca", name="life-prod-internal-ca")
-        self.issued: list[str] = []
-        self.errors: list[str] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="cert-manager-stand-in", daemon=True)
-
-    def __enter__(self) -> CertManagerStandIn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=10)
-
-    def run(self) -> None:
-        while not self.stopping.wait(POLL_SECONDS):
-            try:
-                self.sync()
-            except Exception as error:  # kept; the first test reports them
-                self.errors.append(repr(error))
-
-    def sync(self) -> None:
-        base = f"/apis/cert-manager.io/v1/namespaces/{self.namespace}/certificates"
-        for certificate in self.api.list(base):
-            spec = certificate["spec"]
-            secrets = f"/api/v1/namespaces/{self.namespace}/secrets"
-            if self.api.get(f"{secrets}/{spec['secretName']}") is not None:
-                continue
-            pair = issue_server_certificate(
-                self.ca, self.folder / f"issue-{len(self.issued)}", spec["dnsNames"]
-            )
-            issuer = spec["issuerRef"]
-            secret = {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "kubernetes.io/tls",
-                "metadata": {
-                    "name": spec["secretName"],
-                    "namespace": self.namespace,
-                    "labels": spec.get("secretTemplate", {}).get("labels", {}),
-                    "annotations": {
-                        "cert-manager.io/certificate-name": certificate["metadata"]["name"],
-                        "cert-manager.io/issuer-name": issuer["name"],
-                        "cert-manager.io/issuer-kind": issuer.get("kind", "Issuer"),
-                        "cert-manager.io/issuer-group": issuer.get("group", "cert-manager.io"),
-                    },
-                },
-                "stringData": {
-                    "tls.crt": pair.cert.read_text(),
-                    "tls.key": pair.key.read_text(),
-                    "ca.crt": self.ca.cert.read_text(),
-                },
-            }
-            if self.api.create(secrets, secret) is not None:
-                self.issued.append(spec["secretName"])
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +49,7 @@ def cert_manager(
     """Install the real CRDs, then play cert-manager for the stack's namespace."""
     control_plane.install_crds()
     with CertManagerStandIn(
-        control_plane, NAMESPACE, tmp_path_factory.mktemp("cert-manager")
+        control_plane, NAMESPACE, tmp_path_factory.mktemp("cert-manager"), "life-prod-internal-ca"
     ) as stand_in:
         yield stand_in
 

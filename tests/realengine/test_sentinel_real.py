@@ -10,6 +10,10 @@ rendered start scripts); the workers are real Celery workers of the stand-in app
 through Sentinel as rendered. A client in the pod network (sentinel_client.py) publishes and
 reads the way the README tells an application to.
 
+TLS is off (see TLS): the test runs TLS on with cert-manager's part played by
+tests/realengine/cert_manager.py (replication, Sentinel and every client over TLS, verifying
+the per-pod names the Certificate lists) once the stack's Sentinel result backend speaks TLS.
+
 One stack is deployed once; the tests run in file order and each builds on the one before:
 spread, drain of the master's node (handover, queued tasks kept), the evicted pod waiting for a
 free node while a second drain is refused, the workers consuming on two brokers, uncordon (the
@@ -22,6 +26,7 @@ end, so later modules start clean.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 import time
@@ -33,6 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.realengine.cert_manager import CertManagerStandIn
 from tests.realengine.conftest import new_stack
 from tests.realengine.deployed import Deployed, shipped_stack_file
 from tests.realengine.multinode import NODE_NAMES, MultiNodeCluster
@@ -47,6 +53,15 @@ MASTER_NAME = "celery-broker"
 """broker.sentinel.master_name (the default)."""
 WORKERS = "celery-worker-default"
 WORKER_REPLICAS = 2
+TLS = False
+"""Whether the stack serves TLS only (cert-manager's Certificate, issued by the test).
+
+Off because Celery's Sentinel result backend (`sentinel://...?ssl_cert_reqs=...` URLs) takes
+TLS only from `redis_backend_use_ssl`, which neither the workers' wiring nor the check's canary
+sets: their result connections to the master are plain TCP to a TLS port ("Retry limit
+exceeded while trying to reconnect to the Celery result store"), so the gate fails. With both
+given that setting, the whole drill passes with TLS on.
+"""
 RECORD_FILE = "/tmp/ha-drain-executions.log"
 """Where record_execution writes inside each worker pod (its /tmp)."""
 CLIENT = Path(__file__).with_name("sentinel_client.py")
@@ -62,16 +77,15 @@ READY_TIMEOUT = 90
 
 
 def stack_file() -> str:
-    """Return dev's stack file with a Sentinel broker on AOF and two workers."""
+    """Return dev's stack file with a Sentinel broker on AOF (and TLS when TLS) and two workers."""
     shipped = yaml.safe_load(shipped_stack_file("dev", NAMESPACE))["config"]
     broker = {**shipped["celery-redis:broker"], "persistence": "aof", "topology": "sentinel"}
     workers = shipped["celery-redis:workers"]
     workers["pools"][0]["replicas"] = WORKER_REPLICAS
-    return shipped_stack_file(
-        "dev",
-        NAMESPACE,
-        **{"celery-redis:broker": broker, "celery-redis:workers": workers},
-    )
+    extra = {"celery-redis:broker": broker, "celery-redis:workers": workers}
+    if TLS:
+        extra["celery-redis:tls"] = {"enabled": True, "cert_manager_issuer": "internal-ca"}
+    return shipped_stack_file("dev", NAMESPACE, **extra)
 
 
 def host_of(pod: str) -> str:
@@ -97,6 +111,7 @@ class Drill:
 
     deployed: Deployed
     nodes: MultiNodeCluster
+    cert_manager: CertManagerStandIn | None
     client_env: dict[str, str] = field(default_factory=dict)
     placement: dict[str, str] = field(default_factory=dict)
     """Broker pod -> node, as first scheduled."""
@@ -151,10 +166,11 @@ class Drill:
         return self.status([])["master"].split(".", 1)[0]
 
     def replication(self, pod: str) -> dict[str, str]:
-        """Return INFO replication of a broker pod's Redis, asked inside the pod."""
+        """Return INFO replication of a broker pod's Redis, asked inside the pod as probes do."""
+        tls = '--tls --cacert "$REDIS_TLS_DIR/ca.crt" ' if TLS else ""
         script = (
             'REDISCLI_AUTH="$(cat "$REDIS_USERS_DIR/probe-password")" '
-            'redis-cli --no-auth-warning --user probe -p "$REDIS_PORT" info replication'
+            f'redis-cli --no-auth-warning --user probe -p "$REDIS_PORT" {tls}info replication'
         )
         reply = self.nodes.pod(pod, NAMESPACE).exec(["sh", "-c", script], container="redis")
         assert reply.returncode == 0, f"INFO replication on {pod}: {reply}"
@@ -198,12 +214,17 @@ def drill(
     cluster = three_nodes.control_plane
     real = new_stack(root, "dev", cluster, stack_file())
     deployed = Deployed(real, cluster, three_nodes, NAMESPACE)
-    try:
-        yield Drill(deployed, three_nodes)
-    finally:
-        for node in NODE_NAMES:
-            three_nodes.uncordon(node)
-        deployed.tear_down()
+    issuing: contextlib.AbstractContextManager[CertManagerStandIn | None] = contextlib.nullcontext()
+    if TLS:
+        cluster.install_crds()  # the Certificate is checked against cert-manager's real CRD
+        issuing = CertManagerStandIn(cluster, NAMESPACE, root / "cert-manager", "ha-internal-ca")
+    with issuing as issuer:
+        try:
+            yield Drill(deployed, three_nodes, issuer)
+        finally:
+            for node in NODE_NAMES:
+                three_nodes.uncordon(node)
+            deployed.tear_down()
 
 
 def test_up_puts_each_broker_pod_on_a_node_of_its_own(drill: Drill) -> None:
@@ -216,6 +237,9 @@ def test_up_puts_each_broker_pod_on_a_node_of_its_own(drill: Drill) -> None:
     secret = drill.deployed.get("secret", "celery-broker-client")["data"]
     drill.client_env = {k: base64.b64decode(v).decode() for k, v in secret.items()}
     drill.client_env["SENTINEL_MASTER"] = MASTER_NAME
+    if drill.cert_manager is not None:  # TLS: clients verify the broker against the issuer
+        assert drill.cert_manager.issued == ["celery-broker-tls"], drill.cert_manager.errors
+        drill.client_env["BROKER_CA_FILE"] = str(drill.cert_manager.ca.cert)
     master = drill.master()
     assert master in brokers, master
     for name in brokers:
