@@ -17,7 +17,7 @@ import pytest
 
 from tests.podrunner import wait_until
 from tests.realengine.multinode import NODE_NAMES, MultiNodeCluster
-from tests.realengine.pod_network import node_pod_cidr
+from tests.realengine.pod_network import node_pod_cidr, slice_records
 
 pytestmark = pytest.mark.real_engine
 
@@ -215,3 +215,46 @@ def test_drain_evicts_through_the_pdb_and_the_pod_waits_for_a_free_node(
     assert back["spec"]["nodeName"] == drained, back["spec"]  # type: ignore[index]
     events = three_nodes.pod(f"{APP}-1", NAMESPACE).exec(["cat", "/data/events"]).stdout
     assert events.split() == ["prestop"], f"the evicted pod's preStop, on its volume: {events!r}"
+
+
+def test_cluster_dns_answers_from_endpoint_slices_as_coredns_does() -> None:
+    """The records the three nodes' pods get, from Services and EndpointSlices alone."""
+
+    def service(name: str, **spec: object) -> dict:
+        return {"metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+
+    def endpoint(pod: str, address: str, ready: bool | None, hostname: str = "") -> dict:
+        found = {"addresses": [address], "targetRef": {"kind": "Pod", "name": pod}}
+        if ready is not None:
+            found["conditions"] = {"ready": ready}
+        return {**found, **({"hostname": hostname} if hostname else {})}
+
+    def slice_of(name: str, endpoints: list[dict], family: str = "IPv4") -> dict:
+        labels = {"kubernetes.io/service-name": name}
+        metadata = {"name": f"{name}-x", "namespace": "ns", "labels": labels}
+        return {"metadata": metadata, "addressType": family, "endpoints": endpoints}
+
+    services = [
+        service("db", clusterIP="None"),
+        service("web", clusterIP="10.96.0.10"),
+        service("idle", clusterIP="10.96.0.11"),
+        service("out", type="ExternalName", externalName="example.org"),
+    ]
+    slices = [
+        slice_of("db", [endpoint("db-0", "10.244.1.2", True, "db-0")]),
+        slice_of("db", [endpoint("db-1", "10.244.2.2", None, "db-1")]),
+        slice_of("db", [endpoint("db-2", "10.244.3.2", False, "db-2")]),
+        slice_of("db", [endpoint("db-3", "fd00::3", True, "db-3")], family="IPv6"),
+        slice_of(
+            "web", [endpoint("web-b", "10.244.2.9", True), endpoint("web-a", "10.244.1.9", True)]
+        ),
+    ]
+    records = {(r.host, r.address) for r in slice_records(services, slices, "10.244.0.1")}
+    assert records == {
+        ("db", "10.244.1.2"),  # headless: every ready endpoint (unset means ready)
+        ("db", "10.244.2.2"),
+        ("db-0.db", "10.244.1.2"),  # and each endpoint's hostname
+        ("db-1.db", "10.244.2.2"),
+        ("web", "10.244.1.9"),  # no proxy: the first ready endpoint by pod name
+        ("idle", "10.244.0.1"),  # no endpoint: the gateway, where nothing listens
+    }, records
