@@ -790,6 +790,13 @@ def use_sentinel(app):
     username = urlsplit(str(backend_url).split(";", 1)[0]).username
     if username and not app.conf.redis_username:
         app.conf.redis_username = username
+    # Celery's Sentinel result backend takes TLS for the master only from
+    # redis_backend_use_ssl (it ignores the URL's ssl_* query): the same CA as Sentinel's.
+    if sentinel_kwargs.get("ssl") and not app.conf.redis_backend_use_ssl:
+        app.conf.redis_backend_use_ssl = {{
+            key: value for key, value in sentinel_kwargs.items()
+            if key in ("ssl_cert_reqs", "ssl_ca_certs")
+        }}
     remember_answering_sentinels()
     refusals_as_connection_loss()
     acks_follow_the_master()

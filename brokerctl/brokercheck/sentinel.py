@@ -142,6 +142,17 @@ def sentinel_transport_options(config: CheckConfig, url: str, timeout: float) ->
     }
 
 
+def sentinel_backend_tls(config: CheckConfig, url: str) -> dict[str, Any]:
+    """`redis_backend_use_ssl` for Celery's Sentinel result backend: the URL's TLS, or {}.
+
+    That backend takes TLS for the master from this setting only, not from the URL's query.
+    """
+    if config.sentinel is None or not is_sentinel_url(url):
+        return {}
+    tls = _tls_options(url)
+    return {key: value for key, value in tls.items() if key in ("ssl_cert_reqs", "ssl_ca_certs")}
+
+
 def master_url(sentinel_url: str, host: str, port: int) -> str:
     """Return the redis(s):// URL of the master at host:port with the Sentinel URL's user and DB.
 

@@ -24,7 +24,7 @@ from brokerctl.brokercheck.contract import (
     Deadline,
 )
 from brokerctl.brokercheck.report import Report
-from brokerctl.brokercheck.sentinel import sentinel_transport_options
+from brokerctl.brokercheck.sentinel import sentinel_backend_tls, sentinel_transport_options
 
 CONTROL_EXCHANGE = "celery.pidbox"  # Celery's control_exchange "celery" + ".pidbox"
 REPLY_EXCHANGE = "reply.celery.pidbox"
@@ -352,6 +352,8 @@ def _canary_app(config: CheckConfig, timeout: float) -> Any:
         redis_retry_on_timeout=False,
         result_backend_transport_options={"retry_policy": {"max_retries": 0}}
         | sentinel_transport_options(config, backend_url, timeout),
+        # Celery's Sentinel backend reaches a TLS master only with this (not the URL's query).
+        redis_backend_use_ssl=sentinel_backend_tls(config, backend_url) or None,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

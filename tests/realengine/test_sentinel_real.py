@@ -53,15 +53,10 @@ MASTER_NAME = "celery-broker"
 """broker.sentinel.master_name (the default)."""
 WORKERS = "celery-worker-default"
 WORKER_REPLICAS = 2
-TLS = False
-"""Whether the stack serves TLS only (cert-manager's Certificate, issued by the test).
-
-Off because Celery's Sentinel result backend (`sentinel://...?ssl_cert_reqs=...` URLs) takes
-TLS only from `redis_backend_use_ssl`, which neither the workers' wiring nor the check's canary
-sets: their result connections to the master are plain TCP to a TLS port ("Retry limit
-exceeded while trying to reconnect to the Celery result store"), so the gate fails. With both
-given that setting, the whole drill passes with TLS on.
-"""
+TLS = True
+"""The stack serves TLS only (cert-manager's Certificate, issued by the test's stand-in):
+Sentinels, replication, workers, the result backend (`redis_backend_use_ssl`, which Celery's
+Sentinel backend needs besides the URL's query) and the gate all verify the broker's CA."""
 RECORD_FILE = "/tmp/ha-drain-executions.log"
 """Where record_execution writes inside each worker pod (its /tmp)."""
 CLIENT = Path(__file__).with_name("sentinel_client.py")

@@ -266,3 +266,19 @@ def test_standalone_stack_gate_job_has_no_sentinel_option() -> None:
     ]
     assert not given, f"a standalone broker's gate must not pass Sentinel options: {given}"
     assert not [env for env in container["env"] if "SENTINEL" in env["name"]], container["env"]
+
+
+def test_the_canary_reaches_a_tls_master_through_celerys_sentinel_backend() -> None:
+    """Celery's Sentinel result backend ignores the URL's ssl_* query: the check passes it."""
+    from brokerctl.brokercheck.sentinel import sentinel_backend_tls
+
+    tls_url = (
+        "sentinel://celery:pw@s0:26379/1?ssl_cert_reqs=required&ssl_ca_certs=/ca.crt;"
+        "sentinel://celery:pw@s1:26379/1?ssl_cert_reqs=required&ssl_ca_certs=/ca.crt"
+    )
+    config = check_config("--url", SENTINEL_URL, "--sentinel-master", "m")
+    assert sentinel_backend_tls(config, tls_url) == {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": "/ca.crt",
+    }
+    assert sentinel_backend_tls(config, SENTINEL_URL) == {}, "no TLS asked, none given"
