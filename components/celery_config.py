@@ -27,6 +27,7 @@ import pprint
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from brokerctl.deletioncost import LOAD_KEY_PREFIX
 from components.settings import PoolSettings, StackSettings
 
 WIRING_MODULE = "celery_platform_wiring"
@@ -390,7 +391,7 @@ def celery_wiring_module(
     settings: StackSettings, pool: PoolSettings, transport_options: Mapping[str, object]
 ) -> str:
     """Render the wiring module of one worker pool, as the ConfigMap carries it."""
-    return _module(
+    module = _module(
         title=f"worker pool {pool.name!r}",
         role="worker",
         app=pool.app,
@@ -398,6 +399,7 @@ def celery_wiring_module(
         heartbeat=heartbeat_seconds(pool.liveness_stale_seconds),
         consumer_stall=consumer_stall_seconds(pool.liveness_stale_seconds),
     )
+    return module + task_load_runtime(pool)
 
 
 def beat_wiring_module(settings: StackSettings, transport_options: Mapping[str, object]) -> str:
@@ -803,4 +805,165 @@ def use_sentinel(app):
 
 
 use_sentinel(app)
+'''
+
+
+# --- Task load report: what the scale-in controller (brokerctl/deletioncost.py) reads ---------
+
+TASK_LOAD_CHECK_SECONDS = 1.0
+"""How often a worker compares its task counts with what it last published (no I/O when equal)."""
+TASK_LOAD_TIMEOUT_SECONDS = 2.0
+"""Bound on connecting and writing the entry: the write runs in the consumer's event loop."""
+TASK_LOAD_RETRY_SECONDS = 10.0
+"""After a failed write, the next try waits this long: a broker outage must not cost the event
+loop a connect timeout every second."""
+
+
+def task_load_ttl_seconds(pool: PoolSettings) -> int:
+    """Lifetime of a worker's load entry: the liveness window.
+
+    A worker that cannot refresh its entry for that long is restarted by its liveness probe
+    anyway, so the entry of a dead or stuck pod expires with it. For `solo`, whose event loop
+    is silent while a task runs, the window already covers `time_limit`.
+    """
+    return liveness_window_seconds(pool)
+
+
+def task_load_runtime(pool: PoolSettings) -> str:
+    """Return the wiring module's TaskLoad section (workers only; appended after the runtime)."""
+    constants = "\n".join(
+        [
+            f"LOAD_KEY_PREFIX = {LOAD_KEY_PREFIX!r}",
+            f"LOAD_TTL_SECONDS = {task_load_ttl_seconds(pool)!r}",
+            f"LOAD_CHECK_SECONDS = {TASK_LOAD_CHECK_SECONDS!r}",
+            f"LOAD_TIMEOUT_SECONDS = {TASK_LOAD_TIMEOUT_SECONDS!r}",
+            f"LOAD_RETRY_SECONDS = {TASK_LOAD_RETRY_SECONDS!r}",
+        ]
+    )
+    return f"\n\n{_TASK_LOAD_HEADER}\n{constants}\n{_TASK_LOAD_RUNTIME}"
+
+
+_TASK_LOAD_HEADER = (
+    "# --- Task load: running and held task counts for the scale-in controller ---------------"
+)
+
+_TASK_LOAD_RUNTIME = '''
+import json
+import socket
+import threading
+
+from celery import signals
+from celery.worker import state as worker_state
+
+
+def snapshot(requests):
+    """Copy a WeakSet another thread may change (threads pool callbacks), retrying briefly."""
+    for _ in range(5):
+        try:
+            return set(requests)
+        except RuntimeError:  # "changed size during iteration"
+            continue
+    return set()
+
+
+def task_load():
+    """(running, held): tasks executing now, and every task this worker holds.
+
+    held counts prefetched messages and ETA tasks too (all unacknowledged work that a stopping
+    worker hands back); older Celery has no scheduled_requests (its ETA tasks count once due).
+    """
+    active = snapshot(worker_state.active_requests)
+    held = active | snapshot(worker_state.reserved_requests)
+    held |= snapshot(getattr(worker_state, "scheduled_requests", ()))
+    return len(active), len(held)
+
+
+class TaskLoad(bootsteps.StartStopStep):
+    """Publishes this pod's task counts to the broker, under its pod name, with a TTL.
+
+    Checked every LOAD_CHECK_SECONDS, written only when the counts change (or a third of the
+    TTL passed), on a separate, tightly bounded connection; after a failure, not before
+    LOAD_RETRY_SECONDS. `solo` runs tasks inside the event
+    loop, so the timer cannot fire while one runs: there the count is published from
+    task_prerun, before the task starts.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.key = LOAD_KEY_PREFIX + (os.environ.get("POD_NAME") or socket.gethostname())
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.connection = None
+        self.publisher = None
+        self.timer_entry = None
+        self.published = None
+        self.published_at = 0.0
+        self.retry_at = 0.0
+
+    def start(self, parent):
+        self.connection = parent.connection
+        self.report()
+        self.timer_entry = parent.timer.call_repeatedly(
+            LOAD_CHECK_SECONDS, self.report, (), priority=10
+        )
+        signals.task_prerun.connect(self.before_task, weak=False, dispatch_uid=self.key)
+
+    def before_task(self, **_):
+        # Prefork children (another pid) and pool threads leave it to the event loop's timer.
+        if os.getpid() == self.pid and threading.current_thread() is threading.main_thread():
+            self.report()
+
+    def report(self):
+        with self.lock:
+            now = time.monotonic()
+            load = task_load()
+            due = now - self.published_at >= LOAD_TTL_SECONDS / 3
+            if (load == self.published and not due) or now < self.retry_at:
+                return
+            if self.publish(load):
+                self.published, self.published_at = load, time.monotonic()
+            else:
+                self.retry_at = time.monotonic() + LOAD_RETRY_SECONDS
+
+    def publish(self, load):
+        value = json.dumps({"running": load[0], "held": load[1]})
+        try:
+            if self.publisher is None:
+                options = dict(self.connection.transport_options or {})
+                options.update(
+                    socket_timeout=LOAD_TIMEOUT_SECONDS, socket_connect_timeout=LOAD_TIMEOUT_SECONDS
+                )
+                publisher = self.connection.clone(
+                    transport_options=options, connect_timeout=LOAD_TIMEOUT_SECONDS
+                )
+                publisher.ensure_connection(max_retries=0, timeout=2 * LOAD_TIMEOUT_SECONDS)
+                self.publisher = publisher
+            with self.publisher.default_channel.conn_or_acquire() as client:
+                client.set(self.key, value, ex=LOAD_TTL_SECONDS)
+            return True
+        except Exception as error:  # never let the report disturb the worker; retried later
+            logger.warning("task load: not published: %r", error)
+            self.release()
+            return False
+
+    def release(self):
+        if self.publisher is not None:
+            self.publisher.release()
+            self.publisher = None
+
+    def stop(self, parent):
+        signals.task_prerun.disconnect(dispatch_uid=self.key)
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+        with self.lock:
+            self.release()
+            self.published = None
+
+    shutdown = stop
+
+
+app.steps["consumer"].add(TaskLoad)
 '''

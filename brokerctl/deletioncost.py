@@ -1,0 +1,392 @@
+"""Keep each worker pod's deletion cost equal to the tasks it runs, so scale-in spares busy pods.
+
+When a ReplicaSet shrinks (KEDA, an HPA or a changed `replicas`), Kubernetes removes, among
+equally ready pods, those with the lowest `controller.kubernetes.io/pod-deletion-cost` first.
+Every worker publishes how many tasks it runs and holds (the wiring module's TaskLoad step,
+components/celery_config.py) to the broker under `celery-redis/load/<pod name>`, with a TTL so
+a dead pod's entry expires. This controller, one small pod per stack, reads those entries and:
+
+* patches the annotation of every worker pod whose cost changed, and only then: the Kubernetes
+  documentation warns against frequent updates, and an idle pool patches nothing at all;
+* keeps one Redis list per pool, `celery-redis/inflight/<pool>`, whose LENGTH is the number of
+  tasks the pool's pods hold (running, prefetched, waiting for an ETA): KEDA's redis scaler can
+  read only lengths, and with this list among its triggers it sees work the queue lists no
+  longer show, so it never scales a pool to zero while a task runs.
+
+Cost function (`deletion_cost`): the number of tasks the pod is running. An idle pod costs 0
+(removed first); a busy pod is removed only when every remaining candidate is busy, and then
+the one running the fewest tasks. Prefetched or ETA messages do not count toward the cost: a
+stopping worker hands them back to the queue at once, nothing is run twice.
+A pod without a fresh entry (just started, or cut off from the broker) keeps whatever cost it
+has: a starting pod has none (0), and a worker cut off from the broker is unready, which the
+ReplicaSet removes before any ready pod whatever its cost.
+
+Least privilege: the pod's ServiceAccount may only list and patch pods in its namespace; its
+Redis user may only read the load entries and write the in-flight lists. Worker pods, which
+parse untrusted files, still carry no API token.
+
+This file is self-contained (Python 3.10+, stdlib and redis-py only) and runs verbatim from a
+ConfigMap in the workers' image, like brokercheck.py. Every network call is bounded by
+--timeout; the loop never ends on an error, it logs it and tries again at the next interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+LOAD_KEY_PREFIX = "celery-redis/load/"
+"""Prefix of each worker pod's load entry; `/` never occurs in a queue name, so no clash."""
+INFLIGHT_KEY_PREFIX = "celery-redis/inflight/"
+"""Prefix of each pool's in-flight list (its length is what KEDA reads)."""
+INFLIGHT_TTL_SECONDS = 600
+"""The in-flight lists expire if the controller stops refreshing them (a deleted controller must
+not hold a pool up forever); refreshed every INFLIGHT_TTL_SECONDS / 3 while it runs."""
+INFLIGHT_MAX = 100_000
+"""Bound on one list's length: a corrupt entry must not make the controller push millions."""
+MAX_COST = 2_147_483_647
+"""The annotation is an int32."""
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+POOL_LABEL = "app.kubernetes.io/instance"
+"""The label whose value tells a worker pod's pool apart (components/naming.selector_labels)."""
+
+logger = logging.getLogger("deletioncost")
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one worker pod reported: tasks it runs, and every task it holds (running included)."""
+
+    running: int
+    held: int
+
+
+def parse_load(raw: bytes | str | None) -> Load | None:
+    """Decode a load entry (`{"running": r, "held": h}`); None when missing or malformed."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        running, held = int(data["running"]), int(data["held"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    if running < 0 or held < 0:
+        return None
+    return Load(running=running, held=max(held, running))
+
+
+def deletion_cost(load: Load) -> int:
+    """Return the pod-deletion-cost of a worker: the tasks it is running (idle: 0, goes first)."""
+    return min(load.running, MAX_COST)
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    """The facts about one worker pod the controller acts on, read from the API server."""
+
+    name: str
+    uid: str
+    pool_label: str
+    cost: str | None
+    """The current annotation value, as the API server has it (None when absent)."""
+    terminating: bool
+
+    @classmethod
+    def from_api(cls, obj: Mapping[str, Any]) -> WorkerPod:
+        """Build from a Pod object of a list response."""
+        metadata = obj["metadata"]
+        return cls(
+            name=metadata["name"],
+            uid=metadata.get("uid", ""),
+            pool_label=(metadata.get("labels") or {}).get(POOL_LABEL, ""),
+            cost=(metadata.get("annotations") or {}).get(ANNOTATION),
+            terminating=bool(metadata.get("deletionTimestamp"))
+            or (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+        )
+
+
+def load_key(pod_name: str) -> str:
+    """Return the Redis key of one pod's load entry."""
+    return f"{LOAD_KEY_PREFIX}{pod_name}"
+
+
+def inflight_key(pool: str) -> str:
+    """Return the Redis key of one pool's in-flight list."""
+    return f"{INFLIGHT_KEY_PREFIX}{pool}"
+
+
+def planned_patches(pods: Iterable[WorkerPod], loads: Mapping[str, Load | None]) -> dict[str, int]:
+    """Return pod name -> new cost, for live pods whose reported cost differs from their annotation.
+
+    A pod without a fresh report keeps its annotation; a terminating pod is left alone (the
+    ReplicaSet already chose it).
+    """
+    patches = {}
+    for pod in pods:
+        load = loads.get(pod.name)
+        if pod.terminating or load is None:
+            continue
+        cost = deletion_cost(load)
+        if pod.cost != str(cost):
+            patches[pod.name] = cost
+    return patches
+
+
+def inflight_by_pool(
+    pods: Iterable[WorkerPod], loads: Mapping[str, Load | None], pools: Mapping[str, str]
+) -> dict[str, int]:
+    """Return pool name -> tasks its pods hold (terminating pods too: their work is still there).
+
+    `pools` maps a pool's `app.kubernetes.io/instance` label value to its name; every named
+    pool gets an entry, 0 when none of its pods holds anything.
+    """
+    totals = dict.fromkeys(pools.values(), 0)
+    for pod in pods:
+        pool = pools.get(pod.pool_label)
+        load = loads.get(pod.name)
+        if pool is not None and load is not None:
+            totals[pool] = min(totals[pool] + load.held, INFLIGHT_MAX)
+    return totals
+
+
+class ApiError(RuntimeError):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, what: str, body: str) -> None:
+        """Keep the status (404 is expected when a pod went away) and a readable message."""
+        super().__init__(f"{what}: HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class KubeApi:
+    """The two calls the controller makes, with the pod's service-account token; each bounded.
+
+    The token is read from its file at every call: the kubelet rotates projected tokens.
+    """
+
+    def __init__(self, server: str, account_dir: Path, timeout: float) -> None:
+        """Trust only the cluster CA of the service-account volume."""
+        self.server = server.rstrip("/")
+        self.token_file = account_dir / "token"
+        self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
+
+    def _call(
+        self, method: str, path: str, body: object = None, content_type: str = ""
+    ) -> dict[str, Any]:
+        token = self.token_file.read_text().strip()
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(  # noqa: S310 - an https URL built from the cluster's
+            f"{self.server}{path}", data=data, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - same
+                request, timeout=self.timeout, context=self.context
+            ) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            text = error.read().decode(errors="replace")
+            raise ApiError(error.code, f"{method} {path}", text) from None
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """List the namespace's pods matching a label selector."""
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        return self._call("GET", f"/api/v1/namespaces/{namespace}/pods?{query}").get("items") or []
+
+    def set_cost(self, namespace: str, pod: WorkerPod, cost: int) -> bool:
+        """Merge-patch the annotation; the pod's uid guards against a namesake. False if gone."""
+        patch = {"metadata": {"uid": pod.uid, "annotations": {ANNOTATION: str(cost)}}}
+        try:
+            self._call(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/pods/{pod.name}",
+                patch,
+                "application/merge-patch+json",
+            )
+        except ApiError as error:
+            if error.status in (404, 409):  # deleted, or replaced by a namesake meanwhile
+                return False
+            raise
+        return True
+
+
+class LoadStore(Protocol):
+    """What the controller needs of a redis-py client."""
+
+    def mget(self, keys: Sequence[str]) -> list[Any]: ...  # noqa: D102
+
+    def pipeline(self, transaction: bool = True) -> Any: ...  # noqa: D102
+
+
+@dataclass
+class PassReport:
+    """What one pass did: the patches it made and the in-flight counts it wrote."""
+
+    patched: dict[str, int] = field(default_factory=dict)
+    inflight_written: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Controller:
+    """One pass reads pods and loads, patches changed costs, refreshes changed in-flight lists."""
+
+    kube: KubeApi
+    redis: LoadStore
+    namespace: str
+    selector: str
+    pools: Mapping[str, str]
+    """`app.kubernetes.io/instance` label value -> pool name."""
+    written: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Pool -> (length, monotonic time) of the last in-flight write."""
+
+    def run_once(self) -> PassReport:
+        """Read, compare, write what changed; returns what it did."""
+        pods = [
+            WorkerPod.from_api(obj) for obj in self.kube.list_pods(self.namespace, self.selector)
+        ]
+        pods = [pod for pod in pods if pod.pool_label in self.pools]
+        raw = self.redis.mget([load_key(pod.name) for pod in pods]) if pods else []
+        loads = {pod.name: parse_load(value) for pod, value in zip(pods, raw, strict=True)}
+        report = PassReport()
+        by_name = {pod.name: pod for pod in pods}
+        for name, cost in sorted(planned_patches(pods, loads).items()):
+            if self.kube.set_cost(self.namespace, by_name[name], cost):
+                logger.info("pod %s: deletion cost %s -> %d", name, by_name[name].cost, cost)
+                report.patched[name] = cost
+        for pool, count in sorted(inflight_by_pool(pods, loads, self.pools).items()):
+            if self._inflight_due(pool, count):
+                self._write_inflight(pool, count)
+                report.inflight_written[pool] = count
+        return report
+
+    def _inflight_due(self, pool: str, count: int) -> bool:
+        last = self.written.get(pool)
+        if last is None or last[0] != count:
+            return True
+        return time.monotonic() - last[1] >= INFLIGHT_TTL_SECONDS / 3
+
+    def _write_inflight(self, pool: str, count: int) -> None:
+        """Replace the pool's list by one of `count` items, atomically (MULTI/EXEC)."""
+        key = inflight_key(pool)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if count:
+            pipe.rpush(key, *["1"] * count)
+            pipe.expire(key, INFLIGHT_TTL_SECONDS)
+        pipe.execute()
+        self.written[pool] = (count, time.monotonic())
+
+
+def api_server_url(environ: Mapping[str, str]) -> str:
+    """Return the in-cluster API server URL (the variables every pod gets)."""
+    host = environ.get("KUBERNETES_SERVICE_HOST")
+    port = environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        msg = "KUBERNETES_SERVICE_HOST is not set: not running in a pod? (use --api-server)"
+        raise SystemExit(msg)
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+def parse_pools(values: Sequence[str]) -> dict[str, str]:
+    """Parse `--pool NAME=INSTANCE_LABEL` options into label value -> pool name."""
+    pools = {}
+    for value in values:
+        name, sep, label = value.partition("=")
+        if not (sep and name and label):
+            msg = f"--pool {value!r}: expected NAME=INSTANCE_LABEL_VALUE"
+            raise SystemExit(msg)
+        pools[label] = name
+    return pools
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--selector", required=True, help="label selector of the worker pods")
+    parser.add_argument(
+        "--pool", action="append", default=[], required=True, help="NAME=INSTANCE_LABEL_VALUE"
+    )
+    parser.add_argument("--namespace", help="default: the service account's namespace")
+    parser.add_argument("--redis-url-env", required=True, help="variable holding the Redis URL")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
+    parser.add_argument("--timeout", type=float, default=5.0, help="bound on every network call")
+    parser.add_argument("--alive-file", type=Path, help="touched after every successful pass")
+    parser.add_argument("--api-server", help="default: from KUBERNETES_SERVICE_HOST/PORT")
+    parser.add_argument("--service-account-dir", type=Path, default=Path(SERVICE_ACCOUNT_DIR))
+    parser.add_argument("--once", action="store_true", help="run one pass and exit")
+    return parser
+
+
+def controller_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Controller:
+    """Build the controller: API client, Redis client (bounded timeouts), pools."""
+    import redis  # the workers' image has it; imported late so --help needs nothing
+
+    url = environ.get(args.redis_url_env)
+    if not url:
+        msg = f"${args.redis_url_env} is empty: the Redis URL comes from the controller's Secret"
+        raise SystemExit(msg)
+    account_dir = args.service_account_dir
+    namespace = args.namespace or (account_dir / "namespace").read_text().strip()
+    client = redis.Redis.from_url(
+        url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout
+    )
+    kube = KubeApi(args.api_server or api_server_url(environ), account_dir, args.timeout)
+    return Controller(kube, client, namespace, args.selector, parse_pools(args.pool))
+
+
+def touch(path: Path) -> None:
+    """Create or refresh a file (the liveness probe reads its age)."""
+    with path.open("a"):
+        os.utime(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run passes every --interval until SIGTERM; errors are logged and retried."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    controller = controller_from_args(args, os.environ)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logger.info(
+        "watching pods %r in %s, pools %s",
+        args.selector,
+        controller.namespace,
+        sorted(controller.pools.values()),
+    )
+    while True:
+        try:
+            controller.run_once()
+        except Exception as error:  # any failure: log it, keep the last costs, try again
+            logger.warning("pass failed: %s", error)
+            if args.once:
+                return 1
+        else:
+            if args.alive_file is not None:
+                touch(args.alive_file)
+        if args.once or stop.wait(args.interval):
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
