@@ -1,7 +1,8 @@
 """Celery on Redis on Kubernetes.
 
-Settings -> target -> broker -> worker pools -> checks -> alerts -> exports. Clients of the
-broker (pools, the check) see only its endpoint (components/endpoint.py).
+Settings -> target -> broker -> worker pools -> scale-in controller -> checks -> alerts ->
+exports. Clients of the broker (pools, the controller, the check) see only its endpoint
+(components/endpoint.py).
 """
 
 import pulumi
@@ -16,6 +17,7 @@ from components.deployed import (
     deployed_engine,
     deployed_storage_size,
 )
+from components.scale_in import ScaleInController
 from components.stack_config import load_stack_config
 
 config = load_stack_config()  # every settings problem stops here, before any resource exists
@@ -30,6 +32,8 @@ broker = RedisBroker(
     client_peers=workers.broker_peers(settings),
 )
 pools = workers.WorkerPools("workers", settings, broker.endpoint, opts=target.child_options())
+# Scale-in removes idle workers first: keeps each worker's pod-deletion-cost = its running tasks.
+scale_in = ScaleInController("scale-in", settings, broker.endpoint, opts=target.child_options())
 check = BrokerCheck("check", settings, broker.endpoint, pools, opts=target.child_options())
 # One PrometheusRule for the stack: the broker's alerts and the pools' queue rules. Created
 # by the broker before (hence the alias: existing stacks keep the object, not replace it).

@@ -62,6 +62,8 @@ INFLIGHT_MAX = 100_000
 MAX_COST = 2_147_483_647
 """The annotation is an int32."""
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+ALIVE_FILE = "alive"
+READY_FILE = "ready"
 POOL_LABEL = "app.kubernetes.io/instance"
 """The label whose value tells a worker pod's pool apart (components/naming.selector_labels)."""
 
@@ -331,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-url-env", required=True, help="variable holding the Redis URL")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
     parser.add_argument("--timeout", type=float, default=5.0, help="bound on every network call")
-    parser.add_argument("--alive-file", type=Path, help="touched after every successful pass")
+    parser.add_argument(
+        "--health-dir",
+        type=Path,
+        help=f"keeps {ALIVE_FILE} (touched after every pass) and {READY_FILE} (while passes work)",
+    )
     parser.add_argument("--api-server", help="default: from KUBERNETES_SERVICE_HOST/PORT")
     parser.add_argument("--service-account-dir", type=Path, default=Path(SERVICE_ACCOUNT_DIR))
     parser.add_argument("--once", action="store_true", help="run one pass and exit")
@@ -361,6 +367,21 @@ def touch(path: Path) -> None:
         os.utime(path)
 
 
+def record_health(health_dir: Path | None, *, passed: bool) -> None:
+    """Touch `alive` after every pass (the loop runs); keep `ready` only while passes succeed.
+
+    Liveness reads `alive`: a broker or API outage is not cured by a restart, a stuck loop is.
+    """
+    if health_dir is None:
+        return
+    health_dir.mkdir(parents=True, exist_ok=True)
+    touch(health_dir / ALIVE_FILE)
+    if passed:
+        touch(health_dir / READY_FILE)
+    else:
+        (health_dir / READY_FILE).unlink(missing_ok=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run passes every --interval until SIGTERM; errors are logged and retried."""
     args = build_parser().parse_args(argv)
@@ -379,11 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             controller.run_once()
         except Exception as error:  # any failure: log it, keep the last costs, try again
             logger.warning("pass failed: %s", error)
+            record_health(args.health_dir, passed=False)
             if args.once:
                 return 1
         else:
-            if args.alive_file is not None:
-                touch(args.alive_file)
+            record_health(args.health_dir, passed=True)
         if args.once or stop.wait(args.interval):
             return 0
 

@@ -32,6 +32,7 @@ from components.endpoint import (
     BROKER_URL_KEY,
     CHECK_URL_KEY,
     RESULT_BACKEND_KEY,
+    SCALE_IN_URL_KEY,
     AutoscalerAccess,
     BrokerEndpoint,
     ClientSecret,
@@ -47,6 +48,7 @@ PROBE_USER = redis_config.PROBE_USER
 CHECK_USER = redis_config.CHECK_USER
 KEDA_USER = redis_config.KEDA_USER
 EXPORTER_USER = redis_config.EXPORTER_USER
+SCALE_IN_USER = redis_config.SCALE_IN_USER
 
 # Keys of the server Secret, mounted as files into the broker pod.
 CELERY_PASSWORD_KEY = redis_config.CELERY_PASSWORD_FILE
@@ -55,6 +57,7 @@ PROBE_PASSWORD_KEY = redis_config.PROBE_PASSWORD_FILE
 CHECK_PASSWORD_KEY = redis_config.CHECK_PASSWORD_FILE
 KEDA_PASSWORD_KEY = redis_config.KEDA_PASSWORD_FILE
 EXPORTER_PASSWORD_KEY = redis_config.EXPORTER_PASSWORD_FILE
+SCALE_IN_PASSWORD_KEY = redis_config.SCALE_IN_PASSWORD_FILE
 PREVIOUS_PASSWORD_CONFIG = "broker_password_previous"  # noqa: S105 - a config key's name
 
 CONTAINER = "redis"
@@ -867,10 +870,14 @@ class RedisBroker(pulumi.ComponentResource):
         )
         sentinel_password = replication_passwords.get(redis_config.SENTINEL_PASSWORD_FILE)
         self.sentinel_password = sentinel_password  # a secret, exported for `check --stack`
+        scale_in_password = self._password(
+            "scale_in_password", "broker-scalein-password", secrets, child
+        )
 
         self.broker_url = self._client_url(CELERY_USER, celery_password, broker.broker_db)
         self.result_backend_url = self._client_url(CELERY_USER, celery_password, broker.result_db)
         self.check_url = self._client_url(CHECK_USER, check_password, broker.broker_db)
+        self.scale_in_url = self._client_url(SCALE_IN_USER, scale_in_password, broker.broker_db)
 
         users = {
             CELERY_PASSWORD_KEY: celery_password,
@@ -879,6 +886,7 @@ class RedisBroker(pulumi.ComponentResource):
             KEDA_PASSWORD_KEY: keda_password,
             EXPORTER_PASSWORD_KEY: exporter_password,
             **replication_passwords,
+            SCALE_IN_PASSWORD_KEY: scale_in_password,
         }
         if settings.metrics.exporter_enabled:
             # redis_exporter reads its password from a JSON map keyed by address.
@@ -899,6 +907,7 @@ class RedisBroker(pulumi.ComponentResource):
                 RESULT_BACKEND_KEY: self.result_backend_url,
                 CHECK_URL_KEY: self.check_url,
                 **({SENTINEL_PASSWORD_KEY: sentinel_password} if sentinel_password else {}),
+                SCALE_IN_URL_KEY: self.scale_in_url,
             },
             child,
         )

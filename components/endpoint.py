@@ -32,6 +32,8 @@ RESULT_BACKEND_KEY = "CELERY_RESULT_BACKEND"
 """Client Secret key of the result backend URL (same user, the result database)."""
 CHECK_URL_KEY = "BROKER_CHECK_URL"
 """Client Secret key of the check user's URL (the post-deploy check only)."""
+SCALE_IN_URL_KEY = "BROKER_SCALE_IN_URL"
+"""Client Secret key of the scale-in user's URL (the deletion-cost controller only)."""
 
 REVISION_ANNOTATION = "celery-redis/broker-client-revision"
 """Pod-template annotation for client Deployments: a changed client Secret rolls their pods."""
@@ -61,6 +63,7 @@ class ClientSecret:
     check_url_key: str = CHECK_URL_KEY
     sentinel_password_key: str | None = None
     """Key of Sentinel's password when clients find the master through Sentinel, else None."""
+    scale_in_url_key: str = SCALE_IN_URL_KEY
 
     def env(self, variable: str, key: str) -> k8s.core.v1.EnvVarArgs:
         """Return `variable` taken from `key` of this Secret."""

@@ -2,13 +2,16 @@
 
 Every container is non-root, cannot escalate privileges, drops all capabilities, runs under
 the RuntimeDefault seccomp profile with a read-only root filesystem, and has requests and a
-memory limit. Pods mount no service-account token: nothing here talks to the Kubernetes API.
+memory limit. Pods mount no service-account token: only the scale-in controller talks to the
+Kubernetes API (components/scale_in.py), and only its pod is given its own ServiceAccount's.
+Worker pods, which parse untrusted files, never carry one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pulumi
 import pulumi_kubernetes as k8s
 
 from components.settings import Placement, Resources
@@ -94,10 +97,12 @@ def hardened_pod_spec(
     restart_policy: str | None = None,
     topology_spread: Sequence[k8s.core.v1.TopologySpreadConstraintArgs] | None = None,
     affinity: k8s.core.v1.AffinityArgs | None = None,
+    service_account: pulumi.Input[str] | None = None,
 ) -> k8s.core.v1.PodSpecArgs:
     """Build a pod spec.
 
-    Non-root identity, no API token, placement, and the private /tmp emptyDir.
+    Non-root identity, placement, and the private /tmp emptyDir. No API token unless
+    `service_account` names the pod's own ServiceAccount (a pod that calls the API server).
     """
     tmp = k8s.core.v1.VolumeArgs(
         name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="256Mi")
@@ -107,7 +112,8 @@ def hardened_pod_spec(
         for t in placement.tolerations
     ]
     return k8s.core.v1.PodSpecArgs(
-        automount_service_account_token=False,
+        service_account_name=service_account,
+        automount_service_account_token=service_account is not None,
         enable_service_links=False,
         security_context=k8s.core.v1.PodSecurityContextArgs(
             run_as_non_root=True,

@@ -25,6 +25,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
+from brokerctl.deletioncost import INFLIGHT_KEY_PREFIX, LOAD_KEY_PREFIX
 from components import celery_config
 from components.engine import SERVER_BINARIES, version_specific_lines
 from components.quantities import memory_bytes
@@ -54,6 +55,7 @@ PROBE_PASSWORD_FILE = "probe-password"  # noqa: S105 - a file name, not a passwo
 CHECK_PASSWORD_FILE = "check-password"  # noqa: S105 - a file name, not a password
 KEDA_PASSWORD_FILE = "keda-password"  # noqa: S105 - a file name, not a password
 EXPORTER_PASSWORD_FILE = "exporter-password"  # noqa: S105 - a file name, not a password
+SCALE_IN_PASSWORD_FILE = "scalein-password"  # noqa: S105 - a file name, not a password
 
 # The TLS Secret's keys, as kubernetes.io/tls Secrets and cert-manager name them.
 TLS_DIR = "/etc/redis-tls"
@@ -167,6 +169,16 @@ EXPORTER_COMMANDS: dict[str, tuple[str, ...]] = {
     "unacked": ("zrange",),
 }
 
+# The scale-in user: the deletion-cost controller (brokerctl/deletioncost.py) reads every
+# worker's load entry (MGET of small JSON counts, never a task body) and replaces each pool's
+# in-flight list (DEL, RPUSH, EXPIRE inside MULTI/EXEC). Keys: read the load entries only,
+# write the in-flight lists only.
+SCALE_IN_COMMANDS: dict[str, tuple[str, ...]] = {
+    "connection": ("hello", "ping", "select"),
+    "loads": ("mget",),
+    "inflight": ("multi", "exec", "del", "rpush", "expire"),
+}
+
 SCRIPT_COMMANDS = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro", "function")
 """Commands that run Lua; a user granted none of them cannot start a script at all."""
 
@@ -208,13 +220,23 @@ KEDA_USER = "keda"
 """KEDA's redis scaler: the length of the stack's queue lists, read through its Lua script."""
 EXPORTER_USER = "exporter"
 """redis_exporter: INFO, CONFIG GET, sizes of the queue lists and unacked keys, its script."""
+SCALE_IN_USER = "scalein"
+"""The deletion-cost controller: reads worker load entries, writes the pools' in-flight lists."""
 READER_PASSWORD_FILES = {
     PROBE_USER: PROBE_PASSWORD_FILE,
     CHECK_USER: CHECK_PASSWORD_FILE,
     KEDA_USER: KEDA_PASSWORD_FILE,
     EXPORTER_USER: EXPORTER_PASSWORD_FILE,
+    SCALE_IN_USER: SCALE_IN_PASSWORD_FILE,
 }
-"""Every reader and the users Secret file holding its password (one generated password each)."""
+"""Every user but celery and the reloader, and the users Secret file holding its password (one
+generated password each). None of them can read a queue or a task body; only the scale-in user
+writes, and only its own in-flight lists."""
+
+LOAD_KEYS = f"{LOAD_KEY_PREFIX}*"
+"""ACL pattern of the workers' load entries (celery_config.TaskLoad writes them)."""
+INFLIGHT_KEYS = f"{INFLIGHT_KEY_PREFIX}*"
+"""ACL pattern of the pools' in-flight lists (the controller writes them, KEDA reads lengths)."""
 SECRET_FILE_MODE = 0o440
 """Mode of mounted Secret files: owner root, group fsGroup (the pod's uid), no one else."""
 
@@ -274,7 +296,8 @@ def acl_user_rules(queues: Sequence[str] = (), *, replicated: bool = False) -> d
     """
     queue_keys = queue_key_patterns(queues)
     # EVAL treats KEYS[] as read-write, so KEDA's patterns grant both; it has no write command.
-    keda_keys = " ".join(f"~{key}" for key in queue_keys)
+    # The in-flight lists are how KEDA sees the tasks workers run (brokerctl/deletioncost.py).
+    keda_keys = " ".join(f"~{key}" for key in [*queue_keys, INFLIGHT_KEYS])
     exporter_keys = " ".join(
         f"%R~{key}" for key in [*queue_keys, KOMBU_UNACKED, KOMBU_UNACKED_INDEX]
     )
@@ -288,6 +311,10 @@ def acl_user_rules(queues: Sequence[str] = (), *, replicated: bool = False) -> d
         KEDA_USER: f"on resetkeys {keda_keys} resetchannels {acl_commands(KEDA_COMMANDS)}",
         EXPORTER_USER: (
             f"on resetkeys {exporter_keys} resetchannels {acl_commands(EXPORTER_COMMANDS)}"
+        ),
+        SCALE_IN_USER: (
+            f"on resetkeys %R~{LOAD_KEYS} %W~{INFLIGHT_KEYS} resetchannels "
+            f"{acl_commands(SCALE_IN_COMMANDS)}"
         ),
         # No keys, no channels: it re-applies users and TLS files and kills runaway scripts.
         RELOADER_USER: f"on resetkeys resetchannels {acl_commands(RELOADER_COMMANDS)}",

@@ -126,6 +126,13 @@ SECRETS: dict[str, tuple[str, str]] = {
         "unacked keys). Set with `pulumi config set --secret exporter_password ...`; otherwise "
         "generated once by the program and kept in state.",
     ),
+    "scale_in_password": (
+        "generated",
+        "Password of the `scalein` user (the deletion-cost controller: reads the workers' "
+        "task counts, writes the pools' in-flight lists; no queue, no task body). Set with "
+        "`pulumi config set --secret scale_in_password ...`; otherwise generated once by the "
+        "program and kept in state.",
+    ),
 }
 """Each credential's default and meaning (tests/unit checks `generated` against the program)."""
 

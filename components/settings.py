@@ -740,7 +740,12 @@ class Autoscaling(Section):
         5, ge=1, description="Most workers (bounded by broker connections and memory)."
     )
     queue_length_per_replica: int = Field(
-        4, ge=1, description="KEDA target: waiting tasks per worker replica before scaling out."
+        4,
+        ge=1,
+        description=(
+            "KEDA target: tasks per worker replica, waiting or in flight (running, prefetched; "
+            "counted by workers.scale_in) before scaling out."
+        ),
     )
     cooldown_seconds: int = Field(
         300,
@@ -985,6 +990,47 @@ class BeatSettings(Section):
     )
 
 
+class ScaleInSettings(Section):
+    """The deletion-cost controller: when a pool scales in, idle workers go before busy ones.
+
+    Kubernetes removes pods with the lowest `controller.kubernetes.io/pod-deletion-cost` first;
+    this small controller keeps that cost equal to the tasks each worker runs (read from the
+    counts workers publish to the broker), and tells KEDA how many tasks are in flight.
+    """
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Run the controller (one small pod): scale-in removes idle workers first, and KEDA "
+            "counts running tasks, so it never scales a busy pool to zero."
+        ),
+    )
+    interval_seconds: int = Field(
+        2,
+        ge=1,
+        le=60,
+        description=(
+            "How often it reads the counts; a pod's cost is patched only when it changed."
+        ),
+    )
+    image: ImageReference | None = Field(
+        None,
+        description=(
+            "Image of the controller, pinned; unset uses the first pool's (it has redis-py)."
+        ),
+    )
+    python_bin: str = Field(
+        "python", description="Python executable inside that image (on its PATH)."
+    )
+    run_as_user: int = Field(10001, ge=1, description="Non-root uid of the controller.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpu_request="10m", memory_request="64Mi", memory_limit="128Mi"
+        ),
+        description="Requests and limits of the controller container.",
+    )
+
+
 def _default_pools() -> list[dict[str, str]]:
     # Validated like a stack's own pools (validate_default): the image has no default, so a
     # stack that leaves out `workers` is told to set workers.pools[0].image.
@@ -1001,6 +1047,9 @@ class WorkersSettings(Section):
         description="Worker pools, one Deployment each.",
     )
     beat: BeatSettings = Field(default_factory=BeatSettings, description="The optional scheduler.")
+    scale_in: ScaleInSettings = Field(
+        default_factory=ScaleInSettings, description="Which workers a scale-in removes first."
+    )
     keda_namespace: DnsLabel = Field(
         "keda",
         description=(
@@ -1017,8 +1066,29 @@ class WorkersSettings(Section):
                 problems.add(("pools", index, "name"), pool.name, "pool names must be unique")
             seen.add(pool.name)
         self._add_shared_queue_problems(problems)
+        self._add_scale_to_zero_problems(problems)
         problems.raise_if_any()
         return self
+
+    def _add_scale_to_zero_problems(self, problems: Problems) -> None:
+        """Require the controller for a pool KEDA may scale to zero (it counts running tasks).
+
+        KEDA sees only the queue lists: once the last message is taken, the pool looks idle
+        while its tasks still run, and the scale to zero cancels them. The controller's
+        in-flight list is what keeps such a pool up.
+        """
+        if self.scale_in.enabled:
+            return
+        for index, pool in enumerate(self.pools):
+            scaling = pool.autoscaling
+            if scaling.enabled and scaling.engine == "keda" and scaling.min_replicas == 0:
+                problems.add(
+                    ("pools", index, "autoscaling", "min_replicas"),
+                    0,
+                    "needs workers.scale_in.enabled: true (false here): without its count of "
+                    "running tasks KEDA scales the pool to zero while they run; allowed: "
+                    "min_replicas >= 1, or scale_in enabled",
+                )
 
     def _add_shared_queue_problems(self, problems: Problems) -> None:
         """Pools that consume one queue must agree on what happens to its tasks.
@@ -1471,5 +1541,6 @@ SECRET_KEYS = (
     "check_password",
     "keda_password",
     "exporter_password",
+    "scale_in_password",
 )
 """Config keys that hold credentials: set with `pulumi config set --secret`, never in plain text."""

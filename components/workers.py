@@ -20,6 +20,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from brokerctl.deletioncost import inflight_key
 from components import celery_config, metrics
 from components.endpoint import AutoscalerAccess, BrokerEndpoint, ClientSecret
 from components.naming import labels, object_name, selector_labels
@@ -31,6 +32,11 @@ BEAT = "beat"
 WIRING_VOLUME = "celery-wiring"
 CHECKSUM_ANNOTATION = "celery-redis/wiring-sha256"
 """Pod annotation holding the wiring module's hash: a changed module rolls the pods."""
+
+POD_NAME_ENV = "POD_NAME"
+"""The pod's name (downward API): the key its worker publishes its task counts under."""
+IN_FLIGHT_TRIGGER = "in_flight"
+"""KEDA trigger on the pool's in-flight list (the scale-in controller keeps its length)."""
 
 KEDA_API = "keda.sh/v1alpha1"
 KEDA_USERNAME_KEY = "username"
@@ -44,23 +50,33 @@ def trigger_name(index: int, queue: str, step: int) -> str:
 
 
 def keda_triggers(
-    pool: PoolSettings, access: AutoscalerAccess, auth_name: str
+    pool: PoolSettings, access: AutoscalerAccess, auth_name: str, *, in_flight: bool
 ) -> list[dict[str, Any]]:
-    """One trigger per list of each queue; all metadata values are strings (KEDA's type)."""
-    triggers = []
-    for index, queue in enumerate(pool.queues):
-        for step, list_name in celery_config.priority_lists(queue):
-            triggers.append(
-                {
-                    "type": access.trigger_type,
-                    "name": trigger_name(index, queue, step),
-                    "metadata": access.trigger_metadata(
-                        list_name, pool.autoscaling.queue_length_per_replica
-                    ),
-                    "authenticationRef": {"name": auth_name},
-                }
-            )
-    return triggers
+    """One trigger per list of each queue; all metadata values are strings (KEDA's type).
+
+    With `in_flight` (the scale-in controller runs), one more on the pool's in-flight list:
+    the tasks its workers took from the queues and still run or hold, which the queue lists no
+    longer show. Without it KEDA sees an idle pool while the last tasks run, and scales it in
+    (to zero, when allowed) under them.
+    """
+    lists = [
+        (trigger_name(index, queue, step), list_name)
+        for index, queue in enumerate(pool.queues)
+        for step, list_name in celery_config.priority_lists(queue)
+    ]
+    if in_flight:
+        lists.append((IN_FLIGHT_TRIGGER, inflight_key(pool.name)))
+    return [
+        {
+            "type": access.trigger_type,
+            "name": name,
+            "metadata": access.trigger_metadata(
+                list_name, pool.autoscaling.queue_length_per_replica
+            ),
+            "authenticationRef": {"name": auth_name},
+        }
+        for name, list_name in lists
+    ]
 
 
 def broker_peers(settings: StackSettings) -> list[k8s.networking.v1.NetworkPolicyPeerArgs]:
@@ -99,10 +115,15 @@ def scaled_object_spec(
     deployment: str,
     access: AutoscalerAccess,
     auth_name: str,
+    *,
+    in_flight: bool,
 ) -> dict[str, Any]:
-    """KEDA ScaledObject spec: the pool's lists summed by a formula, target tasks per replica."""
+    """KEDA ScaledObject spec: the pool's lists summed by a formula, target tasks per replica.
+
+    With `in_flight`, the sum counts running tasks too: activation (> 0) holds while one runs.
+    """
     scaling = pool.autoscaling
-    triggers = keda_triggers(pool, access, auth_name)
+    triggers = keda_triggers(pool, access, auth_name, in_flight=in_flight)
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
         "minReplicaCount": scaling.min_replicas,
@@ -155,6 +176,16 @@ def celery_env(pool: PoolSettings, secret: ClientSecret) -> list[k8s.core.v1.Env
         ),
         *[k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(plain.items())],
     ]
+
+
+def pod_name_env() -> k8s.core.v1.EnvVarArgs:
+    """Return POD_NAME from the downward API (a hostname is cut to 63 characters; a name is not)."""
+    return k8s.core.v1.EnvVarArgs(
+        name=POD_NAME_ENV,
+        value_from=k8s.core.v1.EnvVarSourceArgs(
+            field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
+        ),
+    )
 
 
 def exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.ProbeArgs:
@@ -264,7 +295,7 @@ class WorkerPools(pulumi.ComponentResource):
             image=pool.image,
             command=celery_config.worker_command(settings, pool),
             resources=pool.resources,
-            env=celery_env(pool, self.endpoint.secret),
+            env=[*celery_env(pool, self.endpoint.secret), pod_name_env()],
             volume_mounts=[wiring_mount(), *self.endpoint.ca_mounts],
             **health_probes(
                 celery_config.liveness_window_seconds(pool),
@@ -442,7 +473,13 @@ class WorkerPools(pulumi.ComponentResource):
             api_version=KEDA_API,
             kind="ScaledObject",
             metadata=self._metadata(deployment, WORKER, pool.name),
-            spec=scaled_object_spec(pool, deployment, self.endpoint.autoscaler, auth_name),
+            spec=scaled_object_spec(
+                pool,
+                deployment,
+                self.endpoint.autoscaler,
+                auth_name,
+                in_flight=self.settings.workers.scale_in.enabled,
+            ),
             opts=self._child,
         )
 

@@ -46,6 +46,7 @@ SECRET_VALUES = {
     "redacted-broker-check-password": "e2e-check-password",
     "redacted-broker-keda-password": "e2e-keda-password",
     "redacted-broker-exporter-password": EXPORTER_PASSWORD,
+    "redacted-broker-scalein-password": "e2e-scalein-password",
 }
 """What `pulumi up` would put where render leaves placeholders (generated passwords)."""
 
@@ -331,6 +332,8 @@ def find_names(objects: list[dict]) -> dict[str, Any]:
             "name"
         ]
         for deployment in of_kind("Deployment")
+        # Worker pools only: the scale-in controller needs an API server, which pods lack here.
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/name") == "worker"
     }
     autoscaled = {
         scaled["spec"]["scaleTargetRef"]["name"]: scaled["spec"].get("minReplicaCount", 1)

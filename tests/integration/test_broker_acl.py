@@ -20,10 +20,18 @@ from pathlib import Path
 import pytest
 import redis
 
+from brokerctl.deletioncost import (
+    INFLIGHT_TTL_SECONDS,
+    POOL_LABEL,
+    Controller,
+    inflight_key,
+    load_key,
+)
 from tests.support.broker_boot import (
     CHECK_PASSWORD,
     EXPORTER_PASSWORD,
     KEDA_PASSWORD,
+    SCALE_IN_PASSWORD,
     booted_broker,
     rendered_broker,
 )
@@ -116,6 +124,7 @@ READERS = {
     "check": CHECK_PASSWORD,
     "keda": KEDA_PASSWORD,
     "exporter": EXPORTER_PASSWORD,
+    "scalein": SCALE_IN_PASSWORD,
 }
 """Every reader of the rendered ACL and its test password (placeholders replaced)."""
 
@@ -281,7 +290,7 @@ def test_no_reader_can_write_or_administer(broker_server, user, command):
         reader(broker_server, user).execute_command(*command)
 
 
-@pytest.mark.parametrize("user", ["probe", "check"])
+@pytest.mark.parametrize("user", ["probe", "check", "scalein"])
 @pytest.mark.parametrize("command", SCRIPTS, ids=lambda c: " ".join(c[:2]))
 def test_readers_that_need_no_script_cannot_start_one(broker_server, user, command):
     with pytest.raises(redis.ResponseError, match=REFUSAL):
@@ -365,6 +374,54 @@ def test_exporter_user_runs_its_scrape_and_script(broker_server, task_bodies):
     values = client.execute_command("EVAL", script, "0")
     assert values == [b"unacked_messages", b"1", b"oldest_unacked_delivered_at", b"1700000000.5"]
     assert not acl_denials(task_bodies, "exporter"), "the exporter's scrape was refused a command"
+
+
+def test_scale_in_user_runs_the_controllers_pass_and_keda_reads_its_in_flight_list(
+    broker_server, task_bodies
+):
+    """The controller's real Redis calls as `scalein`, then KEDA's script on what it wrote."""
+    task_bodies.execute_command("ACL", "LOG", "RESET")
+    pods = [
+        {"metadata": {"name": name, "uid": name, "labels": {POOL_LABEL: "celery-pdf"}}}
+        for name in ("worker-a", "worker-b")
+    ]
+    task_bodies.set(load_key("worker-a"), '{"running": 1, "held": 2}')
+    task_bodies.set(load_key("worker-b"), '{"running": 0, "held": 1}')
+
+    class NoPatches:  # the API side is tests/realengine's; here only Redis is under test
+        def list_pods(self, namespace: str, selector: str) -> list[dict]:
+            return pods
+
+        def set_cost(self, namespace: str, pod: object, cost: int) -> bool:
+            return True
+
+    controller = Controller(
+        NoPatches(),  # type: ignore[arg-type]
+        reader(broker_server, "scalein"),
+        "ns",
+        "app=worker",
+        {"celery-pdf": "pdf"},
+    )
+    report = controller.run_once()
+    assert report.inflight_written == {"pdf": 3}, report
+    assert task_bodies.llen(inflight_key("pdf")) == 3
+    assert 0 < task_bodies.ttl(inflight_key("pdf")) <= INFLIGHT_TTL_SECONDS
+    keda = reader(broker_server, "keda")
+    assert keda.execute_command("EVAL", KEDA_SCRIPT, "1", inflight_key("pdf")) == 3
+    assert not acl_denials(task_bodies, "scalein"), "the controller was refused a command"
+    assert not acl_denials(task_bodies, "keda"), "KEDA was refused the in-flight list"
+    client = reader(broker_server, "scalein")
+    for command in (
+        ("MGET", "celery-task-meta-1"),  # a result: not a load entry
+        ("MGET", "unacked"),
+        ("SET", load_key("worker-a"), "x"),  # a worker's entry is the workers' to write
+        ("DEL", load_key("worker-a")),
+        ("DEL", "celery"),
+        ("RPUSH", "celery", "x"),
+        ("MGET", inflight_key("pdf")),  # write-only: it never needs to read them back
+    ):
+        with pytest.raises(redis.ResponseError, match=REFUSAL):
+            client.execute_command(*command)
 
 
 def test_written_acl_file_switches_the_default_user_off(broker_server):

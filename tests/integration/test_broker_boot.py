@@ -12,6 +12,7 @@ from tests.support.broker_boot import (
     CHECK_PASSWORD,
     EXPORTER_PASSWORD,
     KEDA_PASSWORD,
+    SCALE_IN_PASSWORD,
     booted_broker,
     rendered_broker,
 )
@@ -67,7 +68,7 @@ def test_passwords_reach_redis_hashed_and_nowhere_in_plain_text(engine):
         cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().decode()
         conf = broker.redis_conf
         passwords = (CELERY_PASSWORD, PROBE_PASSWORD, CHECK_PASSWORD, KEDA_PASSWORD)
-        for password in (*passwords, EXPORTER_PASSWORD):
+        for password in (*passwords, EXPORTER_PASSWORD, SCALE_IN_PASSWORD):
             assert password not in acl, "plain password in the ACL file"
             assert password not in cmdline, "password in redis-server's argv"
             assert password not in conf, "password in redis.conf"
@@ -75,5 +76,5 @@ def test_passwords_reach_redis_hashed_and_nowhere_in_plain_text(engine):
         # One SHA-256 hash each: celery, the readers, and the pod-local reloader (its password
         # is random per start and never leaves the pod).
         hashed = dict(re.findall(r"^user (\S+) on #([0-9a-f]{64})", acl, flags=re.MULTILINE))
-        users = {"celery", "probe", "check", "keda", "exporter", "reloader"}
+        users = {"celery", "probe", "check", "keda", "exporter", "scalein", "reloader"}
         assert set(hashed) == users, f"hashed users:\n{acl}"

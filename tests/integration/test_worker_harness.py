@@ -136,9 +136,13 @@ def _one(objects: list[dict[str, Any]], kind: str, name_part: str) -> dict[str, 
 
 
 def pod_environment(
-    pool: RenderedPool, redis_server: RedisServer, config_dir: Path, celery_bin_dir: Path
+    pool: RenderedPool,
+    redis_server: RedisServer,
+    config_dir: Path,
+    celery_bin_dir: Path,
+    pod_name: str = "worker-pod",
 ) -> dict[str, str]:
-    """Return the container's env: Secret references resolved, ConfigMap and app dirs local."""
+    """Return the container's env: Secret and downward-API references resolved, dirs local."""
     secret = {
         BROKER_URL_KEY: redis_server.url("celery", CELERY_PASSWORD, db=0),
         RESULT_BACKEND_KEY: redis_server.url("celery", CELERY_PASSWORD, db=1),
@@ -146,7 +150,9 @@ def pod_environment(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PYTHON", "REMAP"))}
     env["PATH"] = f"{celery_bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
     for variable in pool.container.get("env", []):
-        if "valueFrom" in variable:
+        if variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[variable["name"]] = pod_name
+        elif "valueFrom" in variable:
             env[variable["name"]] = secret[variable["valueFrom"]["secretKeyRef"]["key"]]
         else:
             env[variable["name"]] = variable["value"]
@@ -216,7 +222,7 @@ def pod_worker(
     private_tmp = Path(tempfile.mkdtemp(prefix="pod-tmp-", dir=SCRATCH))
     for file_name, text in pool.config_files.items():
         (config_dir / file_name).write_text(text)
-    env = pod_environment(pool, redis_server, config_dir, Path(celery).parent)
+    env = pod_environment(pool, redis_server, config_dir, Path(celery).parent, pod_name)
     container = (
         'hostname "$1" && '
         + "".join(_keep_under_tmp(private_tmp))

@@ -315,6 +315,10 @@ class LocalCluster:
             self.service_address if self.network == "per-pod" else None,
         )
 
+    def api_server_variables(self) -> dict[str, str]:
+        """None: no API server here (kubelet.Node; policy.NO_API_SERVER)."""
+        return {}
+
     def service_names(self, namespace: str | None) -> list[str]:
         """Every DNS name a pod in namespace can use for a Service or a StatefulSet pod."""
         return service_dns_names(

@@ -149,6 +149,9 @@ class Node(Protocol):
     def service_links(self, namespace: str) -> dict[str, str]:
         """Return the Service link variables for a namespace."""
 
+    def api_server_variables(self) -> dict[str, str]:
+        """Return KUBERNETES_SERVICE_* (every container gets them; empty without an API server)."""
+
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """Return the host directory of a PersistentVolumeClaim."""
 
@@ -388,6 +391,8 @@ class Container:
     def environment(self) -> tuple[dict[str, str], dict[str, str]]:
         """Image ENV under the kubelet's environment, and the kubelet's environment alone."""
         links = self.pod.node.service_links(self.pod.namespace) if self.pod.service_links else {}
+        # The kubelet adds the `kubernetes` Service's variables whatever enableServiceLinks says.
+        links = {**links, **self.pod.node.api_server_variables()}
         k8s_env = container_environment(
             self.pod.node.store, self.pod.identity, self.spec, links, self.where
         )

@@ -18,7 +18,9 @@ Networking, one node (the default): every pod lives in one network namespace the
 (rewritten as Services come and go), and each pod gets its own pod IP from 10.244.0.0/16, which
 is local to that namespace (assigned to its loopback), so Endpoints and EndpointSlices get real,
 reachable addresses. The agent itself runs in the root namespace and talks to the API server on
-loopback.
+loopback. Pods reach the API server as in a cluster: the `kubernetes` Service's ClusterIP is on
+the pod network's loopback, where the agent forwards port 443 to the API server, and every
+container gets KUBERNETES_SERVICE_HOST/PORT (the API server's certificate names that IP).
 
 Networking, several nodes (`network=PodNetwork`, see pod_network.py and multinode.py): each pod
 gets its own network namespace and an address from the node's pod CIDR on a bridge every node
@@ -43,7 +45,9 @@ import http.client
 import itertools
 import json
 import platform
+import select
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -321,6 +325,106 @@ class ApiObjects:
                 del self.tokens[key]
 
 
+class ApiServerInPodNetwork:
+    """The `kubernetes` Service inside the pod network: ClusterIP:443 -> the API server.
+
+    The listening socket is made by a thread that entered the pod network (sockets stay in the
+    namespace they were created in); the agent accepts on it and connects out to the API server
+    on the root namespace's loopback. Bytes are copied both ways; TLS stays end to end.
+    """
+
+    def __init__(
+        self, netns: NetworkNamespace, address: str, port: int, upstream: tuple[str, int]
+    ) -> None:
+        """Listen on address:port in netns; connections go to `upstream` from the host."""
+        self.address, self.port, self.upstream = address, port, upstream
+        self.listener = self._listen_in(netns)
+        self.sockets: set[socket.socket] = {self.listener}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, name="node-api-forward", daemon=True).start()
+
+    def _listen_in(self, netns: NetworkNamespace) -> socket.socket:
+        outcome: dict[str, object] = {}
+
+        def inside() -> None:
+            try:
+                netns.enter_current_thread()
+                outcome["socket"] = socket.create_server((self.address, self.port))
+            except OSError as error:
+                outcome["error"] = error
+
+        thread = threading.Thread(target=inside, name="node-api-listen", daemon=True)
+        thread.start()
+        thread.join(timeout=API_TIMEOUT)
+        if "socket" not in outcome:
+            msg = f"listening on {self.address}:{self.port} in the pod network: {outcome}"
+            raise PodRunnerError(msg)
+        return outcome["socket"]  # type: ignore[return-value]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
+
+    def _pump(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=API_TIMEOUT)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self.lock:
+            self.sockets.update((client, upstream))
+        peers = {client: upstream, upstream: client}
+        try:
+            while True:
+                ready, _, _ = select.select(list(peers), [], [], 1.0)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (client, upstream):
+                sock.close()
+            with self.lock:
+                self.sockets.difference_update((client, upstream))
+
+    def variables(self) -> dict[str, str]:
+        """Return what the kubelet gives every container for the `kubernetes` Service."""
+        tcp = f"tcp://{self.address}:{self.port}"
+        prefix = f"KUBERNETES_PORT_{self.port}_TCP"
+        return {
+            "KUBERNETES_SERVICE_HOST": self.address,
+            "KUBERNETES_SERVICE_PORT": str(self.port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(self.port),
+            "KUBERNETES_PORT": tcp,
+            prefix: tcp,
+            f"{prefix}_PROTO": "tcp",
+            f"{prefix}_PORT": str(self.port),
+            f"{prefix}_ADDR": self.address,
+        }
+
+    def close(self) -> None:
+        """Stop accepting and cut every forwarded connection."""
+        with self.lock:
+            for sock in list(self.sockets):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+_API_IN_POD_NETWORKS: dict[str, tuple[ApiServerInPodNetwork, int]] = {}
+"""Pod network namespace -> its API server forward and how many node agents use it: nodes that
+share one network (pod_network.PodNetwork) share its one `kubernetes` address."""
+_API_IN_POD_NETWORKS_LOCK = threading.Lock()
+
+
 class ClusterLike(Protocol):
     """What the agent needs of a control plane: a kubeconfig with admin credentials."""
 
@@ -559,6 +663,7 @@ class NodeAgent:
         self.addresses = (f"10.244.{n // 256}.{n % 256}" for n in itertools.count(2))
         self.errors: list[str] = []
         self.forwards: list[PortForward] = []
+        self.api_in_pods: ApiServerInPodNetwork | None = None
         self.log_server: LogServer | None = None
         self.last_node_status = 0.0
         self.last_objects_sync = 0.0
@@ -600,6 +705,7 @@ class NodeAgent:
             self.network.join(self)
         # `kubectl logs` reaches pods through the API server, which calls the node's kubelet.
         self.log_server = LogServer(self.find_container, self.root / "kubelet-pki")
+        self.serve_api_to_pods()
         self.register_node()
         loops = [
             (self.heartbeat_loop, "heartbeat"),
@@ -649,6 +755,7 @@ class NodeAgent:
                 self.network.detach(record.interface)
         for forward in self.forwards:
             forward.close()
+        self.stop_serving_api_to_pods()
         if self.log_server is not None:
             self.log_server.close()
         if self.netns_handle is not None:
@@ -796,6 +903,48 @@ class NodeAgent:
         return service_link_variables(
             [s for s in self.services if s["metadata"]["namespace"] == namespace]
         )
+
+    def api_server_variables(self) -> dict[str, str]:
+        """KUBERNETES_SERVICE_HOST/PORT and the link variables of the `kubernetes` Service."""
+        return self.api_in_pods.variables() if self.api_in_pods is not None else {}
+
+    def serve_api_to_pods(self) -> None:
+        """Put the `kubernetes` Service's ClusterIP on the pod network, forwarding to the API."""
+        deadline = time.monotonic() + 30
+        service = None
+        while service is None:  # the API server creates it right after it starts serving
+            service = self.api.get("/api/v1/namespaces/default/services/kubernetes")
+            if service is None:
+                if time.monotonic() > deadline:
+                    msg = "the API server has no `kubernetes` Service after 30 s"
+                    raise PodRunnerError(msg)
+                time.sleep(0.5)
+        address = service["spec"]["clusterIP"]
+        port = int(service["spec"]["ports"][0]["port"])
+        netns = self.netns  # with a shared network: its hub, every pod's default gateway
+        with _API_IN_POD_NETWORKS_LOCK:
+            forward, users = _API_IN_POD_NETWORKS.get(netns.name, (None, 0))
+            if forward is None:
+                run_quietly(["ip", "-n", netns.name, "addr", "add", f"{address}/32", "dev", "lo"])
+                forward = ApiServerInPodNetwork(
+                    netns, address, port, (self.api.host, self.api.port)
+                )
+            _API_IN_POD_NETWORKS[netns.name] = (forward, users + 1)
+        self.api_in_pods = forward
+
+    def stop_serving_api_to_pods(self) -> None:
+        """Close the forward when the last node agent of its network lets go of it."""
+        if self.api_in_pods is None:
+            return
+        with _API_IN_POD_NETWORKS_LOCK:
+            for name, (forward, users) in list(_API_IN_POD_NETWORKS.items()):
+                if forward is self.api_in_pods:
+                    if users > 1:
+                        _API_IN_POD_NETWORKS[name] = (forward, users - 1)
+                    else:
+                        del _API_IN_POD_NETWORKS[name]
+                        forward.close()
+        self.api_in_pods = None
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         """Host directory of the PersistentVolume bound to a claim (FailedMount until bound)."""

@@ -74,12 +74,14 @@ ADMIN_PASSWORD = "admin-Pa55-Qz81"
 CHECK_PASSWORD = "check-Pa55-Lm4Tz"
 KEDA_PASSWORD = "keda-Pa55-Rb8Nw"
 EXPORTER_PASSWORD = "exporter-Pa55-Vd2Hq"
+SCALE_IN_PASSWORD = "scalein-Pa55-Tc6Jp"
 PLACEHOLDER_PASSWORDS = {
     "redacted-broker-celery-password": CELERY_PASSWORD,
     "redacted-broker-probe-password": PROBE_PASSWORD,
     "redacted-broker-check-password": CHECK_PASSWORD,
     "redacted-broker-keda-password": KEDA_PASSWORD,
     "redacted-broker-exporter-password": EXPORTER_PASSWORD,
+    "redacted-broker-scalein-password": SCALE_IN_PASSWORD,
 }
 """Render's stand-ins for generated passwords, and the test values that replace them."""
 

@@ -65,16 +65,30 @@ def test_only_the_pod_local_reloader_may_kill_a_script():
     assert killers == {redis_config.RELOADER_USER}, f"SCRIPT KILL granted to {killers}"
 
 
-def test_lua_users_keys_are_exactly_the_queue_lists():
+def test_lua_users_keys_are_exactly_the_queue_and_in_flight_lists():
     rules = redis_config.acl_user_rules(("celery", "pdf.high"))
     keda_keys = [rule for rule in rules[redis_config.KEDA_USER].split() if "~" in rule]
     assert keda_keys == [
         "~celery", "~celery??3", "~celery??6", "~celery??9",
         "~pdf.high", "~pdf.high??3", "~pdf.high??6", "~pdf.high??9",
+        "~celery-redis/inflight/*",
     ], f"KEDA's keys: {keda_keys}"  # fmt: skip
     exporter_keys = [rule for rule in rules[redis_config.EXPORTER_USER].split() if "~" in rule]
     assert all(key.startswith("%R~") for key in exporter_keys), "the exporter may only read"
     assert exporter_keys[-2:] == ["%R~unacked", "%R~unacked_index"], exporter_keys
+
+
+def test_scale_in_user_reads_only_load_entries_and_writes_only_in_flight_lists():
+    """The controller's user: MGET the workers' counts, replace in-flight lists; nothing else."""
+    rules = redis_config.acl_user_rules(("celery",))[redis_config.SCALE_IN_USER].split()
+    keys = [rule for rule in rules if "~" in rule]
+    assert keys == ["%R~celery-redis/load/*", "%W~celery-redis/inflight/*"], keys
+    assert "resetchannels" in rules, "no pub/sub: it would see control messages"
+    commands = granted(redis_config.SCALE_IN_USER)
+    assert commands == {
+        "hello", "ping", "select", "mget", "multi", "exec", "del", "rpush", "expire",
+    }, commands  # fmt: skip
+    assert not commands & {*redis_config.SCRIPT_COMMANDS, "script|load"}, "no Lua for it"
 
 
 def test_redis_conf_bounds_scripts_below_the_liveness_window():
@@ -105,12 +119,16 @@ def test_each_reader_has_its_own_generated_password_in_the_users_secret(prod_obj
         "check": "redacted-broker-check-password",
         "keda": "redacted-broker-keda-password",
         "exporter": "redacted-broker-exporter-password",
+        "scalein": "redacted-broker-scalein-password",
     }, f"reader passwords: {passwords}"
 
 
 def test_each_client_carries_only_its_own_readers_credentials(prod_objects):
     client = one(prod_objects, "Secret", "-broker-client")["stringData"]
     assert client[broker.CHECK_URL_KEY].startswith("rediss://check:redacted-broker-check-password@")
+    assert client[broker.SCALE_IN_URL_KEY].startswith(
+        "rediss://scalein:redacted-broker-scalein-password@"
+    )
     keda = one(prod_objects, "Secret", "-workers-keda-redis")["stringData"]
     assert keda == {"username": "keda", "password": "redacted-broker-keda-password"}
     password_map = one(prod_objects, "Secret", "-broker-users")["stringData"][

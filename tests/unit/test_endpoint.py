@@ -77,7 +77,8 @@ def test_a_topology_chooses_the_autoscaler_trigger_and_the_pools_follow() -> Non
         password=None,  # type: ignore[arg-type]
         ca_secret_name=None,
     )
-    spec = workers.scaled_object_spec(pool, "deploy", access, "auth")
+    spec = workers.scaled_object_spec(pool, "deploy", access, "auth", in_flight=True)
+    assert "in_flight" in {t["name"] for t in spec["triggers"]}
     for trigger in spec["triggers"]:
         assert trigger["type"] == "redis-sentinel"
         assert trigger["metadata"]["addresses"] == "s-0:26379, s-1:26379"
@@ -105,7 +106,12 @@ def test_every_client_pod_takes_its_urls_from_the_endpoints_secret() -> None:
         if o["kind"] == "Secret" and o["metadata"]["name"].endswith("broker-client")
     ]
     keys = set(client_secret["stringData"])
-    assert keys == {endpoint.BROKER_URL_KEY, endpoint.RESULT_BACKEND_KEY, endpoint.CHECK_URL_KEY}
+    assert keys == {
+        endpoint.BROKER_URL_KEY,
+        endpoint.RESULT_BACKEND_KEY,
+        endpoint.CHECK_URL_KEY,
+        endpoint.SCALE_IN_URL_KEY,
+    }
     templates = [
         o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("Deployment", "Job")
     ]
@@ -115,7 +121,7 @@ def test_every_client_pod_takes_its_urls_from_the_endpoints_secret() -> None:
             refs = [
                 e["valueFrom"]["secretKeyRef"]
                 for e in container.get("env", [])
-                if "valueFrom" in e and e["name"].startswith("CELERY_")
+                if "secretKeyRef" in e.get("valueFrom", {})
             ]
             assert refs, f"{container['name']} gets no broker URL from a Secret"
             assert {r["name"] for r in refs} == {client_secret["metadata"]["name"]}

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from brokerctl import mockrun, render
+from brokerctl.deletioncost import inflight_key
 from components import broker, celery_config, workers
 from components.settings import PoolSettings, StackSettings
 
@@ -133,7 +135,9 @@ def test_solo_pool_liveness_window_covers_the_hard_time_limit():
 def test_priority_sub_queues_are_all_counted_by_one_summing_formula():
     settings = stack_settings(queues=["celery", "pdf.high"], autoscaling={"enabled": True})
     access = broker.autoscaler_access(settings, "broker.ns.svc:6379", password=None)
-    spec = workers.scaled_object_spec(settings.workers.pools[0], "deploy", access, "auth")
+    spec = workers.scaled_object_spec(
+        settings.workers.pools[0], "deploy", access, "auth", in_flight=False
+    )
     lists = {t["metadata"]["listName"] for t in spec["triggers"]}
     expected = {
         f"{q}\x06\x16{step}" if step else q for q in ("celery", "pdf.high") for step in (0, 3, 6, 9)
@@ -142,6 +146,37 @@ def test_priority_sub_queues_are_all_counted_by_one_summing_formula():
     formula = spec["advanced"]["scalingModifiers"]["formula"]
     assert sorted(formula.split(" + ")) == sorted(t["name"] for t in spec["triggers"]), formula
     assert all(t["name"].isidentifier() for t in spec["triggers"]), "names must work in a formula"
+
+
+def test_keda_counts_the_pools_in_flight_tasks_so_it_never_scales_to_zero_under_them():
+    """The in-flight list (kept by the scale-in controller) is summed with the queue lists."""
+    settings = stack_settings(
+        name="pdf", queues=["celery"], autoscaling={"enabled": True, "min_replicas": 0}
+    )
+    access = broker.autoscaler_access(settings, "broker.ns.svc:6379", password=None)
+    spec = workers.scaled_object_spec(
+        settings.workers.pools[0], "deploy", access, "auth", in_flight=True
+    )
+    (in_flight,) = [t for t in spec["triggers"] if t["name"] == workers.IN_FLIGHT_TRIGGER]
+    assert in_flight["metadata"]["listName"] == inflight_key("pdf"), in_flight
+    modifiers = spec["advanced"]["scalingModifiers"]
+    assert workers.IN_FLIGHT_TRIGGER in modifiers["formula"].split(" + "), modifiers
+    # Active (no scale to zero) while the sum is above 0: one running task keeps it so.
+    assert modifiers["activationTarget"] == "0", modifiers
+
+
+def test_scale_to_zero_without_the_controller_is_refused_naming_both_settings():
+    def workers_settings(min_replicas: int) -> dict[str, Any]:
+        autoscaling = {"enabled": True, "min_replicas": min_replicas}
+        pool = {"name": "pool", "image": APP_IMAGE, "autoscaling": autoscaling}
+        return {"pools": [pool], "scale_in": {"enabled": False}}
+
+    with pytest.raises(ValidationError) as refused:
+        StackSettings.model_validate({"ephemeral": True, "workers": workers_settings(0)})
+    message = str(refused.value)
+    assert "min_replicas" in message, message
+    assert "workers.scale_in.enabled" in message, message
+    StackSettings.model_validate({"ephemeral": True, "workers": workers_settings(1)})
 
 
 def test_keda_objects_carry_no_credentials_and_reference_a_trigger_authentication(prod_objects):
