@@ -188,9 +188,10 @@ class KubeApi:
         self.timeout = timeout
         self.context = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
 
-    def _call(
+    def request(
         self, method: str, path: str, body: object = None, content_type: str = ""
     ) -> dict[str, Any]:
+        """Call the API server with the pod's token; ApiError for an error status."""
         token = self.token_file.read_text().strip()
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         data = None
@@ -212,13 +213,14 @@ class KubeApi:
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """List the namespace's pods matching a label selector."""
         query = urllib.parse.urlencode({"labelSelector": selector})
-        return self._call("GET", f"/api/v1/namespaces/{namespace}/pods?{query}").get("items") or []
+        found = self.request("GET", f"/api/v1/namespaces/{namespace}/pods?{query}")
+        return found.get("items") or []
 
     def set_cost(self, namespace: str, pod: WorkerPod, cost: int) -> bool:
         """Merge-patch the annotation; the pod's uid guards against a namesake. False if gone."""
         patch = {"metadata": {"uid": pod.uid, "annotations": {ANNOTATION: str(cost)}}}
         try:
-            self._call(
+            self.request(
                 "PATCH",
                 f"/api/v1/namespaces/{namespace}/pods/{pod.name}",
                 patch,
