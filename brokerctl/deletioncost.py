@@ -23,7 +23,8 @@ ReplicaSet removes before any ready pod whatever its cost.
 
 Least privilege: the pod's ServiceAccount may only list and patch pods in its namespace; its
 Redis user may only read the load entries and write the in-flight lists. Worker pods, which
-parse untrusted files, still carry no API token.
+parse untrusted files, still carry no API token. Behind Sentinel (`sentinel://` URLs,
+--sentinel-master) it asks the Sentinels for the master, as kombu does.
 
 This file is self-contained (Python 3.10+, stdlib and redis-py only) and runs verbatim from a
 ConfigMap in the workers' image, like brokercheck.py. Every network call is bounded by
@@ -48,6 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 LOAD_KEY_PREFIX = "celery-redis/load/"
@@ -233,12 +235,49 @@ class KubeApi:
         return True
 
 
-class LoadStore(Protocol):
-    """What the controller needs of a redis-py client."""
+class RedisLike(Protocol):
+    """What the load board needs of a redis-py client."""
 
     def mget(self, keys: Sequence[str]) -> list[Any]: ...  # noqa: D102
 
     def pipeline(self, transaction: bool = True) -> Any: ...  # noqa: D102
+
+
+@dataclass
+class LoadBoard:
+    """The controller's side of the broker: the workers' entries, the pools' in-flight lists."""
+
+    redis: RedisLike
+    written: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Pool -> (length, monotonic time) of the last in-flight write."""
+
+    def read(self, pod_names: Sequence[str]) -> dict[str, Load | None]:
+        """Return each pod's load (None: no fresh entry), with one MGET."""
+        raw = self.redis.mget([load_key(name) for name in pod_names]) if pod_names else []
+        return {name: parse_load(value) for name, value in zip(pod_names, raw, strict=True)}
+
+    def publish_inflight(self, totals: Mapping[str, int]) -> dict[str, int]:
+        """Rewrite each pool's list whose count changed (or is due a refresh); return those."""
+        written = {}
+        for pool, count in sorted(totals.items()):
+            last = self.written.get(pool)
+            fresh = last is not None and time.monotonic() - last[1] < INFLIGHT_TTL_SECONDS / 3
+            if last is not None and last[0] == count and fresh:
+                continue
+            self._write_inflight(pool, count)
+            written[pool] = count
+        return written
+
+    def _write_inflight(self, pool: str, count: int) -> None:
+        """Replace the pool's list by one of `count` items, atomically (MULTI/EXEC)."""
+        key = inflight_key(pool)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if count:
+            pipe.rpush(key, *["1"] * count)
+            pipe.expire(key, INFLIGHT_TTL_SECONDS)
+        pipe.execute()
+        self.written[pool] = (count, time.monotonic())
 
 
 @dataclass
@@ -254,13 +293,11 @@ class Controller:
     """One pass reads pods and loads, patches changed costs, refreshes changed in-flight lists."""
 
     kube: KubeApi
-    redis: LoadStore
+    board: LoadBoard
     namespace: str
     selector: str
     pools: Mapping[str, str]
     """`app.kubernetes.io/instance` label value -> pool name."""
-    written: dict[str, tuple[int, float]] = field(default_factory=dict)
-    """Pool -> (length, monotonic time) of the last in-flight write."""
 
     def run_once(self) -> PassReport:
         """Read, compare, write what changed; returns what it did."""
@@ -268,36 +305,17 @@ class Controller:
             WorkerPod.from_api(obj) for obj in self.kube.list_pods(self.namespace, self.selector)
         ]
         pods = [pod for pod in pods if pod.pool_label in self.pools]
-        raw = self.redis.mget([load_key(pod.name) for pod in pods]) if pods else []
-        loads = {pod.name: parse_load(value) for pod, value in zip(pods, raw, strict=True)}
+        loads = self.board.read([pod.name for pod in pods])
         report = PassReport()
         by_name = {pod.name: pod for pod in pods}
         for name, cost in sorted(planned_patches(pods, loads).items()):
             if self.kube.set_cost(self.namespace, by_name[name], cost):
                 logger.info("pod %s: deletion cost %s -> %d", name, by_name[name].cost, cost)
                 report.patched[name] = cost
-        for pool, count in sorted(inflight_by_pool(pods, loads, self.pools).items()):
-            if self._inflight_due(pool, count):
-                self._write_inflight(pool, count)
-                report.inflight_written[pool] = count
+        report.inflight_written = self.board.publish_inflight(
+            inflight_by_pool(pods, loads, self.pools)
+        )
         return report
-
-    def _inflight_due(self, pool: str, count: int) -> bool:
-        last = self.written.get(pool)
-        if last is None or last[0] != count:
-            return True
-        return time.monotonic() - last[1] >= INFLIGHT_TTL_SECONDS / 3
-
-    def _write_inflight(self, pool: str, count: int) -> None:
-        """Replace the pool's list by one of `count` items, atomically (MULTI/EXEC)."""
-        key = inflight_key(pool)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key)
-        if count:
-            pipe.rpush(key, *["1"] * count)
-            pipe.expire(key, INFLIGHT_TTL_SECONDS)
-        pipe.execute()
-        self.written[pool] = (count, time.monotonic())
 
 
 def api_server_url(environ: Mapping[str, str]) -> str:
@@ -324,6 +342,45 @@ def parse_pools(values: Sequence[str]) -> dict[str, str]:
     return pools
 
 
+SENTINEL_URL_SEPARATOR = ";"
+"""kombu's separator between the `sentinel://` URLs of a broker's Sentinels."""
+
+
+def redis_client(
+    url: str, timeout: float, master: str | None = None, sentinel_password: str | None = None
+) -> Any:
+    """Return a redis-py client of the broker, every call bounded by `timeout`.
+
+    `redis://` and `rediss://` URLs connect directly; `sentinel://` URLs (one per Sentinel,
+    joined by `;`, the user and database of the master in each, TLS options in the query) ask
+    the Sentinels for `master` and follow a failover on the next call.
+    """
+    import redis  # the workers' image has it; imported late so --help needs nothing
+    from redis.sentinel import Sentinel
+
+    bounds = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, **bounds)
+    if not master:
+        msg = "a sentinel:// URL needs --sentinel-master"
+        raise SystemExit(msg)
+    parts = [urlsplit(piece) for piece in url.split(SENTINEL_URL_SEPARATOR)]
+    first = parts[0]
+    query = dict(parse_qsl(first.query))
+    tls = {key: value for key, value in query.items() if key.startswith("ssl_")}
+    tls_options = {"ssl": True, **tls} if tls else {}
+    sentinel = Sentinel(
+        [(str(part.hostname), int(part.port or 26379)) for part in parts],
+        sentinel_kwargs={"password": sentinel_password, **bounds, **tls_options},
+        username=unquote(first.username or "") or None,
+        password=unquote(first.password or "") or None,
+        db=int(first.path.lstrip("/") or 0),
+        **bounds,
+        **tls_options,
+    )
+    return sentinel.master_for(master)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -333,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--namespace", help="default: the service account's namespace")
     parser.add_argument("--redis-url-env", required=True, help="variable holding the Redis URL")
+    parser.add_argument("--sentinel-master", help="master name, for a sentinel:// URL")
+    parser.add_argument("--sentinel-password-env", help="variable holding Sentinel's password")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
     parser.add_argument("--timeout", type=float, default=5.0, help="bound on every network call")
     parser.add_argument(
@@ -348,19 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def controller_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Controller:
     """Build the controller: API client, Redis client (bounded timeouts), pools."""
-    import redis  # the workers' image has it; imported late so --help needs nothing
-
     url = environ.get(args.redis_url_env)
     if not url:
         msg = f"${args.redis_url_env} is empty: the Redis URL comes from the controller's Secret"
         raise SystemExit(msg)
     account_dir = args.service_account_dir
     namespace = args.namespace or (account_dir / "namespace").read_text().strip()
-    client = redis.Redis.from_url(
-        url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout
+    sentinel_password = (
+        environ.get(args.sentinel_password_env) if args.sentinel_password_env else None
     )
+    client = redis_client(url, args.timeout, args.sentinel_master, sentinel_password)
     kube = KubeApi(args.api_server or api_server_url(environ), account_dir, args.timeout)
-    return Controller(kube, client, namespace, args.selector, parse_pools(args.pool))
+    return Controller(kube, LoadBoard(client), namespace, args.selector, parse_pools(args.pool))
 
 
 def touch(path: Path) -> None:

@@ -76,10 +76,17 @@ def pool_instances(settings: StackSettings) -> dict[str, str]:
     }
 
 
+SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a variable's name
+"""The controller's variable holding Sentinel's password (from the client Secret), if any."""
+
+
 def controller_arguments(
     settings: StackSettings, selector: str, instances: Mapping[str, str], url_env: str
 ) -> list[str]:
-    """Return the script's arguments: which pods, which pools, the interval and bounds."""
+    """Return the script's arguments: which pods, which pools, the interval and bounds.
+
+    Behind Sentinel, also the master's name and the variable with Sentinel's password.
+    """
     args = [
         "--selector", selector,
         "--redis-url-env", url_env,
@@ -89,6 +96,9 @@ def controller_arguments(
     ]  # fmt: skip
     for name, instance in instances.items():
         args += ["--pool", f"{name}={instance}"]
+    if settings.broker.topology == "sentinel":
+        args += ["--sentinel-master", settings.broker.sentinel.master_name]
+        args += ["--sentinel-password-env", SENTINEL_PASSWORD_ENV]
     return args
 
 
@@ -184,6 +194,11 @@ class ScaleInController(pulumi.ComponentResource):
             ),
             env=[
                 secret.env(secret.scale_in_url_key, secret.scale_in_url_key),
+                *(
+                    [secret.env(SENTINEL_PASSWORD_ENV, secret.sentinel_password_key)]
+                    if secret.sentinel_password_key
+                    else []
+                ),
                 k8s.core.v1.EnvVarArgs(name="PYTHONDONTWRITEBYTECODE", value="1"),
                 k8s.core.v1.EnvVarArgs(name="PYTHONUNBUFFERED", value="1"),
             ],

@@ -20,13 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from brokerctl.deletioncost import (
-    INFLIGHT_TTL_SECONDS,
-    POOL_LABEL,
-    Controller,
-    inflight_key,
-    load_key,
-)
+from brokerctl.deletioncost import INFLIGHT_TTL_SECONDS, Load, LoadBoard, inflight_key, load_key
 from tests.support.broker_boot import (
     CHECK_PASSWORD,
     EXPORTER_PASSWORD,
@@ -381,31 +375,15 @@ def test_scale_in_user_runs_the_controllers_pass_and_keda_reads_its_in_flight_li
 ):
     """The controller's real Redis calls as `scalein`, then KEDA's script on what it wrote."""
     task_bodies.execute_command("ACL", "LOG", "RESET")
-    pods = [
-        {"metadata": {"name": name, "uid": name, "labels": {POOL_LABEL: "celery-pdf"}}}
-        for name in ("worker-a", "worker-b")
-    ]
     task_bodies.set(load_key("worker-a"), '{"running": 1, "held": 2}')
     task_bodies.set(load_key("worker-b"), '{"running": 0, "held": 1}')
-
-    class NoPatches:  # the API side is tests/realengine's; here only Redis is under test
-        def list_pods(self, namespace: str, selector: str) -> list[dict]:
-            return pods
-
-        def set_cost(self, namespace: str, pod: object, cost: int) -> bool:
-            return True
-
-    controller = Controller(
-        NoPatches(),  # type: ignore[arg-type]
-        reader(broker_server, "scalein"),
-        "ns",
-        "app=worker",
-        {"celery-pdf": "pdf"},
-    )
-    report = controller.run_once()
-    assert report.inflight_written == {"pdf": 3}, report
+    board = LoadBoard(reader(broker_server, "scalein"))
+    loads = board.read(["worker-a", "worker-b", "worker-gone"])
+    assert loads == {"worker-a": Load(1, 2), "worker-b": Load(0, 1), "worker-gone": None}, loads
+    assert board.publish_inflight({"pdf": 3}) == {"pdf": 3}
     assert task_bodies.llen(inflight_key("pdf")) == 3
     assert 0 < task_bodies.ttl(inflight_key("pdf")) <= INFLIGHT_TTL_SECONDS
+    assert board.publish_inflight({"pdf": 3}) == {}, "an unchanged count was rewritten"
     keda = reader(broker_server, "keda")
     assert keda.execute_command("EVAL", KEDA_SCRIPT, "1", inflight_key("pdf")) == 3
     assert not acl_denials(task_bodies, "scalein"), "the controller was refused a command"

@@ -26,6 +26,7 @@ from brokerctl.deletioncost import (
     ApiError,
     Controller,
     KubeApi,
+    LoadBoard,
     inflight_key,
     load_key,
     parse_pools,
@@ -119,7 +120,7 @@ def test_a_controller_pass_patches_changed_costs_only_and_its_token_can_do_nothi
         admin.set(load_key("stranger"), '{"running": 9, "held": 9}')
         controller = Controller(
             kube,
-            server.client("scalein", SCALE_IN_PASSWORD),
+            LoadBoard(server.client("scalein", SCALE_IN_PASSWORD)),
             PASS_NAMESPACE,
             selector,
             parse_pools(option(args, "--pool")),

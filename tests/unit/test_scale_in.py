@@ -16,6 +16,7 @@ from components import endpoint, scale_in, workers
 from tests.unit.test_workers import render_objects
 
 STACKS = ("dev", "staging", "prod")
+VARIANTS = Path(__file__).resolve().parents[1] / "fixtures" / "render_variants"
 
 
 @pytest.fixture(scope="module", params=STACKS)
@@ -144,3 +145,17 @@ def test_disabling_scale_in_removes_the_controller_and_its_keda_trigger(tmp_path
 
     assert workers.IN_FLIGHT_TRIGGER in trigger_names(enabled)
     assert workers.IN_FLIGHT_TRIGGER not in trigger_names(disabled), "it reads a list no one keeps"
+
+
+def test_behind_sentinel_the_controller_asks_sentinel_with_its_password_from_the_secret():
+    objects = render.render_stack("prod-sentinel", config_dir=VARIANTS)
+    container = pod_specs(objects)["celery-scale-in"]["containers"][0]
+    (master,) = option(container["args"], "--sentinel-master")
+    assert master == "celery-broker", container["args"]
+    (password_env,) = option(container["args"], "--sentinel-password-env")
+    (variable,) = [e for e in container["env"] if e["name"] == password_env]
+    assert variable["valueFrom"]["secretKeyRef"]["name"] == "celery-broker-client", variable
+    client = named(objects, "Secret", "celery-broker-client")["stringData"]
+    assert variable["valueFrom"]["secretKeyRef"]["key"] in client
+    url = client[endpoint.SCALE_IN_URL_KEY]
+    assert url.startswith("sentinel://scalein:"), "the controller must find the master as kombu"
