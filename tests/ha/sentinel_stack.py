@@ -385,6 +385,9 @@ class SentinelStack:
         """Worker Deployments by queue (each test pool consumes one queue)."""
         deployments = {}
         for deployment in self._of_kind("Deployment"):
+            # Not the scale-in controller: it needs an API server, which local pods lack.
+            if deployment["metadata"]["labels"].get("app.kubernetes.io/name") != "worker":
+                continue
             command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
             deployments[command[command.index("-Q") + 1]] = deployment
         return deployments
