@@ -33,7 +33,9 @@ broker = RedisBroker(
 )
 pools = workers.WorkerPools("workers", settings, broker.endpoint, opts=target.child_options())
 # Scale-in removes idle workers first: keeps each worker's pod-deletion-cost = its running tasks.
-scale_in = ScaleInController("scale-in", settings, broker.endpoint, opts=target.child_options())
+scale_in = ScaleInController(
+    "scale-in", settings, broker.endpoint, pools, opts=target.child_options()
+)
 check = BrokerCheck("check", settings, broker.endpoint, pools, opts=target.child_options())
 # One PrometheusRule for the stack: the broker's alerts and the pools' queue rules. Created
 # by the broker before (hence the alias: existing stacks keep the object, not replace it).

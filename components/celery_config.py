@@ -813,10 +813,9 @@ use_sentinel(app)
 TASK_LOAD_CHECK_SECONDS = 1.0
 """How often a worker compares its task counts with what it last published (no I/O when equal)."""
 TASK_LOAD_TIMEOUT_SECONDS = 2.0
-"""Bound on connecting and writing the entry: the write runs in the consumer's event loop."""
+"""Bound on connecting and writing the entry (from the publisher thread, never the event loop)."""
 TASK_LOAD_RETRY_SECONDS = 10.0
-"""After a failed write, the next try waits this long: a broker outage must not cost the event
-loop a connect timeout every second."""
+"""After a failed write, the next try waits this long: an outage costs one timeout per period."""
 
 
 def task_load_ttl_seconds(pool: PoolSettings) -> int:
@@ -878,14 +877,77 @@ def task_load():
     return len(active), len(held)
 
 
+class LoadPublisher(threading.Thread):
+    """Writes the latest counts to the broker from its own thread, on its own connection.
+
+    The consumer's event loop only hands counts over and never waits on the network here: a
+    broker that is slow, or switching masters behind Sentinel, must not stall the loop that
+    acknowledges tasks. Every call is bounded (LOAD_TIMEOUT_SECONDS); after a failure the
+    next try waits LOAD_RETRY_SECONDS.
+    """
+
+    def __init__(self, consumer_connection, key):
+        super().__init__(name="celery-platform-task-load", daemon=True)
+        options = dict(consumer_connection.transport_options or {})
+        options.update(
+            socket_timeout=LOAD_TIMEOUT_SECONDS, socket_connect_timeout=LOAD_TIMEOUT_SECONDS
+        )
+        self.connection = consumer_connection.clone(
+            transport_options=options, connect_timeout=LOAD_TIMEOUT_SECONDS
+        )
+        self.key = key
+        self.wanted = None
+        self.changed = threading.Event()
+        self.stopping = threading.Event()
+
+    def offer(self, load):
+        """Hand over the current counts (no I/O: the thread writes them if they changed)."""
+        if load != self.wanted:
+            self.wanted = load
+            self.changed.set()
+
+    def run(self):
+        published, published_at = None, 0.0
+        try:
+            while not self.stopping.is_set():
+                self.changed.wait(LOAD_TTL_SECONDS / 3)
+                self.changed.clear()
+                load = self.wanted
+                due = time.monotonic() - published_at >= LOAD_TTL_SECONDS / 3
+                if self.stopping.is_set() or load is None or (load == published and not due):
+                    continue
+                if self.publish(load):
+                    published, published_at = load, time.monotonic()
+                else:
+                    self.stopping.wait(LOAD_RETRY_SECONDS)
+        finally:
+            self.connection.release()
+
+    def publish(self, load):
+        value = json.dumps({"running": load[0], "held": load[1]})
+        try:
+            self.connection.ensure_connection(max_retries=0, timeout=2 * LOAD_TIMEOUT_SECONDS)
+            with self.connection.default_channel.conn_or_acquire() as client:
+                client.set(self.key, value, ex=LOAD_TTL_SECONDS)
+            return True
+        except Exception as error:  # never let the report disturb the worker; retried later
+            logger.warning("task load: not published: %r", error)
+            self.connection.release()
+            return False
+
+    def stop(self):
+        """Let the thread end (it is not waited for: the event loop must not block on it)."""
+        self.stopping.set()
+        self.changed.set()
+
+
 class TaskLoad(bootsteps.StartStopStep):
     """Publishes this pod's task counts to the broker, under its pod name, with a TTL.
 
-    Checked every LOAD_CHECK_SECONDS, written only when the counts change (or a third of the
-    TTL passed), on a separate, tightly bounded connection; after a failure, not before
-    LOAD_RETRY_SECONDS. `solo` runs tasks inside the event
-    loop, so the timer cannot fire while one runs: there the count is published from
-    task_prerun, before the task starts.
+    The counts are read every LOAD_CHECK_SECONDS in the event loop and handed to a
+    LoadPublisher thread, which writes them only when they change (or a third of the TTL
+    passed). `solo` runs tasks inside the event loop, so the timer cannot fire while one runs:
+    there the counts are handed over from task_prerun, before the task starts.
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -894,16 +956,12 @@ class TaskLoad(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.key = LOAD_KEY_PREFIX + (os.environ.get("POD_NAME") or socket.gethostname())
         self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.connection = None
         self.publisher = None
         self.timer_entry = None
-        self.published = None
-        self.published_at = 0.0
-        self.retry_at = 0.0
 
     def start(self, parent):
-        self.connection = parent.connection
+        self.publisher = LoadPublisher(parent.connection, self.key)
+        self.publisher.start()
         self.report()
         self.timer_entry = parent.timer.call_repeatedly(
             LOAD_CHECK_SECONDS, self.report, (), priority=10
@@ -916,51 +974,18 @@ class TaskLoad(bootsteps.StartStopStep):
             self.report()
 
     def report(self):
-        with self.lock:
-            now = time.monotonic()
-            load = task_load()
-            due = now - self.published_at >= LOAD_TTL_SECONDS / 3
-            if (load == self.published and not due) or now < self.retry_at:
-                return
-            if self.publish(load):
-                self.published, self.published_at = load, time.monotonic()
-            else:
-                self.retry_at = time.monotonic() + LOAD_RETRY_SECONDS
-
-    def publish(self, load):
-        value = json.dumps({"running": load[0], "held": load[1]})
-        try:
-            if self.publisher is None:
-                options = dict(self.connection.transport_options or {})
-                options.update(
-                    socket_timeout=LOAD_TIMEOUT_SECONDS, socket_connect_timeout=LOAD_TIMEOUT_SECONDS
-                )
-                publisher = self.connection.clone(
-                    transport_options=options, connect_timeout=LOAD_TIMEOUT_SECONDS
-                )
-                publisher.ensure_connection(max_retries=0, timeout=2 * LOAD_TIMEOUT_SECONDS)
-                self.publisher = publisher
-            with self.publisher.default_channel.conn_or_acquire() as client:
-                client.set(self.key, value, ex=LOAD_TTL_SECONDS)
-            return True
-        except Exception as error:  # never let the report disturb the worker; retried later
-            logger.warning("task load: not published: %r", error)
-            self.release()
-            return False
-
-    def release(self):
-        if self.publisher is not None:
-            self.publisher.release()
-            self.publisher = None
+        publisher = self.publisher
+        if publisher is not None:
+            publisher.offer(task_load())
 
     def stop(self, parent):
         signals.task_prerun.disconnect(dispatch_uid=self.key)
         if self.timer_entry is not None:
             self.timer_entry.cancel()
             self.timer_entry = None
-        with self.lock:
-            self.release()
-            self.published = None
+        if self.publisher is not None:
+            self.publisher.stop()
+            self.publisher = None
 
     shutdown = stop
 

@@ -33,7 +33,7 @@ from components.endpoint import BrokerEndpoint
 from components.naming import labels, object_name, selector_labels
 from components.pods import TMP_MOUNT, hardened_container, hardened_pod_spec
 from components.settings import StackSettings
-from components.workers import WORKER, checksum
+from components.workers import WORKER, WorkerPools, checksum
 
 COMPONENT = "scale-in"
 SCRIPT = Path(__file__).resolve().parent.parent / "brokerctl" / "deletioncost.py"
@@ -135,9 +135,14 @@ class ScaleInController(pulumi.ComponentResource):
         name: str,
         settings: StackSettings,
         endpoint: BrokerEndpoint,
+        pools: WorkerPools,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """Create the script ConfigMap, ServiceAccount, Role, RoleBinding and Deployment."""
+        """Create the script ConfigMap, ServiceAccount, Role, RoleBinding and Deployment.
+
+        The Deployment comes after the pools it watches: its pod then takes no part in where
+        the scheduler first places the workers (it would weigh in the node scores).
+        """
         super().__init__("celery-redis:index:ScaleInController", name, None, opts)
         self.deployment: k8s.apps.v1.Deployment | None = None
         scale_in = settings.workers.scale_in
@@ -248,7 +253,7 @@ class ScaleInController(pulumi.ComponentResource):
                 ),
             ),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[*endpoint.ready, binding, script_map]
+                parent=self, depends_on=[*endpoint.ready, *pools.ready, binding, script_map]
             ),
         )
         self.register_outputs({"enabled": True, "deployment": self.deployment.metadata.name})
