@@ -39,7 +39,9 @@ pytestmark = pytest.mark.ha
 SENTINEL_CHECKS = {"sentinels", "sentinel-master", "sentinel-quorum", "replicas", "loss-bound",
                    "writes"}  # fmt: skip
 BROKER_CHECKS = {"connect", "default-user", "persistence", "persistence-status", "eviction-policy",
-                 "maxmemory", "memory-usage", "backlog:celery", "unacked"}  # fmt: skip
+                 "maxmemory", "memory-usage", "backlog:celery", "unacked",
+                 "engine"}  # fmt: skip
+"""Checks on the master; `engine` because the gate Job passes the stack's --expect-engine."""
 WORKER_CHECKS = {"workers", "pool:default", "canary:celery"}
 PASSWORDS = (PROBE_PASSWORD, CELERY_PASSWORD, SENTINEL_PASSWORD, ADMIN_PASSWORD)
 IMAGE = "registry.example.com/transcritor-pdf:1.0.0"
