@@ -413,6 +413,10 @@ def replication_lines(settings: StackSettings) -> list[str]:
         "repl-diskless-sync yes",
         "repl-diskless-sync-delay 0",
         "replica-priority 100",
+        "# A replica rewrites its AOF after every full sync and refuses SIGTERM meanwhile",
+        "# ('Writing initial AOF, can't exit'): the pod would wait out its grace period and be",
+        "# killed anyway. force exits at once; a replica resyncs from the master at its start.",
+        "shutdown-on-sigterm force",
     ]
     if settings.tls.enabled:
         lines += ["# Replication traffic is TLS like every other client's.", "tls-replication yes"]

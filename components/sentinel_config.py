@@ -325,6 +325,9 @@ def handover_command(settings: StackSettings) -> list[str]:
     4. Writes are released: the held ones meet a replica and fail with READONLY, so their
        clients reconnect through Sentinel and retry on the new master.
 
+    5. The hook returns once this replica is in sync and not rewriting its AOF (Redis
+       refuses SIGTERM during the rewrite a full sync starts).
+
     Bounded by HANDOVER_SECONDS (the pause expires by then too); a replica stops at once.
     """
     name = settings.broker.sentinel.master_name
@@ -365,12 +368,25 @@ def handover_command(settings: StackSettings) -> list[str]:
                 "  fi",
                 "  if cli info replication | grep -q '^role:slave'; then",
                 "    admin CLIENT UNPAUSE >/dev/null",
-                '    echo "handover: $new is master; this pod is its replica now"; exit 0',
+                '    echo "handover: $new is master; this pod is its replica now"',
+                "    break",
                 "  fi",
                 "  sleep 0.2",
                 "done",
+                "# A full sync makes Redis rewrite its AOF, and it refuses SIGTERM until that ends",
+                "# ('Writing initial AOF, can't exit'): stop once the replica has settled.",
+                'while [ "$(date +%s)" -lt "$deadline" ]; do',
+                '  info="$(cli info replication; cli info persistence)"',
+                "  settled=yes",
+                "  for line in role:slave master_link_status:up master_sync_in_progress:0 \\",
+                "      aof_rewrite_in_progress:0 aof_rewrite_scheduled:0; do",
+                '    echo "$info" | grep -q "^$line" || settled=""',
+                "  done",
+                '  [ -n "$settled" ] && exit 0',
+                "  sleep 0.2",
+                "done",
                 "admin CLIENT UNPAUSE >/dev/null",
-                'echo "handover: still master after the wait; stopping anyway" >&2',
+                'echo "handover: not a settled replica after the wait; stopping anyway" >&2',
             ]
         ),
     ]
