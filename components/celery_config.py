@@ -667,19 +667,22 @@ def dead_peer_options(seconds={SENTINEL_DEAD_PEER_SECONDS}):
     return {{getattr(socket, name): value for name, value in wanted if hasattr(socket, name)}}
 
 
-def remember_answering_sentinels():
-    """Ask first the Sentinel that answered last, across every Sentinel client of the process.
+def tune_sentinel_clients():
+    """Make every redis-py Sentinel client of the process fit for a lost node.
 
-    kombu builds a new redis-py Sentinel client, Sentinels in URL order, for every connection
-    pool it opens (a worker opens about ten after a failover: consumer, events, remote
-    control, health check, ...), and redis-py remembers which Sentinel answered only within
-    one client. A Sentinel on a lost node would then cost each of them a connect timeout in
-    turn. Keyed by the set of Sentinels, so another Sentinel deployment the app talks to is
-    not affected."""
+    kombu (the broker) and Celery's result backend each build a new redis-py Sentinel
+    client, Sentinels in URL order, for every connection pool they open (a worker opens
+    about ten after a failover: consumer, events, remote control, results, ...), and redis-py
+    remembers which Sentinel answered only within one client: a Sentinel on a lost node
+    would cost each of them a connect timeout in turn. The subclass asks first the Sentinel
+    that answered last in this process (keyed by the set of Sentinels, so another Sentinel
+    deployment the app talks to is not affected), and gives the master connections of either
+    dead_peer_options (Celery's backend has no setting for TCP options). Installed as
+    redis.sentinel.Sentinel, which kombu and Celery look up at each use."""
     from redis import sentinel as redis_sentinel
 
     base = redis_sentinel.Sentinel
-    if getattr(base, "remembers_answering_sentinels", False):
+    if getattr(base, "tuned_for_lost_nodes", False):
         return
     answered = {{}}
 
@@ -687,16 +690,19 @@ def remember_answering_sentinels():
         kwargs = client.connection_pool.connection_kwargs
         return kwargs.get("host"), kwargs.get("port")
 
-    class RememberingSentinel(base):
-        remembers_answering_sentinels = True
+    class TunedSentinel(base):
+        tuned_for_lost_nodes = True
 
-        def __init__(self, sentinels, *args, **kwargs):
+        def __init__(self, sentinels, *args, **connection_kwargs):
             sentinels = list(sentinels)
             last = answered.get(frozenset(sentinels))
             if last in sentinels:
                 sentinels.remove(last)
                 sentinels.insert(0, last)
-            super().__init__(sentinels, *args, **kwargs)
+            if not connection_kwargs.get("socket_keepalive_options"):
+                connection_kwargs["socket_keepalive"] = True
+                connection_kwargs["socket_keepalive_options"] = dead_peer_options()
+            super().__init__(sentinels, *args, **connection_kwargs)
 
         def discover_master(self, service_name):
             found = super().discover_master(service_name)
@@ -704,19 +710,21 @@ def remember_answering_sentinels():
             answered[key] = address(self.sentinels[0])  # redis-py moved it first
             return found
 
-    redis_sentinel.Sentinel = RememberingSentinel
+    redis_sentinel.Sentinel = TunedSentinel
 
 
 def refusals_as_connection_loss():
-    """Raise NOREPLICAS as a lost connection, not as a command error.
+    """Raise a master's NOREPLICAS and UNBLOCKED as a lost connection, not a command error.
 
     A master with fewer good replicas than min-replicas-to-write refuses every write, and
     BRPOP (which pops) is one: the new master right after a failover, until a replica
-    attaches, or any master whose replicas are all gone. redis-py raises a bare ResponseError,
-    which Celery's consumer treats as unrecoverable: the worker exits. As a ConnectionError
-    (what redis-py already makes of READONLY from a demoted master), kombu reconnects and
-    consumes again once the master takes writes, and a publish is retried: a refused write
-    did not happen, so retrying it duplicates nothing."""
+    attaches, or any master whose replicas are all gone. A master turned into a replica
+    (a handover, or Sentinel converting a master that comes back) ends every blocked BRPOP
+    with UNBLOCKED. redis-py raises a bare ResponseError for both, which Celery's consumer
+    treats as unrecoverable: the worker exits. As a ConnectionError (what redis-py already
+    makes of READONLY from a demoted master), kombu reconnects through Sentinel and consumes
+    from the master of the moment, and a publish is retried: a refused write did not
+    happen, so retrying it duplicates nothing."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     try:
@@ -724,10 +732,11 @@ def refusals_as_connection_loss():
     except ImportError:  # redis-py 4
         from redis.connection import BaseParser
 
-    class NoReplicasError(RedisConnectionError):
-        """NOREPLICAS: the master has too few good replicas to take a write now."""
+    class MasterUnavailableError(RedisConnectionError):
+        """This Redis cannot serve as master now: too few replicas, or no longer master."""
 
-    BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
+    for code in ("NOREPLICAS", "UNBLOCKED"):
+        BaseParser.EXCEPTION_CLASSES.setdefault(code, MasterUnavailableError)
 
 
 def acks_follow_the_master(attempts=5, pause=0.5):
@@ -765,7 +774,8 @@ def use_sentinel(app):
     Each Sentinel is asked once per lookup (redis-py retries a connection 3 to 10 times by
     default: a Sentinel on a lost node would hold every lookup for tens of seconds; the next
     Sentinel is the retry), and connections to the master notice a silent peer within
-    dead_peer_options' bound, so clients follow a failover as Sentinels make it."""
+    dead_peer_options' bound (tune_sentinel_clients), so clients follow a failover as
+    Sentinels make it."""
     from urllib.parse import urlsplit
 
     from redis.backoff import NoBackoff
@@ -778,7 +788,6 @@ def use_sentinel(app):
         sentinel_kwargs["password"] = password
     sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
     broker_options["sentinel_kwargs"] = sentinel_kwargs
-    broker_options.setdefault("socket_keepalive_options", dead_peer_options())
     app.conf.broker_transport_options = broker_options
     backend_options = dict(app.conf.result_backend_transport_options or {{}})
     backend_options.update(
@@ -799,7 +808,7 @@ def use_sentinel(app):
             key: value for key, value in sentinel_kwargs.items()
             if key in ("ssl_cert_reqs", "ssl_ca_certs")
         }}
-    remember_answering_sentinels()
+    tune_sentinel_clients()
     refusals_as_connection_loss()
     acks_follow_the_master()
 
