@@ -269,8 +269,8 @@ class Outcome:
 
     @property
     def executed_twice(self) -> list[str]:
-        """Labels run more than once."""
-        return sorted(label for label, runs in self.executions.items() if len(runs) > 1)
+        """Labels of these publishes that ran more than once."""
+        return sorted(p.label for p in self.publishes if len(self.executions.get(p.label, ())) > 1)
 
     @property
     def failed_but_ran(self) -> list[str]:
@@ -653,7 +653,7 @@ class SentinelStack:
 
     def pending_redelivery(self, master: Pod) -> int:
         """Messages in the master's `unacked` hash (kombu redelivers after visibility_timeout)."""
-        reply = self.redis(master, "HLEN", "unacked", user="check")
+        reply = self.redis(master, "HLEN", "unacked", user="exporter")
         return int(reply) if reply.isdigit() else -1
 
     def sentinel_log(self) -> list[tuple[float, str]]:
@@ -678,19 +678,20 @@ class SentinelStack:
 
     # -- faults ----------------------------------------------------------------------------
     def lose_node(self, pod: Pod) -> float:
-        """Cut the pod off and kill -9 everything in it; return when (wall clock)."""
-        at = time.time()
-        self.cluster.partition(pod)
-        self.partitioned.add(pod.name)
+        """Cut the pod off and kill -9 everything in it; return when it was cut off.
+
+        The time is taken once the cut is in place: a publish started a moment before it
+        still reaches the master, and is no task published after the fault.
+        """
+        at = self.cut_off(pod)
         pod.kill_containers()
         return at
 
     def cut_off(self, pod: Pod) -> float:
-        """Cut the pod off, its processes left running; return when (wall clock)."""
-        at = time.time()
+        """Cut the pod off, its processes left running; return when the cut was in place."""
         self.cluster.partition(pod)
         self.partitioned.add(pod.name)
-        return at
+        return time.time()
 
     def reconnect(self, pod_name: str) -> None:
         """Heal a cut-off pod (its node or its network is back)."""
