@@ -212,7 +212,13 @@ def replication_include_args() -> str:
 
 
 def sentinel_start_script(settings: StackSettings) -> str:
-    """Write this pod's sentinel.conf and exec Sentinel as PID 1 (it gets SIGTERM itself)."""
+    """Write this pod's sentinel.conf and exec Sentinel as PID 1 (it gets SIGTERM itself).
+
+    Besides the master it monitors, each Sentinel starts knowing every other pod's Redis as
+    a replica (`known-replica`, what Sentinel itself writes once it has seen them): a master
+    lost within seconds of a first deploy, before the Sentinels read the replicas from its
+    INFO, would otherwise never be replaced (bench/failover.py, scenario early).
+    """
     sentinel = settings.broker.sentinel
     name = sentinel.master_name
     users = f"${ENV_USERS_DIR}"
@@ -236,6 +242,13 @@ def sentinel_start_script(settings: StackSettings) -> str:
             f'  echo "sentinel down-after-milliseconds {name} {sentinel.down_after_ms}"',
             f'  echo "sentinel failover-timeout {name} {sentinel.failover_timeout_ms}"',
             f'  echo "sentinel parallel-syncs {name} 1"',
+            "  # Every other pod is a replica from the start: Sentinel learns replicas only from",
+            "  # the master's INFO, every 10 s, and a master lost before it looked leaves it",
+            "  # nothing to promote, at every retry, for as long as that master is gone.",
+            "  for host in $peers; do",
+            '    [ "$host" = "$master" ] ||',
+            f'      echo "sentinel known-replica {name} $host ${ENV_PORT}"',
+            "  done",
             f'}} > "{state}.new"',
             f'mv "{state}.new" "{state}"',
             'echo "sentinel-start: monitoring $master as this pod ($me)"',
