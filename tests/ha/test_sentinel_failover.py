@@ -208,3 +208,40 @@ def test_master_cut_off_refuses_writes_then_rejoins_as_a_replica(
         )
         old = stack.redis(stack.pod(master.name), "LRANGE", key, "0", "-1", user="celery").split()
         assert old == kept, f"the rejoined replica holds {old}, the master {kept}"
+
+
+def test_master_lost_right_after_a_first_deploy_is_replaced_at_the_first_election(
+    render_ha: Callable[[str, str], Path], ha_images: dict[str, LocalImage]
+) -> None:
+    """The master's node is lost as soon as both replicas are in sync, on a brand-new stack.
+
+    Sentinels read replicas from the master's INFO every 10 s; one that has not yet, when
+    elected, finds nothing to promote (-failover-abort-no-good-slave) and the next election
+    waits 2 x failover-timeout, for as long as the master is gone. Each Sentinel must
+    therefore know the other pods as replicas from its start: the first election promotes.
+    """
+    with running_stack(render_ha("ha-fast", ONE_POOL), ha_images) as stack:
+        stack.start_broker()
+        master = stack.wait_master()
+        for pod in stack.broker_pods():
+            if pod is not master:
+                stack.wait_replica_of(pod.name, master)
+        # Right away, not after their next look at the master's INFO (up to 10 s away).
+        pods = stack.broker_pods()
+        known = {pod.name: stack.sentinel_view(pod).get("num-slaves") for pod in pods}
+        assert set(known.values()) == {"2"}, (
+            f"replicas each Sentinel knows right after the replicas synced: {known} (expected 2 "
+            "each): a Sentinel elected now would find nothing to promote"
+        )
+        fault_at = stack.lose_node(master)
+        new = stack.wait_master(other_than=master.name, timeout=FAILOVER_SECONDS)
+        timeline = [
+            (round(at - fault_at, 2), text)
+            for at, text in stack.sentinel_log()
+            if at >= fault_at and ("failover" in text or "elected" in text or "epoch" in text)
+        ]
+        aborted = [line for line in timeline if "-failover-abort" in line[1]]
+        assert not aborted, (
+            f"{new.name} was promoted only after an aborted election: the elected Sentinel "
+            "knew no replica yet\n" + "\n".join(f"{at:7.2f} {text}" for at, text in timeline)
+        )
