@@ -33,13 +33,20 @@ from components.endpoint import (
     CHECK_URL_KEY,
     RESULT_BACKEND_KEY,
     SCALE_IN_URL_KEY,
+    SENTINEL_PASSWORD_KEY,
     AutoscalerAccess,
     BrokerEndpoint,
     ClientSecret,
 )
 from components.generated_secret import GeneratedPassword
 from components.naming import broker_client_labels, labels, object_name, selector_labels
-from components.pods import hardened_container, hardened_pod_spec, one_per_node
+from components.pods import (
+    exec_probe,
+    hardened_container,
+    hardened_pod_spec,
+    namespace_peer,
+    one_per_node,
+)
 from components.settings import StackSettings
 
 COMPONENT = "redis"
@@ -69,17 +76,7 @@ USERS_VOLUME = "users"
 ACL_VOLUME = "acl"
 TLS_VOLUME = "tls"
 CONFIG_CHECKSUM_ANNOTATION = "celery-redis/config-sha256"
-ROLLED_OUT = '["jsonpath={.status.updatedReplicas}=1", "jsonpath={.status.readyReplicas}=1"]'
-"""`pulumi up` waits for the broker pods of the new revision to be ready (`pulumi.com/waitFor`).
-
-The provider's own StatefulSet await (v4.25) accepts the first status it sees after an update,
-which still describes the old revision (its observedGeneration is stale): `up` went on to run the
-check Job against a broker that was only starting to roll. JSONPath conditions wait for a
-current observedGeneration; one updated replica that is ready is the rolled broker.
-"""
 SECRET_FILE_MODE = redis_config.SECRET_FILE_MODE
-SENTINEL_PASSWORD_KEY = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a Secret key's name
-"""Client Secret key of Sentinel's password (topology sentinel): clients ask Sentinel with it."""
 
 
 def replicated(settings: StackSettings) -> bool:
@@ -93,9 +90,14 @@ def broker_replicas(settings: StackSettings) -> int:
 
 
 def rolled_out(settings: StackSettings) -> str:
-    """Return the `pulumi.com/waitFor`: every pod of the new revision ready (see ROLLED_OUT)."""
-    if not replicated(settings):
-        return ROLLED_OUT
+    """Return the StatefulSet's `pulumi.com/waitFor`: every broker pod of the new revision ready.
+
+    The provider's own StatefulSet await (v4.25) accepts the first status it sees after an
+    update, which still describes the old revision (its observedGeneration is stale): `up` went
+    on to run the check Job against a broker that was only starting to roll. JSONPath
+    conditions wait for a current observedGeneration; as many updated, ready replicas as the
+    StatefulSet runs is the rolled broker.
+    """
     n = broker_replicas(settings)
     return f'["jsonpath={{.status.updatedReplicas}}={n}", "jsonpath={{.status.readyReplicas}}={n}"]'
 
@@ -281,15 +283,6 @@ def metadata(settings: StackSettings, name: str) -> k8s.meta.v1.ObjectMetaArgs:
     )
 
 
-def _exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.ProbeArgs:
-    return k8s.core.v1.ProbeArgs(
-        exec_=k8s.core.v1.ExecActionArgs(command=command),
-        period_seconds=period,
-        timeout_seconds=5,
-        failure_threshold=failures,
-    )
-
-
 def pod_env(settings: StackSettings) -> dict[str, str]:
     """Paths and settings the start script, the reloader and the probes read from the env.
 
@@ -400,13 +393,13 @@ def broker_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
         ],
         # Startup: ready within the time a full volume's AOF takes to load; until then the
         # liveness probe does not run, and after it a LOADING answer still counts as alive.
-        startup_probe=_exec_probe(
+        startup_probe=exec_probe(
             readiness,
             redis_config.STARTUP_PERIOD_SECONDS,
             redis_config.startup_failure_threshold(settings),
         ),
-        liveness_probe=_exec_probe(redis_config.liveness_command(tls=tls), period=10, failures=3),
-        readiness_probe=_exec_probe(readiness, period=5, failures=2),
+        liveness_probe=exec_probe(redis_config.liveness_command(tls=tls), period=10, failures=3),
+        readiness_probe=exec_probe(readiness, period=5, failures=2),
         lifecycle=(
             k8s.core.v1.LifecycleArgs(
                 pre_stop=k8s.core.v1.LifecycleHandlerArgs(
@@ -453,10 +446,10 @@ def sentinel_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
                 protocol="TCP",
             )
         ],
-        liveness_probe=_exec_probe(
+        liveness_probe=exec_probe(
             sentinel_config.sentinel_liveness_command(settings), period=10, failures=3
         ),
-        readiness_probe=_exec_probe(
+        readiness_probe=exec_probe(
             sentinel_config.sentinel_readiness_command(settings), period=5, failures=2
         ),
     )
@@ -494,10 +487,10 @@ def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
             redis_config.ENV_RELOAD_SECONDS,
         ),
         volume_mounts=_mounts(settings, USERS_VOLUME, ACL_VOLUME, TLS_VOLUME),
-        liveness_probe=_exec_probe(
+        liveness_probe=exec_probe(
             redis_config.reloader_liveness_command(settings), period=30, failures=2
         ),
-        readiness_probe=_exec_probe(
+        readiness_probe=exec_probe(
             redis_config.reloader_readiness_command(), period=10, failures=3
         ),
     )
@@ -666,11 +659,6 @@ def service_spec(settings: StackSettings, *, headless: bool) -> k8s.core.v1.Serv
         selector=selector_labels(settings, COMPONENT, "broker"),
         ports=service_ports(settings, headless=headless),
     )
-
-
-def namespace_peer(namespace: str) -> k8s.meta.v1.LabelSelectorArgs:
-    """Select one namespace by the name label the API server sets on every namespace."""
-    return k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": namespace})
 
 
 def _port_rule(

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from brokerctl.deletioncost import LOAD_KEY_PREFIX
+from components.endpoint import SENTINEL_PASSWORD_KEY
 from components.settings import PoolSettings, StackSettings
 
 WIRING_MODULE = "celery_platform_wiring"
@@ -639,7 +640,7 @@ else:
     app.conf.beat_scheduler = heartbeat_scheduler(app)
 '''
 
-SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - an environment variable's name
+SENTINEL_PASSWORD_ENV = SENTINEL_PASSWORD_KEY
 """Where a replicated broker's clients find Sentinel's password (from the client Secret)."""
 
 SENTINEL_DEAD_PEER_SECONDS = 5

@@ -17,7 +17,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from brokerctl.brokercheck.bundle import SCRIPT_NAME, bundle
-from components.endpoint import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KEY, BrokerEndpoint
+from components.endpoint import (
+    BROKER_URL_KEY,
+    CHECK_URL_KEY,
+    RESULT_BACKEND_KEY,
+    SENTINEL_PASSWORD_KEY,
+    BrokerEndpoint,
+)
 from components.naming import labels, object_name
 from components.pods import hardened_container, hardened_pod_spec
 from components.settings import PoolSettings, StackSettings
@@ -25,7 +31,7 @@ from components.workers import WorkerPools
 
 COMPONENT = "broker-check"
 SCRIPT_DIR = "/etc/brokercheck"
-SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a variable's name
+SENTINEL_PASSWORD_ENV = SENTINEL_PASSWORD_KEY
 """The Job's variable holding Sentinel's password (from the client Secret), topology sentinel."""
 
 

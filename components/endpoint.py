@@ -32,6 +32,9 @@ RESULT_BACKEND_KEY = "CELERY_RESULT_BACKEND"
 """Client Secret key of the result backend URL (same user, the result database)."""
 CHECK_URL_KEY = "BROKER_CHECK_URL"
 """Client Secret key of the check user's URL (the post-deploy check only)."""
+SENTINEL_PASSWORD_KEY = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a Secret key's name
+"""Client Secret key of Sentinel's password (topology sentinel), and the variable every client
+(workers, beat, the check Job, the scale-in controller) reads it from."""
 SCALE_IN_URL_KEY = "BROKER_SCALE_IN_URL"
 """Client Secret key of the scale-in user's URL (the deletion-cost controller only)."""
 

@@ -87,6 +87,16 @@ def hardened_container(
     )
 
 
+def exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.ProbeArgs:
+    """Return an exec probe with a bounded run time: every probe of the stack is one of these."""
+    return k8s.core.v1.ProbeArgs(
+        exec_=k8s.core.v1.ExecActionArgs(command=command),
+        period_seconds=period,
+        failure_threshold=failures,
+        timeout_seconds=5,
+    )
+
+
 def hardened_pod_spec(
     *,
     containers: Sequence[k8s.core.v1.ContainerArgs],
@@ -131,6 +141,11 @@ def hardened_pod_spec(
         containers=list(containers),
         volumes=[tmp, *volumes],
     )
+
+
+def namespace_peer(namespace: str) -> k8s.meta.v1.LabelSelectorArgs:
+    """Select one namespace by the name label the API server sets on every namespace."""
+    return k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": namespace})
 
 
 def one_per_node(match_labels: dict[str, str], *, required: bool) -> k8s.core.v1.AffinityArgs:

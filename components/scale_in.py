@@ -29,9 +29,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from brokerctl import deletioncost
-from components.endpoint import BrokerEndpoint
+from components.endpoint import SENTINEL_PASSWORD_KEY, BrokerEndpoint
 from components.naming import labels, object_name, selector_labels
-from components.pods import TMP_MOUNT, hardened_container, hardened_pod_spec
+from components.pods import TMP_MOUNT, exec_probe, hardened_container, hardened_pod_spec
 from components.settings import StackSettings
 from components.workers import WORKER, WorkerPools, checksum
 
@@ -76,7 +76,7 @@ def pool_instances(settings: StackSettings) -> dict[str, str]:
     }
 
 
-SENTINEL_PASSWORD_ENV = "BROKER_SENTINEL_PASSWORD"  # noqa: S105 - a variable's name
+SENTINEL_PASSWORD_ENV = SENTINEL_PASSWORD_KEY
 """The controller's variable holding Sentinel's password (from the client Secret), if any."""
 
 
@@ -112,12 +112,7 @@ def health_probes() -> dict[str, k8s.core.v1.ProbeArgs]:
     )
 
     def probe(script: str, period: int, failures: int) -> k8s.core.v1.ProbeArgs:
-        return k8s.core.v1.ProbeArgs(
-            exec_=k8s.core.v1.ExecActionArgs(command=["sh", "-c", script]),
-            period_seconds=period,
-            failure_threshold=failures,
-            timeout_seconds=5,
-        )
+        return exec_probe(["sh", "-c", script], period, failures)
 
     return {
         # The first pass needs the broker: up to a minute while it starts.

@@ -150,11 +150,17 @@ def discovery_functions(settings: StackSettings) -> str:
             "# --- discovery_functions (components/sentinel_config.py) ---",
             f'me="${{{ENV_POD_NAME}}}.{headless_domain(settings)}"',
             f'peers="{hosts}"',
-            "ask_sentinel() {",
+            "# sentinel_at SECONDS HOST COMMAND...: one bounded command to a pod's Sentinel.",
+            "sentinel_at() {",
+            "  # Names of their own: callers loop over $host (sh has no local variables).",
+            '  at_seconds="$1"; at_host="$2"; shift 2',
             f'  REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_PASSWORD_FILE}")" \\',
-            f"    timeout {CLI_TIMEOUT_SECONDS // 5} redis-cli --no-auth-warning"
-            f' -h "$1" -p "${ENV_SENTINEL_PORT}"{_cli_tls(settings.tls.enabled)} \\',
-            f"    SENTINEL get-master-addr-by-name {sentinel.master_name} 2>/dev/null | head -n 1",
+            '    timeout "$at_seconds" redis-cli --no-auth-warning'
+            f' -h "$at_host" -p "${ENV_SENTINEL_PORT}"{_cli_tls(settings.tls.enabled)} "$@"',
+            "}",
+            "ask_sentinel() {",
+            f'  sentinel_at {CLI_TIMEOUT_SECONDS // 5} "$1" '
+            f"SENTINEL get-master-addr-by-name {sentinel.master_name} 2>/dev/null | head -n 1",
             "}",
             "sentinel_master() {",
             "  # One list per caller: Redis's and Sentinel's start scripts may ask at once.",
@@ -364,9 +370,7 @@ def handover_command(settings: StackSettings) -> list[str]:
                 'asked=""',
                 "for host in $peers; do",
                 '  [ "$host" = "$me" ] && continue',
-                f'  reply="$(REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_PASSWORD_FILE}")" '
-                f'timeout 3 redis-cli --no-auth-warning -h "$host" -p "${ENV_SENTINEL_PORT}"{tls} '
-                f'SENTINEL FAILOVER {name} 2>&1)"',
+                f'  reply="$(sentinel_at 3 "$host" SENTINEL FAILOVER {name} 2>&1)"',
                 '  [ "$reply" = OK ] && { asked="$host"; break; }',
                 "done",
                 'if [ -z "$asked" ]; then',

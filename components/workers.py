@@ -24,7 +24,13 @@ from brokerctl.deletioncost import inflight_key
 from components import celery_config, metrics
 from components.endpoint import AutoscalerAccess, BrokerEndpoint, ClientSecret
 from components.naming import labels, object_name, selector_labels
-from components.pods import hardened_container, hardened_pod_spec, spread_across_nodes_and_zones
+from components.pods import (
+    exec_probe,
+    hardened_container,
+    hardened_pod_spec,
+    namespace_peer,
+    spread_across_nodes_and_zones,
+)
 from components.settings import Autoscaling, Placement, PoolSettings, StackSettings
 
 WORKER = "worker"
@@ -89,9 +95,7 @@ def broker_peers(settings: StackSettings) -> list[k8s.networking.v1.NetworkPolic
         return []
     return [
         k8s.networking.v1.NetworkPolicyPeerArgs(
-            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                match_labels={"kubernetes.io/metadata.name": settings.workers.keda_namespace}
-            )
+            namespace_selector=namespace_peer(settings.workers.keda_namespace)
         )
     ]
 
@@ -185,16 +189,6 @@ def pod_name_env() -> k8s.core.v1.EnvVarArgs:
         value_from=k8s.core.v1.EnvVarSourceArgs(
             field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path="metadata.name")
         ),
-    )
-
-
-def exec_probe(command: list[str], period: int, failures: int) -> k8s.core.v1.ProbeArgs:
-    """Return an exec probe with a bounded run time (the commands only stat a file)."""
-    return k8s.core.v1.ProbeArgs(
-        exec_=k8s.core.v1.ExecActionArgs(command=command),
-        period_seconds=period,
-        failure_threshold=failures,
-        timeout_seconds=5,
     )
 
 

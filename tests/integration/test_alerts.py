@@ -21,23 +21,7 @@ FIXTURE = FIXTURES / "redis_exporter-v1.67.0-celery.prom"
 
 
 def stack() -> StackSettings:
-    return StackSettings.model_validate(
-        {
-            "kube_context": "test",
-            "metrics": {"exporter_enabled": True, "prometheus_operator": True},
-            "workers": {
-                "pools": [
-                    {
-                        "name": "default",
-                        "image": "registry.example.com/transcritor-pdf:1.0.0",
-                        "queues": ["celery"],
-                        "alert_queue_depth": 100,
-                    }
-                ]
-            },
-        },
-        strict=False,
-    )
+    return promtool_rules.alert_stack()
 
 
 def recorded(settings: StackSettings) -> dict[str, float]:

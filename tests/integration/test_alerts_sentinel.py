@@ -22,6 +22,7 @@ from components import metrics, redis_config, sentinel_config
 from components.settings import StackSettings
 from tests.support.promtool_rules import (
     FIXTURES,
+    alert_stack,
     exporter_series,
     fires,
     quiet,
@@ -54,26 +55,11 @@ QUEUE_KEYS = ("celery", "celery\x06\x163", "celery\x06\x166", "celery\x06\x169")
 
 
 def stack(**sentinel: int) -> StackSettings:
-    return StackSettings.model_validate(
+    return alert_stack(
         {
-            "kube_context": "test",
-            "broker": {
-                "topology": "sentinel",
-                "sentinel": {"replicas": PODS, "min_replicas_to_write": 1, **sentinel},
-            },
-            "metrics": {"exporter_enabled": True, "prometheus_operator": True},
-            "workers": {
-                "pools": [
-                    {
-                        "name": "default",
-                        "image": "registry.example.com/transcritor-pdf:1.0.0",
-                        "queues": ["celery"],
-                        "alert_queue_depth": 100,
-                    }
-                ]
-            },
-        },
-        strict=False,
+            "topology": "sentinel",
+            "sentinel": {"replicas": PODS, "min_replicas_to_write": 1, **sentinel},
+        }
     )
 
 

@@ -349,34 +349,26 @@ def kill_session(process: subprocess.Popen[bytes]) -> None:
         pass
 
 
-class PortForward:
-    """A host-loopback port that forwards each connection to target_port inside a namespace.
+class Relay:
+    """Accept on `listener`; for each client open `connect()` and copy bytes both ways.
 
-    The target address is looked up for every new connection (127.0.0.1 unless target_address
-    is given), so a forward to a Service or a pod follows it when its pod is recreated with a new
-    address in the per-pod network mode; a lookup that fails refuses that one connection.
+    One relay for both directions the harnesses need: into a namespace from the host
+    (PortForward) and out of a pod network to a host service (the real-engine node's
+    `kubernetes` Service). A connect that fails refuses that one client.
     """
 
     def __init__(
-        self,
-        netns: NetworkNamespace,
-        target_port: int,
-        target_address: Callable[[], str] | None = None,
+        self, listener: socket.socket, connect: Callable[[], socket.socket], name: str
     ) -> None:
-        self.netns = netns
-        self.target_port = target_port
-        self.target_address = target_address or (lambda: "127.0.0.1")
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
+        self.listener = listener
+        self.connect = connect
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.closed = False
-        threading.Thread(
-            target=self.accept_loop, name=f"podrunner-forward-{self.port}", daemon=True
-        ).start()
+        threading.Thread(target=self.accept_loop, name=name, daemon=True).start()
 
     def accept_loop(self) -> None:
-        """Accept host connections and start a pump for each."""
+        """Accept connections and start a pump for each."""
         while not self.closed:
             try:
                 client, _ = self.listener.accept()
@@ -385,9 +377,9 @@ class PortForward:
             threading.Thread(target=self.pump, args=(client,), daemon=True).start()
 
     def pump(self, client: socket.socket) -> None:
-        """Copy bytes both ways between a host client and the in-cluster server."""
+        """Copy bytes both ways between a client and its upstream until either side closes."""
         try:
-            upstream = self.netns.connect(self.target_port, 5, self.target_address())
+            upstream = self.connect()
         except (OSError, PodRunnerError):
             client.close()
             return
@@ -412,8 +404,13 @@ class PortForward:
                 self.connections.difference_update((client, upstream))
 
     def close(self) -> None:
-        """Stop accepting and cut every open connection."""
+        """Stop accepting (shutdown wakes a blocked accept) and cut every open connection."""
         self.closed = True
+        for sock in (self.listener,):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.listener.close()
         with self.lock:
             for sock in list(self.connections):
@@ -421,3 +418,29 @@ class PortForward:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class PortForward(Relay):
+    """A host-loopback port that forwards each connection to target_port inside a namespace.
+
+    The target address is looked up for every new connection (127.0.0.1 unless target_address
+    is given), so a forward to a Service or a pod follows it when its pod is recreated with a new
+    address in the per-pod network mode; a lookup that fails refuses that one connection.
+    """
+
+    def __init__(
+        self,
+        netns: NetworkNamespace,
+        target_port: int,
+        target_address: Callable[[], str] | None = None,
+    ) -> None:
+        self.netns = netns
+        self.target_port = target_port
+        self.target_address = target_address or (lambda: "127.0.0.1")
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = listener.getsockname()[1]
+        super().__init__(
+            listener,
+            lambda: self.netns.connect(self.target_port, 5, self.target_address()),
+            f"podrunner-forward-{self.port}",
+        )

@@ -45,7 +45,6 @@ import http.client
 import itertools
 import json
 import platform
-import select
 import shutil
 import socket
 import ssl
@@ -81,6 +80,7 @@ from tests.podrunner.runtime import (
     ExecResult,
     NetworkNamespace,
     PortForward,
+    Relay,
     run_client,
     run_quietly,
     sweep_stale_clusters,
@@ -338,10 +338,11 @@ class ApiServerInPodNetwork:
     ) -> None:
         """Listen on address:port in netns; connections go to `upstream` from the host."""
         self.address, self.port, self.upstream = address, port, upstream
-        self.listener = self._listen_in(netns)
-        self.sockets: set[socket.socket] = {self.listener}
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, name="node-api-forward", daemon=True).start()
+        self.relay = Relay(
+            self._listen_in(netns),
+            lambda: socket.create_connection(self.upstream, timeout=API_TIMEOUT),
+            "node-api-forward",
+        )
 
     def _listen_in(self, netns: NetworkNamespace) -> socket.socket:
         outcome: dict[str, object] = {}
@@ -361,40 +362,6 @@ class ApiServerInPodNetwork:
             raise PodRunnerError(msg)
         return outcome["socket"]  # type: ignore[return-value]
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._pump, args=(client,), daemon=True).start()
-
-    def _pump(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.upstream, timeout=API_TIMEOUT)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        with self.lock:
-            self.sockets.update((client, upstream))
-        peers = {client: upstream, upstream: client}
-        try:
-            while True:
-                ready, _, _ = select.select(list(peers), [], [], 1.0)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    peers[sock].sendall(data)
-        except OSError:
-            return
-        finally:
-            for sock in (client, upstream):
-                sock.close()
-            with self.lock:
-                self.sockets.difference_update((client, upstream))
-
     def variables(self) -> dict[str, str]:
         """Return what the kubelet gives every container for the `kubernetes` Service."""
         tcp = f"tcp://{self.address}:{self.port}"
@@ -412,11 +379,7 @@ class ApiServerInPodNetwork:
 
     def close(self) -> None:
         """Stop accepting and cut every forwarded connection."""
-        with self.lock:
-            for sock in list(self.sockets):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+        self.relay.close()
 
 
 _API_IN_POD_NETWORKS: dict[str, tuple[ApiServerInPodNetwork, int]] = {}

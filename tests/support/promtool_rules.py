@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from components.settings import StackSettings
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "exporter"
 SAMPLE = re.compile(r"^(?P<name>[a-z_:]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -112,3 +114,28 @@ def run_promtool(tmp_path: Path, rules: Mapping[str, Any], tests: list[dict[str,
         check=False,
     )
     assert completed.returncode == 0, f"promtool:\n{completed.stdout}\n{completed.stderr}"
+
+
+def alert_stack(broker: dict[str, Any] | None = None) -> StackSettings:
+    """Return the stack the alert tests evaluate: exporter and operator on, one `celery` pool.
+
+    `broker` replaces the broker section (the Sentinel alerts' tests give the topology).
+    """
+    return StackSettings.model_validate(
+        {
+            "kube_context": "test",
+            **({"broker": broker} if broker is not None else {}),
+            "metrics": {"exporter_enabled": True, "prometheus_operator": True},
+            "workers": {
+                "pools": [
+                    {
+                        "name": "default",
+                        "image": "registry.example.com/transcritor-pdf:1.0.0",
+                        "queues": ["celery"],
+                        "alert_queue_depth": 100,
+                    }
+                ]
+            },
+        },
+        strict=False,
+    )
