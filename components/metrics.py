@@ -397,6 +397,20 @@ def _rule(
     return rule
 
 
+def _broker_down(settings: StackSettings) -> str:
+    """Return when the broker pages: its one Redis, or with Sentinel every pod's, is silent.
+
+    With `broker.topology: sentinel` one replica's Redis that stops answering leaves the
+    queues working: CeleryBrokerReplicaDown warns about it, and a silent master is
+    CeleryBrokerNoMaster once Sentinels fail to replace it. Paging for either would wake
+    someone for what the topology exists to absorb.
+    """
+    sel = _selector(settings)
+    if settings.broker.topology == "sentinel":
+        return f"max by ({RELEASE_LABELS}) (redis_up{{{sel}}}) == 0 or absent(redis_up{{{sel}}})"
+    return f"redis_up{{{sel}}} == 0 or absent(redis_up{{{sel}}})"
+
+
 def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
     """Alerts about the broker: reachability, memory, connections, persistence, replication."""
     sel = _selector(settings)
@@ -405,7 +419,7 @@ def broker_rules(settings: StackSettings) -> list[dict[str, Any]]:
     rules = [
         _rule(
             "CeleryBrokerDown",
-            f"redis_up{{{sel}}} == 0 or absent(redis_up{{{sel}}})",
+            _broker_down(settings),
             duration=pending,
             severity="critical",
             summary="The Celery broker (Redis) does not answer, or its exporter is not scraped.",
@@ -678,18 +692,23 @@ def sentinel_rules(settings: StackSettings) -> list[dict[str, Any]]:
         ),
         _rule(
             "CeleryBrokerReplicaDown",
-            f"redis_connected_slaves{{{sel}}} < {expected} and on ({POD_LABELS}) {masters}",
+            (
+                f"redis_connected_slaves{{{sel}}} < {expected} and on ({POD_LABELS}) {masters}"
+                f" or redis_up{{{sel}}} == 0"
+            ),
             duration=brief,
             severity="warning",
             summary=(
-                f"The master has fewer than {expected} replicas connected: fewer copies of "
-                "the queues, and fewer pods a failover can promote."
+                f"The master has fewer than {expected} replicas connected, or a broker pod's "
+                "Redis does not answer its exporter: fewer copies of the queues, and fewer "
+                "pods a failover can promote."
             ),
             runbook=(
                 "kubectl -n NS get pod -l app.kubernetes.io/name=redis -o wide: a Pending "
                 "replica needs a node of its own (broker.sentinel.spread), a crashing one its "
                 "logs; INFO replication on the master lists the connected ones. "
-                "Expected: broker.sentinel.replicas - 1."
+                "Expected: broker.sentinel.replicas - 1. Labelled with a pod: that pod's "
+                "Redis does not answer (its redis container's logs and probes)."
             ),
         ),
         _rule(

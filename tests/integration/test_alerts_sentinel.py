@@ -293,6 +293,52 @@ def test_a_lost_replica_pod_is_reported_by_the_master(tmp_path: Path) -> None:
     )
 
 
+def test_a_replica_whose_redis_stops_answering_warns_and_does_not_page(tmp_path: Path) -> None:
+    settings = stack()
+    rules = metrics.alert_rules(settings)
+    broker = healthy(settings)
+    # Pod 2's Redis stops answering its exporter at minute 5; the master loses that replica.
+    broker.change("redis_up", lambda _: 0, pod=2, start=5)
+    broker.change("redis_connected_slaves", lambda _: 1, pod=0, start=5)
+    run_promtool(
+        tmp_path,
+        rules,
+        [
+            case(
+                broker,
+                fires(
+                    rules,
+                    "10m",
+                    "CeleryBrokerReplicaDown",
+                    labelled(settings, 0, "warning"),
+                    labelled(settings, 2, "warning"),
+                ),
+                quiet("10m", "CeleryBrokerDown", "CeleryBrokerNoMaster"),
+            )
+        ],
+    )
+
+
+def test_every_pod_silent_pages_once_for_the_release(tmp_path: Path) -> None:
+    settings = stack()
+    rules = metrics.alert_rules(settings)
+    broker = healthy(settings)
+    for k in range(PODS):
+        broker.change("redis_up", lambda _: 0, pod=k, start=5)
+    down = {**release(settings), "severity": "critical"}
+    run_promtool(
+        tmp_path,
+        rules,
+        [
+            case(
+                broker,
+                fires(rules, "10m", "CeleryBrokerDown", down),
+                quiet("4m", "CeleryBrokerDown"),
+            )
+        ],
+    )
+
+
 def test_losing_every_replica_stops_writes_and_the_alert_says_so(tmp_path: Path) -> None:
     settings = stack()
     rules = metrics.alert_rules(settings)
