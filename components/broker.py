@@ -474,6 +474,7 @@ def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
                 queues=metrics.configured_queues(settings),
                 engine=broker.engine,
                 replicated=replicated(settings),
+                background=(sentinel_config.fence_script(settings) if replicated(settings) else ""),
             ),
             "reloader",
         ],

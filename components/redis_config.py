@@ -259,6 +259,8 @@ SENTINEL_COMMANDS: dict[str, tuple[str, ...]] = {
     # The master's preStop (sentinel_config.handover_command) holds writes while it hands
     # over and follows the new master at once, as this user.
     "handover": ("client|pause", "client|unpause"),
+    # The fence in the reloader container (sentinel_config.fence_script) drops replica links
+    # with CLIENT KILL (above) so that a cut-off master refuses writes at once.
 }
 REPLICATION_PASSWORD_FILES = {
     REPLICATOR_USER: REPLICATOR_PASSWORD_FILE,
@@ -602,7 +604,12 @@ CLI_TIMEOUT_SECONDS = 10
 
 
 def reloader_script(
-    *, tls: bool, queues: Sequence[str] = (), engine: str = "redis", replicated: bool = False
+    *,
+    tls: bool,
+    queues: Sequence[str] = (),
+    engine: str = "redis",
+    replicated: bool = False,
+    background: str = "",
 ) -> str:
     """Return the reloader sidecar's loop: apply a changed users or TLS Secret to running Redis.
 
@@ -613,6 +620,9 @@ def reloader_script(
     SCRIPT_KILL_BOUND_SECONDS. Readers cannot write, so their scripts are always killable; a
     celery-user script that wrote before looping is not (Redis forbids it: its effects would be
     half applied), which the watchdog logs; liveness then restarts Redis after its window.
+
+    `background` is shell that starts its own loops beside this one (a replicated broker's
+    fence, components/sentinel_config.fence_script); they end with this container's PID 1.
 
     Every REDIS_RELOAD_SECONDS it compares checksums of the mounted files with those recorded
     when they were last applied. A users change rewrites the ACL file (acl_functions) and
@@ -685,6 +695,7 @@ def reloader_script(
         ]
     passes = ["reload_users", *(["reload_tls"] if tls else [])]
     lines += [
+        *([background] if background else []),
         # sh is PID 1 of its container: without a trap SIGTERM is ignored and the pod waits
         # out its whole grace period; sleeping in the background lets the trap run at once.
         'sleeping=""',

@@ -72,6 +72,15 @@ TEMPLATE_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 HANDOVER_SECONDS = 20
 """Longest the preStop hook waits for Sentinel to move the master role away before it lets
 the pod stop anyway (a failed handover then costs an unplanned failover, never a hang)."""
+AGREE_SECONDS = 4
+"""Longest the handover waits, writes still held, for every answering Sentinel to name the
+new master (they learn it from the leader's hello, at most 2 s apart) before it drops the
+clients: a client that reconnected through a Sentinel still naming this pod would fail."""
+CATCH_UP_SECONDS = 2
+"""Longest the handover waits, writes held, for the replicas to apply the master's last
+writes before it asks for the failover (milliseconds normally; bounded for a stalled one)."""
+FENCE_POLL_SECONDS = 0.1
+"""How often the fence (`fence_script`) reads the master's replication state."""
 
 
 def headless_domain(settings: StackSettings) -> str:
@@ -334,15 +343,19 @@ def handover_command(settings: StackSettings) -> list[str]:
     role away first, so clients lose at most a publish retry instead of down-after plus an
     election, and no write is dropped:
 
-    1. Writes are held here (CLIENT PAUSE WRITE, as the `sentinel` user): nothing reaches
-       this Redis after the replica it streams to has everything.
+    1. Writes are held here (CLIENT PAUSE WRITE, as the `sentinel` user), and the hook waits
+       until every replica with its link up has applied the stream up to here (Sentinel
+       promotes by offsets it read up to a second ago and does not wait).
     2. Another pod's Sentinel is asked for a failover (SENTINEL FAILOVER: no vote, the best
        replica is promoted at once).
     3. As soon as that Sentinel names the new master, this Redis follows it (REPLICAOF) at
        once: Sentinel itself would demote it only at its next look, seconds later, and every
        write it took meanwhile (acknowledgements, results) would be dropped by the resync.
-    4. Writes are released: the held ones meet a replica and fail with READONLY, so their
-       clients reconnect through Sentinel and retry on the new master.
+    4. Once every Sentinel that answers names the new master (AGREE_SECONDS at most), every
+       client is disconnected, then writes are released. A held write dies unexecuted with
+       its connection; kombu reconnects through Sentinel and sends it again to the new
+       master. Released into this replica instead, it would meet READONLY, and so would the
+       retry on another pooled connection still open here: the publish would fail.
 
     5. The hook returns once this replica is in sync and not rewriting its AOF (Redis
        refuses SIGTERM during the rewrite a full sync starts).
@@ -361,12 +374,51 @@ def handover_command(settings: StackSettings) -> list[str]:
                 f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
                 discovery_functions(settings),
                 "cli info replication | grep -q '^role:master' || exit 0",
-                "admin() {",
+                "# What clients read: the master's entry (SENTINEL MASTER, as redis-py's",
+                "# SENTINEL MASTERS), which moves only at +switch-master. get-master-addr-by-name",
+                "# names the promoted replica earlier, while clients are still sent here.",
+                "clients_master() {",
+                f'  sentinel_at 2 "$1" SENTINEL MASTER {name} 2>/dev/null |',
+                '  while read -r key; do read -r value; [ "$key" = ip ] && echo "$value"; done',
+                "}",
+                "# redis_at HOST COMMAND...: one bounded command to a pod's Redis, as `sentinel`.",
+                "redis_at() {",
+                '  at_redis="$1"; shift',
                 f'  REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_USER_PASSWORD_FILE}")" '
                 f"timeout 3 redis-cli --no-auth-warning --user {SENTINEL_USER} "
-                f'-h 127.0.0.1 -p "{port}"{tls} "$@"',
+                f'-h "$at_redis" -p "{port}"{tls} "$@"',
+                "}",
+                'admin() { redis_at 127.0.0.1 "$@"; }',
+                "# replicated HOST: how much of the stream a replica with its link up has applied.",
+                "replicated() {",
+                "  redis_at \"$1\" INFO replication 2>/dev/null | tr -d '\\r' | {",
+                '    link=""; applied=""',
+                "    while IFS=: read -r key value; do",
+                '      case "$key" in',
+                '        master_link_status) link="$value" ;;',
+                '        slave_repl_offset) applied="$value" ;;',
+                "      esac",
+                "    done",
+                '    [ "$link" = up ] && echo "$applied"',
+                "  }",
                 "}",
                 f"admin CLIENT PAUSE {HANDOVER_SECONDS * 1000} WRITE >/dev/null",
+                "# Every write this master acknowledged reaches the replicas before one is",
+                "# promoted (Sentinel does not wait for that): nothing new comes in while paused.",
+                "target=\"$(admin INFO replication | tr -d '\\r' |"
+                " while IFS=: read -r key value; do"
+                ' [ "$key" = master_repl_offset ] && echo "$value"; done)"',
+                f"caught_up_by=$(( $(date +%s) + {CATCH_UP_SECONDS} ))",
+                'while [ -n "$target" ] && [ "$(date +%s)" -lt "$caught_up_by" ]; do',
+                '  behind=""',
+                "  for host in $peers; do",
+                '    [ "$host" = "$me" ] && continue',
+                '    applied="$(replicated "$host" || true)"',
+                '    [ -z "$applied" ] || [ "$applied" -ge "$target" ] || behind="$host"',
+                "  done",
+                '  [ -z "$behind" ] && break',
+                "  sleep 0.05",
+                "done",
                 'asked=""',
                 "for host in $peers; do",
                 '  [ "$host" = "$me" ] && continue',
@@ -384,6 +436,26 @@ def handover_command(settings: StackSettings) -> list[str]:
                 f'    admin REPLICAOF "$new" "{port}" >/dev/null',
                 "  fi",
                 "  if cli info replication | grep -q '^role:slave'; then",
+                "    # Clients reconnect through Sentinel: let every Sentinel that answers show",
+                "    # them the new master first (a missing one, this pod's included, is skipped).",
+                f"    agree_by=$(( $(date +%s) + {AGREE_SECONDS} ))",
+                '    while [ "$(date +%s)" -lt "$agree_by" ]; do',
+                '      stale=""',
+                "      for host in $peers; do",
+                '        named="$(clients_master "$host" || true)"',
+                '        [ -z "$named" ] || [ "$named" = "$new" ] || stale="$host"',
+                "      done",
+                '      [ -z "$stale" ] && break',
+                "      sleep 0.2",
+                "    done",
+                '    [ -z "$stale" ] ||',
+                '      echo "handover: the Sentinel of $stale still shows the old master" >&2',
+                "    # Drop every client before the release: held writes die unexecuted with",
+                "    # their connections and are retried on the new master, and no pooled",
+                "    # connection is left to answer READONLY (a publish that meets READONLY",
+                "    # after its one reconnect fails). They would all be cut when the pod stops.",
+                "    admin CLIENT KILL TYPE normal >/dev/null",
+                "    admin CLIENT KILL TYPE pubsub >/dev/null",
                 "    admin CLIENT UNPAUSE >/dev/null",
                 '    echo "handover: $new is master; this pod is its replica now"',
                 "    break",
@@ -407,3 +479,67 @@ def handover_command(settings: StackSettings) -> list[str]:
             ]
         ),
     ]
+
+
+def fence_script(settings: StackSettings) -> str:
+    """Return the fence: the master drops replica links as soon as Redis counts them as lagging.
+
+    With `min-replicas-to-write`, a master cut off from its replicas refuses writes once fewer
+    than that many replicas acknowledged within `min-replicas-max-lag` seconds. Redis counts a
+    replica's lag in whole seconds and refreshes its count of good replicas once a second
+    (replicationCron), so the refusal came up to about two seconds past the bound (bench:
+    partition). The fence reads INFO replication every FENCE_POLL_SECONDS on one connection;
+    when fewer online replicas than required are within the bound, it drops every replica
+    link (CLIENT KILL TYPE replica: a replica's client `idle` cannot tell which one lags, since
+    the replication stream the master writes to it resets that too). Redis recounts at once
+    when a replica disconnects, so the master refuses writes (NOREPLICAS) within the bound
+    plus one second of the last acknowledgement. It acts only when Redis is about to refuse
+    writes anyway; the replicas that are in fact reachable reconnect and resume from the
+    backlog (PSYNC) at once and count as good again. Runs in the reloader container, as the
+    `sentinel` user; empty when the loss bound is off.
+    """
+    sentinel = settings.broker.sentinel
+    need, lag = sentinel.min_replicas_to_write, sentinel.min_replicas_max_lag
+    if need == 0:
+        return ""
+    tls = " --tls --insecure" if settings.tls.enabled else ""
+    auth = f'REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_USER_PASSWORD_FILE}")"'
+    cli = f'redis-cli --no-auth-warning --user {SENTINEL_USER} -h 127.0.0.1 -p "${ENV_PORT}"{tls}'
+
+    return "\n".join(
+        [
+            "# --- fence (components/sentinel_config.py) ---",
+            "cr=\"$(printf '\\r')\"",
+            "fence_drop() {",
+            "  # Every replica link: the lagging ones stop counting at once; the others reconnect",
+            "  # and resume from the backlog (PSYNC) within milliseconds.",
+            f'  dropped="$({auth} timeout {CLI_TIMEOUT_SECONDS} {cli} CLIENT KILL TYPE replica)"',
+            f'  echo "fence: fewer than {need} replica(s) acknowledged within {lag} s;'
+            ' dropped $dropped replica link(s): writes are refused now"',
+            "}",
+            "fence_watch() {",
+            '  role=""; fresh=0; stale=0',
+            f"  {auth} {cli} -r -1 -i {FENCE_POLL_SECONDS} INFO replication |",
+            "  while IFS= read -r line; do",
+            '    line="${line%"$cr"}"',
+            '    case "$line" in',
+            '      "# Replication")',
+            "        # The previous reply is complete: judge it.",
+            f'        if [ "$role" = master ] && [ "$fresh" -lt {need} ] &&',
+            '          [ "$stale" -gt 0 ]; then',
+            "          fence_drop",
+            "        fi",
+            '        role=""; fresh=0; stale=0 ;;',
+            '      role:*) role="${line#role:}" ;;',
+            "      slave[0-9]*:*state=online*)",
+            '        lag_now="${line##*lag=}"; lag_now="${lag_now%%,*}"',
+            f'        if [ "$lag_now" -le {lag} ]; then fresh=$((fresh + 1));'
+            " else stale=$((stale + 1)); fi ;;",
+            "    esac",
+            "  done",
+            "}",
+            "# One connection for as long as Redis keeps it; again a second after it is lost.",
+            "( while :; do fence_watch; sleep 1; done ) &",
+            "# --- end of fence ---",
+        ]
+    )

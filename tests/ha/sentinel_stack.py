@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 import re
 import shutil
 import statistics
@@ -591,6 +592,12 @@ class SentinelStack:
             {"name": "PRODUCER_PREFIX", "value": name},
             {"name": "PRODUCER_QUEUES", "value": ",".join(self.worker_deployments)},
             {"name": "RECORD_FILE", "value": RECORD_FILE},
+            # Set PRODUCER_TRACEBACKS=1 for the test process to see why publishes fail.
+            *[
+                {"name": "PRODUCER_TRACEBACKS", "value": "1"}
+                for _ in range(1)
+                if os.environ.get("PRODUCER_TRACEBACKS")
+            ],
         ]
         template["spec"]["restartPolicy"] = "Never"
         template["spec"]["terminationGracePeriodSeconds"] = 10

@@ -198,6 +198,22 @@ def test_master_cut_off_refuses_writes_then_rejoins_as_a_replica(
             f"(accepted {len(accepted)}; last reply {refusal!r}): the loss bound is not in effect"
         )
 
+        # Redis alone keeps silent replica links for repl-timeout (60 s) and refuses only at
+        # its next once-a-second recount; the fence drops them as soon as they lag.
+        def fenced() -> bool:
+            return "fence:" in master.logs("reloader")
+
+        try:
+            wait_until(fenced, 5, "the fence to drop the lagging replica links")
+        except WaitTimeout:
+            pytest.fail(
+                "the master refused writes but its fence never dropped the lagging replica "
+                f"links (reloader log):\n{master.logs('reloader')[-2000:]}",
+                pytrace=False,
+            )
+        links = stack.redis(master, "INFO", "replication", user="probe")
+        assert "connected_slaves:0" in links, f"replica links kept while cut off:\n{links}"
+
         new = stack.wait_master(other_than=master.name, timeout=FAILOVER_SECONDS)
         stack.reconnect(master.name)
         stack.wait_replica_of(master.name, new)

@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from components import broker as broker_component
+from components import sentinel_config
 from scripts.checkov_report import VARIANTS_DIR
 from tests.unit.conftest import run_brokerctl
+from tests.unit.test_settings_cross_field import settings_of, stack_config
 
 STACK = "prod-sentinel"
 PREFIX = "celery-broker"
@@ -127,3 +130,16 @@ def test_clients_and_broker_pods_reach_redis_and_sentinel_ports_only(objects) ->
     )
     headless = one(objects, "Service", f"{PREFIX}-headless")
     assert sorted(p["port"] for p in headless["spec"]["ports"]) == [6379, 26379]
+
+
+def test_only_a_replicated_broker_with_the_loss_bound_runs_the_fence(objects) -> None:
+    """The fence rides in the reloader: on with min_replicas_to_write, absent without it."""
+    reloader = containers(objects)["reloader"]["command"][2]
+    assert "CLIENT KILL TYPE replica" in reloader, "the prod Sentinel stack lost its fence"
+    off = settings_of(
+        stack_config(broker={"topology": "sentinel", "sentinel": {"min_replicas_to_write": 0}})
+    )
+    assert sentinel_config.fence_script(off) == ""
+    assert "fence" not in broker_component.reloader_container(off).command[2]
+    standalone = settings_of(stack_config())
+    assert "fence" not in broker_component.reloader_container(standalone).command[2]
