@@ -741,31 +741,36 @@ def refusals_as_connection_loss():
 
 
 def acks_follow_the_master(attempts=5, pause=0.5):
-    """Retry an acknowledgement that met a lost or demoted master, on the new master.
+    """Retry recording or acknowledging a delivery that met a lost or demoted master.
 
-    kombu acknowledges by removing the delivery tag from `unacked` (ZREM and HDEL); a
-    failure is logged by Celery and never retried, so the task would wait out the visibility
-    timeout and run again. During a handover the old master holds writes and then answers
-    READONLY (redis-py makes that a ConnectionError); the delivery tag is on the new master
-    too (replicated), and the next attempt asks Sentinel for it. Bounded: 5 tries, 0.5 s
-    apart, and only for connection losses."""
+    kombu pops a message (BRPOP), then records it in `unacked` (ZADD and HSET: QoS.append),
+    and acknowledges by removing it (ZREM and HDEL: QoS.ack). A failed acknowledgement is
+    logged by Celery and never retried, so the task would wait out the visibility timeout
+    and run again. A failed record is worse: the message is already off the queue and in no
+    `unacked` entry, so no restore brings it back, and the task is lost. During a handover
+    the old master holds writes and then drops its clients (or answers READONLY, which
+    redis-py makes a ConnectionError); the popped message and the delivery tag are on the
+    new master too (replicated), and the next attempt asks Sentinel for it. Both writes are
+    idempotent. Bounded: 5 tries, 0.5 s apart, and only for connection losses."""
     from kombu.transport import redis as kombu_redis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ReadOnlyError, TimeoutError as RedisTimeoutError
 
-    acknowledge = kombu_redis.QoS.ack
+    def follow(method, what):
+        def retried(self, *args):
+            for attempt in range(attempts):
+                try:
+                    return method(self, *args)
+                except (RedisConnectionError, ReadOnlyError, RedisTimeoutError) as error:
+                    if attempt == attempts - 1:
+                        raise
+                    logger.warning("%s of %s met %r; retrying on the master", what, args[-1], error)
+                    time.sleep(pause)
 
-    def ack(self, delivery_tag):
-        for attempt in range(attempts):
-            try:
-                return acknowledge(self, delivery_tag)
-            except (RedisConnectionError, ReadOnlyError, RedisTimeoutError) as error:
-                if attempt == attempts - 1:
-                    raise
-                logger.warning("ack of %s met %r; retrying on the master", delivery_tag, error)
-                time.sleep(pause)
+        return retried
 
-    kombu_redis.QoS.ack = ack
+    kombu_redis.QoS.ack = follow(kombu_redis.QoS.ack, "ack")
+    kombu_redis.QoS.append = follow(kombu_redis.QoS.append, "record")
 
 
 def use_sentinel(app):
