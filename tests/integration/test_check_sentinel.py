@@ -1,5 +1,8 @@
 """The check against a Sentinel-replicated broker: real Redis, replicas, Sentinels and worker.
 
+Runs once per engine (ids end in [redis] / [valkey]): on Valkey every node and Sentinel is
+valkey-server, as the Valkey broker pods run it, and the gate expects engine valkey.
+
 One master, two replicas and three Sentinels (quorum 2) run for the whole module, with the
 users the Sentinel design fixes and `min-replicas-to-write 1`; a stand-in worker reaches the
 master through Sentinel. Each test breaks one thing and runs the check as the gate Job does:
@@ -22,6 +25,7 @@ from components.endpoint import BROKER_URL_KEY, CHECK_URL_KEY, RESULT_BACKEND_KE
 from components.settings import StackSettings
 from tests.support.celery_worker import CeleryWorker, running_worker, worker_argv, worker_env
 from tests.support.check_cli import CheckRun, run_check
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD, PROBE_PASSWORD
 from tests.support.sentinel_broker import (
     ADMIN_PASSWORD,
@@ -55,9 +59,14 @@ class Deployment:
     worker: CeleryWorker
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with running_sentinel_broker(tmp_path_factory.mktemp("sentinel-broker")) as broker:
+@pytest.fixture(scope="module", params=ENGINES)
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    """Start the topology and its worker on one engine, once per engine for the module."""
+    engine = request.param
+    directory = tmp_path_factory.mktemp(f"sentinel-broker-{engine}")
+    with running_sentinel_broker(directory, engine=engine) as broker:
         env = worker_env(
             broker.url("celery", CELERY_PASSWORD, db=0),
             broker.url("celery", CELERY_PASSWORD, db=1),
@@ -76,13 +85,14 @@ def broker(deployment: Deployment) -> Iterator[SentinelBroker]:
     deployment.broker.restore()
 
 
-def gate_settings() -> StackSettings:
-    """Return the settings of a stack shaped like the module's broker (three Redis, one master)."""
+def gate_settings(broker: SentinelBroker) -> StackSettings:
+    """Return the settings of a stack shaped like `broker` (three servers, one master)."""
     return StackSettings.model_validate(
         {
             "kube_context": "test",
             "ephemeral": True,  # persistence none, like the test broker
             "broker": {
+                "engine": broker.engine,
                 "persistence": "none",
                 "topology": "sentinel",
                 "sentinel": {
@@ -111,7 +121,7 @@ def job_environment(broker: SentinelBroker) -> dict[str, str]:
 def sentinel_check(broker: SentinelBroker, *extra: str, expect_workers: int = 1) -> CheckRun:
     """Run the check as the gate Job does (its rendered arguments and environment), + `extra`."""
     return run_check(
-        *check_arguments(gate_settings()),
+        *check_arguments(gate_settings(broker)),
         *("--expect-workers", str(expect_workers), "--json", *extra),
         env=job_environment(broker),
     )
@@ -150,7 +160,7 @@ def test_check_from_stack_outputs_judges_like_the_gate(
         "persistence": "none",
         "pools": [{"name": "default", "queues": ["celery"], "replicas": 1}],
         "expect_workers": 1,
-        **sentinel_expectations(gate_settings()),
+        **sentinel_expectations(gate_settings(broker)),
     }
     outputs_file = tmp_path / "outputs.json"
     outputs_file.write_text(json.dumps(outputs))

@@ -3,7 +3,8 @@
 A real master, two replicas and three Sentinels (tests/support/sentinel_broker.py); the
 controller's Redis side (brokerctl/deletioncost.LoadBoard) built from the arguments the
 component renders for a Sentinel stack and the sentinel:// URL clients get. What it writes must
-land on the master, and after a failover on the new one.
+land on the master, and after a failover on the new one. Once per engine: on Valkey every node
+and Sentinel is valkey-server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import redis
 from brokerctl.deletioncost import Load, LoadBoard, inflight_key, load_key, redis_client
 from components.scale_in import SENTINEL_PASSWORD_ENV, controller_arguments
 from components.settings import StackSettings
+from tests.support.engines import ENGINES
 from tests.support.redis_server import CELERY_PASSWORD
 from tests.support.sentinel_broker import (
     ADMIN_PASSWORD,
@@ -32,18 +34,19 @@ pytestmark = pytest.mark.ha
 IMAGE = "registry.example.com/transcritor-pdf:1.0.0"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[SentinelBroker]:
-    with running_sentinel_broker(tmp_path / "sentinel-broker") as running:
+@pytest.fixture(params=ENGINES)
+def broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelBroker]:
+    with running_sentinel_broker(tmp_path / "sentinel-broker", engine=request.param) as running:
         yield running
 
 
-def sentinel_settings() -> StackSettings:
+def sentinel_settings(engine: str) -> StackSettings:
     return StackSettings.model_validate(
         {
             "kube_context": "test",
             "ephemeral": True,
             "broker": {
+                "engine": engine,
                 "persistence": "none",
                 "topology": "sentinel",
                 "sentinel": {"replicas": 3, "master_name": MASTER_NAME},
@@ -61,7 +64,9 @@ def option(args: list[str], flag: str) -> str:
 def test_controller_writes_to_the_master_found_through_sentinel_and_follows_a_failover(
     broker: SentinelBroker,
 ) -> None:
-    args = controller_arguments(sentinel_settings(), "app=worker", {"default": "x"}, "URL")
+    args = controller_arguments(
+        sentinel_settings(broker.engine), "app=worker", {"default": "x"}, "URL"
+    )
     assert option(args, "--sentinel-master") == MASTER_NAME
     assert option(args, "--sentinel-password-env") == SENTINEL_PASSWORD_ENV
     # The test broker has no scalein user; the celery user runs the same commands here (the

