@@ -29,6 +29,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support.engines import info_engine
 from tests.support.redis_server import (
     RedisServer,
     broker_config,
@@ -181,19 +182,37 @@ class SentinelBroker:
 
     def admin(self) -> redis.Redis:
         """Return an administrator's client on the master (CONFIG SET, INFO, writes)."""
-        return redis.Redis(
-            port=self.master.port,
-            username="admin",
-            password=ADMIN_PASSWORD,
-            socket_timeout=5,
-            socket_connect_timeout=5,
-        )
+        return self.node_admin(self.master)
 
     def sentinel_client(self, index: int) -> redis.Redis:
         """Return a client on one Sentinel, with its password."""
         return redis.Redis(
             port=self.sentinels[index].port,
             password=SENTINEL_PASSWORD,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+        )
+
+    def require_engine(self) -> None:
+        """Raise unless every node and Sentinel says in INFO it runs `engine`.
+
+        A test id's [valkey] must mean Valkey ran, not a redis-server the engine never reached.
+        """
+        clients = [self.admin(), *(self.node_admin(node) for node in self.replicas)]
+        clients += [self.sentinel_client(index) for index in range(len(self.sentinels))]
+        for client in clients:
+            engine, version = info_engine(client.info("server"))
+            port = client.connection_pool.connection_kwargs["port"]
+            if engine != self.engine:
+                msg = f"port {port} runs {engine} {version}, not {self.engine}"
+                raise SentinelBrokerError(msg)
+
+    def node_admin(self, node: Node) -> redis.Redis:
+        """Return an administrator's client on one data node (master or replica)."""
+        return redis.Redis(
+            port=node.port,
+            username="admin",
+            password=ADMIN_PASSWORD,
             socket_timeout=5,
             socket_connect_timeout=5,
         )
@@ -334,6 +353,7 @@ def running_sentinel_broker(
         for node in sentinel_nodes:
             node.start()
         broker.wait_healthy()
+        broker.require_engine()
         yield broker
     finally:
         for node in reversed(nodes):
