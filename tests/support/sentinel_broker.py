@@ -106,10 +106,13 @@ class Node:
     """One server process (data node or Sentinel) that a test may stop, start and pause."""
 
     directory: Path
-    port: int
     config_text: str
     sentinel: bool = False
     engine: str = "redis"
+    port: int = 0
+    """0 until the first start picks a free port, kept for restarts (peers know it by port).
+    Picked at start, not ahead: a port found free seconds earlier may be taken by then (other
+    test sessions share the machine), and a foreign server on it would pass for this node."""
     server: RedisServer | None = None
     paused: bool = False
     _stack: ExitStack = field(default_factory=ExitStack)
@@ -118,6 +121,8 @@ class Node:
         """Start the process (again); a Sentinel restarts from the config it rewrote."""
         if self.server is not None:
             return
+        if not self.port:
+            self.port = free_port()
         config = self.config_text
         written = self.directory / "redis.conf"
         if self.sentinel and written.exists():
@@ -326,14 +331,14 @@ def running_sentinel_broker(
     """
     master_port = free_port()
     data_config = functools.partial(redis_node_config, engine=engine)
-    master = Node(directory / "master", master_port, data_config(None), engine=engine)
+    master = Node(directory / "master", data_config(None), engine=engine, port=master_port)
     replica_nodes = [
-        Node(directory / f"replica-{i}", free_port(), data_config(master_port), engine=engine)
+        Node(directory / f"replica-{i}", data_config(master_port), engine=engine)
         for i in range(replicas)
     ]
     sentinel_text = sentinel_config(master_port)
     sentinel_nodes = [
-        Node(directory / f"sentinel-{i}", free_port(), sentinel_text, sentinel=True, engine=engine)
+        Node(directory / f"sentinel-{i}", sentinel_text, sentinel=True, engine=engine)
         for i in range(sentinels)
     ]
     broker = SentinelBroker(master, replica_nodes, sentinel_nodes)
