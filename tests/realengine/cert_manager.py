@@ -5,7 +5,9 @@ cert-manager Certificate (its CRD is the project's real one: ControlPlane.instal
 broker pods wait for the `kubernetes.io/tls` Secret as they would for cert-manager (FailedMount,
 retried), so `pulumi up`'s await covers the issuance. This stand-in issues that Secret from a
 CA the test process trusts (`.ca`): dnsNames, secretTemplate labels and cert-manager's
-annotations as cert-manager writes them.
+annotations as cert-manager writes them. Like cert-manager, it issues again into the same
+Secret when the Certificate's dnsNames change (a move to Sentinel adds the new pods' names):
+the `cert-manager.io/alt-names` annotation records the names a Secret was issued for.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ from tests.realengine.node_agent import ApiClient
 from tests.support.tls_certs import KeyPair, issue_server_certificate, make_ca
 
 POLL_SECONDS = 0.5
+ALT_NAMES = "cert-manager.io/alt-names"
+"""cert-manager's annotation on the Secret: the DNS names it issued, comma-separated."""
 
 
 class CertManagerStandIn:
     """Issue the Secret of every Certificate in a namespace, as cert-manager would.
 
-    Polls the API server for Certificates; for each whose Secret is missing, a test CA signs an
-    ECDSA certificate for its dnsNames and the Secret (tls.crt, tls.key, ca.crt, with the
-    Certificate's secretTemplate labels and cert-manager's annotations) is created.
+    Polls the API server for Certificates; for each whose Secret is missing, or was issued for
+    other dnsNames, a test CA signs an ECDSA certificate for its dnsNames and the Secret
+    (tls.crt, tls.key, ca.crt, with the Certificate's secretTemplate labels and cert-manager's
+    annotations) is created or updated. `issued` names each Secret once per issuance.
     """
 
     def __init__(
@@ -60,12 +65,17 @@ class CertManagerStandIn:
                 self.errors.append(repr(error))
 
     def sync(self) -> None:
-        """Issue the Secret of every Certificate of the namespace that has none yet."""
+        """Issue the Secret of every Certificate of the namespace that has none, or is stale."""
         base = f"/apis/cert-manager.io/v1/namespaces/{self.namespace}/certificates"
         for certificate in self.api.list(base):
             spec = certificate["spec"]
             secrets = f"/api/v1/namespaces/{self.namespace}/secrets"
-            if self.api.get(f"{secrets}/{spec['secretName']}") is not None:
+            existing = self.api.get(f"{secrets}/{spec['secretName']}")
+            alt_names = ",".join(spec["dnsNames"])
+            if (
+                existing is not None
+                and existing["metadata"].get("annotations", {}).get(ALT_NAMES) == alt_names
+            ):
                 continue
             pair = issue_server_certificate(
                 self.ca, self.folder / f"issue-{len(self.issued)}", spec["dnsNames"]
@@ -84,6 +94,7 @@ class CertManagerStandIn:
                         "cert-manager.io/issuer-name": issuer["name"],
                         "cert-manager.io/issuer-kind": issuer.get("kind", "Issuer"),
                         "cert-manager.io/issuer-group": issuer.get("group", "cert-manager.io"),
+                        ALT_NAMES: alt_names,
                     },
                 },
                 "stringData": {
@@ -92,5 +103,9 @@ class CertManagerStandIn:
                     "ca.crt": self.ca.cert.read_text(),
                 },
             }
-            if self.api.create(secrets, secret) is not None:
+            if existing is not None:
+                # A merge patch keeps what else is there; stringData replaces the three keys.
+                self.api.merge_patch(f"{secrets}/{spec['secretName']}", secret)
+                self.issued.append(spec["secretName"])
+            elif self.api.create(secrets, secret) is not None:
                 self.issued.append(spec["secretName"])

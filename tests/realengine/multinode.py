@@ -25,12 +25,18 @@ the node itself keeps running (nothing here powers a node off).
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import CompletedProcess
 from types import TracebackType
+from typing import Any
+
+import pytest
 
 from tests.podrunner import Backoff, LocalImage, Pod, wait_until
 from tests.podrunner.runtime import ExecResult
@@ -41,6 +47,10 @@ from tests.realengine.storage import SHARED_PROVISIONER, HostPathProvisioner, st
 
 NODE_NAMES = ("node-a", "node-b", "node-c")
 STORAGE_SYNC_SECONDS = 0.5
+BROKER = "celery-broker"
+"""The broker StatefulSet of a stack with the default name prefix."""
+BROKER_SELECTOR = f"app.kubernetes.io/instance={BROKER},app.kubernetes.io/name=redis"
+CLIENT = Path(__file__).with_name("sentinel_client.py")
 
 
 class MultiNodeCluster:
@@ -216,3 +226,117 @@ class MultiNodeCluster:
         evicted and comes back (with a new address) on another node.
         """
         return self.network.forward(port, lambda: self.pod(pod, namespace).ip)
+
+
+def ready(pod: dict) -> bool:
+    """Return whether the pod's Ready condition is True."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def scheduled(pod: dict) -> dict:
+    """Return the pod's PodScheduled condition ({} before the scheduler looked at it)."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "PodScheduled"), {})
+
+
+@dataclass(kw_only=True)
+class StackPods:
+    """A deployed stack's namespace on the nodes: its pods, a client in the pod network, waits.
+
+    `client_env` is the client Secret's data (plus SENTINEL_MASTER and, with TLS,
+    BROKER_CA_FILE): what sentinel_client.py reads. `tls`: the broker serves TLS only.
+    """
+
+    nodes: MultiNodeCluster
+    namespace: str
+    tls: bool
+    client_env: dict[str, str] = field(default_factory=dict)
+
+    def pods(self, selector: str = "") -> dict[str, dict]:
+        """Return the namespace's pods as the API server has them, by name."""
+        query = {"labelSelector": selector} if selector else {}
+        items = self.nodes.api.list(f"/api/v1/namespaces/{self.namespace}/pods", **query)
+        return {p["metadata"]["name"]: p for p in items}
+
+    def brokers(self) -> dict[str, dict]:
+        """Return the broker StatefulSet's pods, by name."""
+        return self.pods(BROKER_SELECTOR)
+
+    def pool_pods(self, deployment: str) -> dict[str, dict]:
+        """Return a worker Deployment's pods that are not terminating, by name."""
+        return {
+            name: pod
+            for name, pod in self.pods().items()
+            if name.startswith(f"{deployment}-") and not pod["metadata"].get("deletionTimestamp")
+        }
+
+    def host_of(self, pod: str) -> str:
+        """Return a broker pod's per-pod name, as Redis and Sentinel announce it."""
+        return f"{pod}.{BROKER}-headless.{self.namespace}.svc"
+
+    def client(self, *args: str) -> Any:
+        """Run sentinel_client.py in the pod network; return its JSON answer."""
+        result = self.nodes.run_in_netns(
+            [sys.executable, str(CLIENT), *args], timeout=60, env=self.client_env
+        )
+        assert result.returncode == 0, f"client {args[0]} failed: {result}\n{self.describe()}"
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def publish_tasks(
+        self, count: int, prefix: str, seconds: float, record_file: str, queue: str = "celery"
+    ) -> dict[str, str]:
+        """Publish record_execution tasks; return label -> task id."""
+        return self.client(
+            "publish", "--count", str(count), "--prefix", prefix, "--seconds", str(seconds),
+            "--record-file", record_file, "--queue", queue,
+        )  # fmt: skip
+
+    def status(self, task_ids: list[str], queue: str = "celery") -> dict[str, Any]:
+        """Return the master, queue length, unacked task ids and results (see the client)."""
+        return self.client("status", "--queue", queue, *task_ids)
+
+    def master(self) -> str:
+        """Return the pod the Sentinels name master, asked as a client asks."""
+        return self.status([])["master"].split(".", 1)[0]
+
+    def replication(self, pod: str) -> dict[str, str]:
+        """Return INFO replication of a broker pod's Redis, asked inside the pod as probes do."""
+        tls = '--tls --cacert "$REDIS_TLS_DIR/ca.crt" ' if self.tls else ""
+        script = (
+            'REDISCLI_AUTH="$(cat "$REDIS_USERS_DIR/probe-password")" '
+            f'redis-cli --no-auth-warning --user probe -p "$REDIS_PORT" {tls}info replication'
+        )
+        reply = self.nodes.pod(pod, self.namespace).exec(["sh", "-c", script], container="redis")
+        assert reply.returncode == 0, f"INFO replication on {pod}: {reply}"
+        fields = (line.split(":", 1) for line in reply.stdout.splitlines() if ":" in line)
+        return {key: value.strip() for key, value in fields}
+
+    def records(self, names: list[str], record_file: str) -> dict[str, list[str]]:
+        """Return the labels each named worker pod's record file holds, one per execution."""
+        found = {}
+        for name in names:
+            reply = self.nodes.pod(name, self.namespace).exec(["cat", record_file])
+            found[name] = [line.split()[0] for line in reply.stdout.splitlines() if line]
+        return found
+
+    def wait(
+        self, what: str, predicate: Callable[[], Any], timeout: float, interval: float = 1.0
+    ) -> Any:
+        """Poll predicate until it returns something truthy; fail naming what, with the pods."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} after {timeout:g} s:\n{self.describe()}")
+            time.sleep(interval)
+
+    def describe(self) -> str:
+        """Return where every pod is, and every node's view of its pods."""
+        lines = [
+            f"{name}: {p['spec'].get('nodeName')} {p['status'].get('phase')}"
+            for name, p in sorted(self.pods().items())
+        ]
+        return "\n".join(lines) + "\n" + self.nodes.describe()

@@ -27,13 +27,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -41,13 +36,19 @@ import yaml
 from tests.realengine.cert_manager import CertManagerStandIn
 from tests.realengine.conftest import new_stack
 from tests.realengine.deployed import Deployed, shipped_stack_file
-from tests.realengine.multinode import NODE_NAMES, MultiNodeCluster
+from tests.realengine.multinode import (
+    BROKER,
+    BROKER_SELECTOR,
+    NODE_NAMES,
+    MultiNodeCluster,
+    StackPods,
+    ready,
+    scheduled,
+)
 
 pytestmark = pytest.mark.ha
 
 NAMESPACE = "ha-drain"
-BROKER = "celery-broker"
-BROKER_SELECTOR = "app.kubernetes.io/instance=celery-broker,app.kubernetes.io/name=redis"
 HEADLESS = f"{BROKER}-headless"
 MASTER_NAME = "celery-broker"
 """broker.sentinel.master_name (the default)."""
@@ -59,7 +60,6 @@ Sentinels, replication, workers, the result backend (`redis_backend_use_ssl`, wh
 Sentinel backend needs besides the URL's query) and the gate all verify the broker's CA."""
 RECORD_FILE = "/tmp/ha-drain-executions.log"
 """Where record_execution writes inside each worker pod (its /tmp)."""
-CLIENT = Path(__file__).with_name("sentinel_client.py")
 QUEUED_TASKS = 80
 TASK_SECONDS = 0.3
 """80 tasks of 0.3 s on 2 workers x 2 processes: still running and queued when the drain starts."""
@@ -88,26 +88,12 @@ def host_of(pod: str) -> str:
     return f"{pod}.{HEADLESS}.{NAMESPACE}.svc"
 
 
-def ready(pod: dict) -> bool:
-    """Return whether the pod's Ready condition is True."""
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def scheduled(pod: dict) -> dict:
-    """Return the pod's PodScheduled condition ({} before the scheduler looked at it)."""
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "PodScheduled"), {})
-
-
-@dataclass
-class Drill:
+@dataclass(kw_only=True)
+class Drill(StackPods):
     """The deployed stack, its nodes, and what each step learns for the next."""
 
     deployed: Deployed
-    nodes: MultiNodeCluster
     cert_manager: CertManagerStandIn | None
-    client_env: dict[str, str] = field(default_factory=dict)
     placement: dict[str, str] = field(default_factory=dict)
     """Broker pod -> node, as first scheduled."""
     old_master: str = ""
@@ -119,85 +105,17 @@ class Drill:
     survivors: dict[str, str] = field(default_factory=dict)
     """Worker pods (name -> uid) running before the drain on nodes it did not drain."""
 
-    def pods(self, selector: str = "") -> dict[str, dict]:
-        """Return the namespace's pods as the API server has them, by name."""
-        query = {"labelSelector": selector} if selector else {}
-        items = self.nodes.api.list(f"/api/v1/namespaces/{NAMESPACE}/pods", **query)
-        return {p["metadata"]["name"]: p for p in items}
-
-    def brokers(self) -> dict[str, dict]:
-        """Return the broker StatefulSet's pods, by name."""
-        return self.pods(BROKER_SELECTOR)
-
     def workers(self) -> dict[str, dict]:
         """Return the worker pool's pods that are not terminating, by name."""
-        return {
-            name: pod
-            for name, pod in self.pods().items()
-            if name.startswith(f"{WORKERS}-") and not pod["metadata"].get("deletionTimestamp")
-        }
-
-    def client(self, *args: str) -> Any:
-        """Run sentinel_client.py in the pod network; return its JSON answer."""
-        result = self.nodes.run_in_netns(
-            [sys.executable, str(CLIENT), *args], timeout=60, env=self.client_env
-        )
-        assert result.returncode == 0, f"client {args[0]} failed: {result}\n{self.describe()}"
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return self.pool_pods(WORKERS)
 
     def publish(self, count: int, prefix: str, seconds: float) -> dict[str, str]:
         """Publish record_execution tasks through Sentinel; return label -> task id."""
-        return self.client(
-            "publish", "--count", str(count), "--prefix", prefix, "--seconds", str(seconds),
-            "--record-file", RECORD_FILE,
-        )  # fmt: skip
-
-    def status(self, task_ids: list[str]) -> dict[str, Any]:
-        """Return the master, queue length, unacked task ids and results (see the client)."""
-        return self.client("status", *task_ids)
-
-    def master(self) -> str:
-        """Return the pod the Sentinels name master, asked as a client asks."""
-        return self.status([])["master"].split(".", 1)[0]
-
-    def replication(self, pod: str) -> dict[str, str]:
-        """Return INFO replication of a broker pod's Redis, asked inside the pod as probes do."""
-        tls = '--tls --cacert "$REDIS_TLS_DIR/ca.crt" ' if TLS else ""
-        script = (
-            'REDISCLI_AUTH="$(cat "$REDIS_USERS_DIR/probe-password")" '
-            f'redis-cli --no-auth-warning --user probe -p "$REDIS_PORT" {tls}info replication'
-        )
-        reply = self.nodes.pod(pod, NAMESPACE).exec(["sh", "-c", script], container="redis")
-        assert reply.returncode == 0, f"INFO replication on {pod}: {reply}"
-        fields = (line.split(":", 1) for line in reply.stdout.splitlines() if ":" in line)
-        return {key: value.strip() for key, value in fields}
+        return self.publish_tasks(count, prefix, seconds, RECORD_FILE)
 
     def executed_by(self, names: list[str]) -> dict[str, set[str]]:
         """Return the labels each named worker pod's record file holds."""
-        found = {}
-        for name in names:
-            reply = self.nodes.pod(name, NAMESPACE).exec(["cat", RECORD_FILE])
-            found[name] = {line.split()[0] for line in reply.stdout.splitlines() if line}
-        return found
-
-    def wait(self, what: str, predicate: Any, timeout: float, interval: float = 1.0) -> Any:
-        """Poll predicate until it returns something truthy; fail naming what, with the pods."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"{what} after {timeout:g} s:\n{self.describe()}")
-            time.sleep(interval)
-
-    def describe(self) -> str:
-        """Return where every pod is, and every node's view of its pods."""
-        lines = [
-            f"{name}: {p['spec'].get('nodeName')} {p['status'].get('phase')}"
-            for name, p in sorted(self.pods().items())
-        ]
-        return "\n".join(lines) + "\n" + self.nodes.describe()
+        return {name: set(labels) for name, labels in self.records(names, RECORD_FILE).items()}
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +133,10 @@ def drill(
         issuing = CertManagerStandIn(cluster, NAMESPACE, root / "cert-manager", "ha-internal-ca")
     with issuing as issuer:
         try:
-            yield Drill(deployed, three_nodes, issuer)
+            yield Drill(
+                deployed=deployed, nodes=three_nodes, namespace=NAMESPACE, tls=TLS,
+                cert_manager=issuer,
+            )  # fmt: skip
         finally:
             for node in NODE_NAMES:
                 three_nodes.uncordon(node)
