@@ -23,6 +23,19 @@ is still the same replica to Sentinel.
 Passwords: the replication user's and Sentinel's are written at start into files on the same
 memory-backed volume as the ACL file (Redis and Sentinel read plaintext `masterauth`,
 `auth-pass`, `requirepass` from config), never into a ConfigMap, argv or a log.
+
+Moving a deployed standalone stack to Sentinel (README) keeps its queued tasks only if the
+standalone pod 0, on its volume, becomes the first master. The StatefulSet controller first
+creates pods 1..N-1 beside it (each once the one before is ready), then replaces it. That old
+pod knows neither the replication user nor the Sentinel user: the new pods detect it by that
+refusal (`refusal_function`). Their Redis counts as ready without a replication link
+(REPLICA_OF_STANDALONE), or the controller would never replace pod 0; their Sentinels monitor
+it with a down-after of a day (SENTINEL_OF_STANDALONE), or two of them would see it down
+within down-after and promote an empty replica, which the new pod 0 would then follow,
+dropping every task on its volume (tests/realengine/test_topology_move_real.py saw both). A
+Sentinel takes the configured down-after back once its own link gets valid replies from the
+new pod 0 (`sentinel_readiness_command`): a Sentinel still connecting to the old pod's address
+(it retries a stale link only every 15 s) would otherwise see the new master down too.
 """
 
 from __future__ import annotations
@@ -57,10 +70,18 @@ CONFIG_KEY = "sentinel.conf"
 STATE_FILE = "sentinel.conf"
 """sentinel.conf as Sentinel runs and rewrites it, in the run directory (memory-backed)."""
 REPLICATION_INCLUDE = "replication.conf"
-STARTED_ALONE = "started-without-sentinels"
-"""Marker in the run directory: this Redis started while no Sentinel answered (see
-`redis_readiness_lines`); removed once its replication link is up."""
 """Redis's run-time include: announced hostname, replication user and, on replicas, replicaof."""
+REPLICA_OF_STANDALONE = "replica-of-standalone"
+"""Marker in the run directory: this Redis started as a replica of the standalone broker that
+a move to Sentinel replaces (its master refused the replication user); it is ready without a
+link until the link first comes up (`redis_readiness_lines`)."""
+SENTINEL_OF_STANDALONE = "sentinel-of-standalone"
+"""Marker in the run directory: this Sentinel started monitoring the standalone broker that a
+move replaces, with STANDALONE_DOWN_AFTER_MS; removed when it takes the configured
+down-after back (`sentinel_readiness_command`)."""
+STANDALONE_DOWN_AFTER_MS = 86_400_000
+"""Down-after of a Sentinel watching the standalone pod 0 a move replaces: no failover away
+from the only copy of the tasks, however long the StatefulSet takes to replace it."""
 
 ENV_POD_NAME = "POD_NAME"
 """The pod's name (downward API): its own hostname is `<POD_NAME>.<headless Service domain>`."""
@@ -194,22 +215,48 @@ def discovery_functions(settings: StackSettings) -> str:
     )
 
 
+def refusal_function(settings: StackSettings) -> str:
+    """Shell `refuses HOST USER PASSWORD_FILE`: true when that Redis refuses the user's login.
+
+    Only the standalone broker that a move to Sentinel replaces refuses the replication and
+    Sentinel users (it has neither); an unreachable or still starting Redis does not count.
+    """
+    return "\n".join(
+        [
+            "refuses() {",
+            '  reply="$(REDISCLI_AUTH="$(cat "$3")" timeout '
+            f"{CLI_TIMEOUT_SECONDS // 5} redis-cli --no-auth-warning"
+            f' --user "$2" -h "$1" -p "${ENV_PORT}"{_cli_tls(settings.tls.enabled)} ping 2>&1)"'
+            " || true",
+            '  case "$reply" in *WRONGPASS* | *NOAUTH*) return 0 ;; esac',
+            "  return 1",
+            "}",
+        ]
+    )
+
+
 def replication_prelude(settings: StackSettings) -> str:
     """Shell run by Redis's start script before it execs: write the replication include.
 
     The include is passed with `--include`; it names the hostname this Redis announces, the
     replication user (its password in plaintext, as Redis reads masterauth: hence the
-    memory-backed run directory and umask 077) and, unless Sentinels name this pod the
-    master, `replicaof` the master they name.
+    memory-backed run directory and umask 077) and, unless this pod is the master Sentinels
+    name (pod 0 when none answers), `replicaof` that master. A master that refuses the
+    replication user is the standalone broker a move replaces: REPLICA_OF_STANDALONE.
     """
     port = settings.broker.port
     return "\n".join(
         [
             discovery_functions(settings),
-            'master="$(sentinel_master)"',
-            "# No Sentinel answered: a first deploy or a move from standalone; pod 0 leads.",
-            f'[ -n "$master" ] && rm -f "$run_dir/{STARTED_ALONE}" || {{',
-            f'  master="{pod_hostname(settings, 0)}"; : > "$run_dir/{STARTED_ALONE}"; }}',
+            refusal_function(settings),
+            "# No Sentinel answers on a first deploy or a move from standalone: pod 0 leads.",
+            'master="$(find_master)"',
+            f'rm -f "$run_dir/{REPLICA_OF_STANDALONE}"',
+            f'if [ "$master" != "$me" ] && refuses "$master" {REPLICATOR_USER} '
+            f'"${ENV_USERS_DIR}/{REPLICATOR_PASSWORD_FILE}"; then',
+            f'  : > "$run_dir/{REPLICA_OF_STANDALONE}"',
+            '  echo "redis-start: $master is the standalone broker being moved to Sentinel"',
+            "fi",
             "{",
             '  echo "replica-announce-ip $me"',
             f'  echo "masteruser {REPLICATOR_USER}"',
@@ -245,7 +292,15 @@ def sentinel_start_script(settings: StackSettings) -> str:
             "umask 077",
             f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
             discovery_functions(settings),
+            refusal_function(settings),
             'master="$(find_master)"',
+            f"down_after={sentinel.down_after_ms}",
+            f'rm -f "$run_dir/{SENTINEL_OF_STANDALONE}"',
+            f'if [ "$master" != "$me" ] && refuses "$master" {SENTINEL_USER} "{users}/'
+            f'{SENTINEL_USER_PASSWORD_FILE}"; then',
+            "  # The standalone pod 0 a move replaces: no failover away from the only copy.",
+            f'  down_after={STANDALONE_DOWN_AFTER_MS}; : > "$run_dir/{SENTINEL_OF_STANDALONE}"',
+            "fi",
             "{",
             f'  cat "${ENV_SENTINEL_TEMPLATE}"',
             '  echo "sentinel announce-ip $me"',
@@ -254,7 +309,7 @@ def sentinel_start_script(settings: StackSettings) -> str:
             f'  echo "sentinel monitor {name} $master ${ENV_PORT} {sentinel.effective_quorum}"',
             f'  echo "sentinel auth-user {name} {SENTINEL_USER}"',
             f'  echo "sentinel auth-pass {name} $(cat "{users}/{SENTINEL_USER_PASSWORD_FILE}")"',
-            f'  echo "sentinel down-after-milliseconds {name} {sentinel.down_after_ms}"',
+            f'  echo "sentinel down-after-milliseconds {name} $down_after"',
             f'  echo "sentinel failover-timeout {name} {sentinel.failover_timeout_ms}"',
             f'  echo "sentinel parallel-syncs {name} 1"',
             "  # Every other pod is a replica from the start: Sentinel learns replicas only from",
@@ -266,7 +321,8 @@ def sentinel_start_script(settings: StackSettings) -> str:
             "  done",
             f'}} > "{state}.new"',
             f'mv "{state}.new" "{state}"',
-            'echo "sentinel-start: monitoring $master as this pod ($me)"',
+            'echo "sentinel-start: monitoring $master as this pod ($me);'
+            ' down-after $down_after ms"',
             f'exec {server} "{state}" --sentinel',
             "",
         ]
@@ -296,17 +352,48 @@ def sentinel_liveness_command(settings: StackSettings) -> list[str]:
     ]
 
 
+RESTORE_PING_MS = 2000
+"""A Sentinel watching the standalone pod takes its down-after back only once its last valid
+PING reply from the master is this recent: two ping periods, so its own link works."""
+
+
 def sentinel_readiness_command(settings: StackSettings) -> list[str]:
-    """Ready when Sentinel answers and knows a master (its own quorum is the check's job)."""
-    name = settings.broker.sentinel.master_name
+    """Ready when Sentinel answers and knows a master (its own quorum is the check's job).
+
+    A Sentinel that started watching the standalone pod a move replaces (SENTINEL_OF_STANDALONE)
+    takes the configured down-after back here, once the master it names accepts the Sentinel
+    user (the new pod 0) and its own link has had a valid reply within RESTORE_PING_MS:
+    Sentinel counts a link from its creation, and retries a link to a vanished address only
+    every 15 s, during which it would see the new master down.
+    """
+    sentinel = settings.broker.sentinel
+    name = sentinel.master_name
     return [
         "sh",
         "-c",
         "\n".join(
             [
                 sentinel_cli_prelude(settings.tls.enabled),
-                f'[ -n "$(scli SENTINEL get-master-addr-by-name {name} | head -n 1)" ] || '
-                '{ echo "sentinel knows no master"; exit 1; }',
+                f'master="$(scli SENTINEL get-master-addr-by-name {name} | head -n 1)"',
+                '[ -n "$master" ] || { echo "sentinel knows no master"; exit 1; }',
+                f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
+                f'[ -e "$run_dir/{SENTINEL_OF_STANDALONE}" ] || exit 0',
+                refusal_function(settings),
+                f'refuses "$master" {SENTINEL_USER} '
+                f'"${ENV_USERS_DIR}/{SENTINEL_USER_PASSWORD_FILE}" && exit 0',
+                f'view="$(scli SENTINEL MASTER {name})"',
+                "field() {",
+                '  echo "$view" | awk -v key="$1" \'previous == key { print; exit }'
+                " { previous = $0 }'",
+                "}",
+                'case "$(field flags)" in *disconnected* | *s_down*) exit 0 ;; esac',
+                'ok_ms="$(field last-ok-ping-reply)"',
+                f'[ -n "$ok_ms" ] && [ "$ok_ms" -lt {RESTORE_PING_MS} ] || exit 0',
+                f'reply="$(scli SENTINEL SET {name} down-after-milliseconds '
+                f'{sentinel.down_after_ms})"',
+                f'[ "$reply" = OK ] && rm -f "$run_dir/{SENTINEL_OF_STANDALONE}" &&',
+                '  echo "sentinel: $master answers; configured down-after restored"',
+                "exit 0",
             ]
         ),
     ]
@@ -316,11 +403,11 @@ def redis_readiness_lines() -> list[str]:
     """Extra readiness of a replicated Redis: a replica is ready once its link is up.
 
     A rollout then waits for each restarted replica to have synced before it takes the next
-    pod, so it never stops two up-to-date copies at once. The exception is a replica that
-    started while no Sentinel answered: moving a standalone stack to Sentinel creates the
-    new replicas beside the old standalone pod, which has no replication user yet, and the
-    StatefulSet only replaces that pod (the first master, on its volume) once the others are
-    ready. Such a replica is ready until its link first comes up, then as any other.
+    pod, so it never stops two up-to-date copies at once. The exception is a replica of the
+    standalone broker a move to Sentinel replaces (REPLICA_OF_STANDALONE): that pod refuses
+    the replication user, and the StatefulSet replaces it (the first master, on its volume)
+    only once the new pods are ready. Such a replica is ready until its link first comes up,
+    then as any other.
     """
     return [
         f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
@@ -328,8 +415,8 @@ def redis_readiness_lines() -> list[str]:
         'case "$repl" in',
         "  *role:slave*)",
         '    if echo "$repl" | grep -q "^master_link_status:up"; then',
-        f'      rm -f "$run_dir/{STARTED_ALONE}"',
-        f'    elif [ ! -e "$run_dir/{STARTED_ALONE}" ]; then',
+        f'      rm -f "$run_dir/{REPLICA_OF_STANDALONE}"',
+        f'    elif [ ! -e "$run_dir/{REPLICA_OF_STANDALONE}" ]; then',
         '      echo "not ready: replication link down"; exit 1',
         "    fi ;;",
         "esac",
