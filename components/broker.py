@@ -474,7 +474,9 @@ def reloader_container(settings: StackSettings) -> k8s.core.v1.ContainerArgs:
                 queues=metrics.configured_queues(settings),
                 engine=broker.engine,
                 replicated=replicated(settings),
-                background=(sentinel_config.fence_script(settings) if replicated(settings) else ""),
+                background=(
+                    sentinel_config.reloader_background(settings) if replicated(settings) else ""
+                ),
             ),
             "reloader",
         ],

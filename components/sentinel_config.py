@@ -35,7 +35,8 @@ within down-after and promote an empty replica, which the new pod 0 would then f
 dropping every task on its volume (tests/realengine/test_topology_move_real.py saw both). A
 Sentinel takes the configured down-after back once its own link gets valid replies from the
 new pod 0 (`sentinel_readiness_command`): a Sentinel still connecting to the old pod's address
-(it retries a stale link only every 15 s) would otherwise see the new master down too.
+(it retries a stale link only every 15 s) would otherwise see the new master down too. A
+replica stuck the same way is made to reconnect (`rejoin_script`).
 """
 
 from __future__ import annotations
@@ -216,21 +217,23 @@ def discovery_functions(settings: StackSettings) -> str:
 
 
 def refusal_function(settings: StackSettings) -> str:
-    """Shell `refuses HOST USER PASSWORD_FILE`: true when that Redis refuses the user's login.
+    """Shell `login` and `refuses`: how a Redis answers one of the broker's users.
 
-    Only the standalone broker that a move to Sentinel replaces refuses the replication and
-    Sentinel users (it has neither); an unreachable or still starting Redis does not count.
+    `login HOST USER PASSWORD_FILE` prints that Redis's reply to PING as that user (an error
+    text when refused); `refuses` (same arguments) is true when it refuses the login. Only the
+    standalone broker that a move to Sentinel replaces refuses the replication and Sentinel
+    users (it has neither); an unreachable or still starting Redis does not count.
     """
     return "\n".join(
         [
-            "refuses() {",
-            '  reply="$(REDISCLI_AUTH="$(cat "$3")" timeout '
+            "login() {",
+            '  REDISCLI_AUTH="$(cat "$3")" timeout '
             f"{CLI_TIMEOUT_SECONDS // 5} redis-cli --no-auth-warning"
-            f' --user "$2" -h "$1" -p "${ENV_PORT}"{_cli_tls(settings.tls.enabled)} ping 2>&1)"'
+            f' --user "$2" -h "$1" -p "${ENV_PORT}"{_cli_tls(settings.tls.enabled)} ping 2>&1'
             " || true",
-            '  case "$reply" in *WRONGPASS* | *NOAUTH*) return 0 ;; esac',
-            "  return 1",
             "}",
+            'refuses() { case "$(login "$@")" in *WRONGPASS* | *NOAUTH*) return 0 ;; esac; '
+            "return 1; }",
         ]
     )
 
@@ -638,3 +641,59 @@ def fence_script(settings: StackSettings) -> str:
             "# --- end of fence ---",
         ]
     )
+
+
+REJOIN_POLL_SECONDS = 2
+"""How often the reloader looks at a replica of the standalone broker a move replaces."""
+
+
+def rejoin_script(settings: StackSettings) -> str:
+    """Return the rejoin loop: a replica of the moved standalone broker reconnects at once.
+
+    Such a replica (REPLICA_OF_STANDALONE) has been trying its master, pod 0, by name since it
+    started, and was refused. When the StatefulSet replaces that pod, a connection attempt made
+    while pod 0's name still gave the old pod's vanished address waits repl-timeout (60 s)
+    before Redis tries again (seen under the real engine: the replica synced a minute after
+    the new master, which meanwhile had one replica to count for min-replicas-to-write). The
+    loop runs in the reloader container as the `sentinel` user: once the master accepts the
+    replication user and the link has stayed down for two passes with no sync in progress, it
+    restarts replication (REPLICAOF NO ONE then REPLICAOF, in one MULTI/EXEC as Sentinel
+    itself reconfigures replicas, so no client sees a master in between), which resolves the
+    name again. It does nothing once the marker is gone (the link came up).
+    """
+    port = f"${ENV_PORT}"
+    loopback_tls = " --tls --insecure" if settings.tls.enabled else ""
+    auth = f'REDISCLI_AUTH="$(cat "${ENV_USERS_DIR}/{SENTINEL_USER_PASSWORD_FILE}")"'
+    return "\n".join(
+        [
+            "# --- rejoin (components/sentinel_config.py) ---",
+            refusal_function(settings),
+            "rejoin_admin() {",
+            f"  {auth} timeout {CLI_TIMEOUT_SECONDS} redis-cli --no-auth-warning"
+            f' --user {SENTINEL_USER} -h 127.0.0.1 -p "{port}"{loopback_tls} "$@"',
+            "}",
+            "rejoin_pass() {",
+            f'  [ -e "$run_dir/{REPLICA_OF_STANDALONE}" ] || {{ stuck=""; return 0; }}',
+            "  info=\"$(rejoin_admin INFO replication | tr -d '\\r')\"",
+            "  for line in role:slave master_link_status:down master_sync_in_progress:0; do",
+            '    echo "$info" | grep -q "^$line" || { stuck=""; return 0; }',
+            "  done",
+            '  master="$(echo "$info" | sed -n "s/^master_host://p")"',
+            f'  reply="$(login "$master" {REPLICATOR_USER} '
+            f'"${ENV_USERS_DIR}/{REPLICATOR_PASSWORD_FILE}")"',
+            '  [ "$reply" = PONG ] || { stuck=""; return 0; }',
+            '  if [ "$stuck" != "$master" ]; then stuck="$master"; return 0; fi',
+            f'  printf "MULTI\\nREPLICAOF NO ONE\\nREPLICAOF %s %s\\nEXEC\\n" "$master" "{port}" |',
+            "    rejoin_admin >/dev/null",
+            '  echo "rejoin: $master accepts replication now; reconnecting to it"',
+            '  stuck=""',
+            "}",
+            f'( stuck=""; while :; do rejoin_pass; sleep {REJOIN_POLL_SECONDS}; done ) &',
+            "# --- end of rejoin ---",
+        ]
+    )
+
+
+def reloader_background(settings: StackSettings) -> str:
+    """Return the replicated broker's loops beside the reloader's own: fence, then rejoin."""
+    return "\n".join(part for part in (fence_script(settings), rejoin_script(settings)) if part)

@@ -56,8 +56,9 @@ RECORD_FILE = "/tmp/ha-move-executions.log"
 TASKS_TIMEOUT = 90
 DOWN_AFTER_MS = 5000
 """broker.sentinel.down_after_ms (the default)."""
-SENTINELS_SETTLE_TIMEOUT = 40
-"""A Sentinel still connecting to the old pod 0's address retries only every 15 s."""
+SENTINELS_SETTLE_TIMEOUT = 60
+"""A Sentinel still connecting to the old pod 0's address retries only every 15 s (seen: 36 s
+from the new pod 0's start to the last Sentinel's configured down-after)."""
 
 
 def stack_file() -> str:
