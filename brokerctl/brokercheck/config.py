@@ -22,6 +22,14 @@ class Pool:
     queues: tuple[str, ...]
     replicas: int | None = None
 
+    @property
+    def expected_replicas(self) -> int:
+        """Workers expected to answer: the replicas given, one when none was (`--pool N=Q`).
+
+        0 is a pool scaled to zero (KEDA with min_replicas 0) or paused: none is expected.
+        """
+        return 1 if self.replicas is None else self.replicas
+
 
 @dataclass(frozen=True)
 class SentinelConfig:
@@ -68,7 +76,7 @@ class CheckConfig:
         """Workers that must answer: --expect-workers, else the pools' replicas, else 0."""
         if self.expect_workers is not None:
             return self.expect_workers
-        return sum(pool.replicas or 1 for pool in self.pools)
+        return sum(pool.expected_replicas for pool in self.pools)
 
     def masker(self) -> Masker:
         """Return a Masker that knows every password of this run."""

@@ -17,7 +17,8 @@ Checks, one report entry each:
                       counted, never read) and the oldest delivery's age against
                       visibility_timeout (near or past it, kombu redelivers: warning)
   workers             at least --expect-workers workers answer a control ping
-  pool:NAME           every queue of the pool has a consumer; replicas serve all of them
+  pool:NAME           every queue of the pool has a consumer; replicas serve all of them (a
+                      pool at 0 replicas, scaled to zero or paused, only warns)
   canary:QUEUE        Celery's built-in `celery.accumulate` task, sent to each consumed queue,
                       runs and its result is read back (needs a result backend)
 

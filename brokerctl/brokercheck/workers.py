@@ -228,7 +228,7 @@ def _enough_replies(replies: ControlReplies, config: CheckConfig) -> bool:
         return False
     return all(
         all(replies.consumers(queue) for queue in pool.queues)
-        and len(replies.serving(pool)) >= (pool.replicas or 1)
+        and len(replies.serving(pool)) >= pool.expected_replicas
         for pool in config.pools
     ) and all(replies.consumers(queue) for queue in config.queues)
 
@@ -258,12 +258,21 @@ def _report_pool(report: Report, pool: Pool, replies: ControlReplies) -> None:
     """Fail when a queue has no consumer; warn when fewer replicas than expected serve it all."""
     consumers = {queue: replies.consumers(queue) for queue in pool.queues}
     serving = replies.serving(pool)
-    replicas = pool.replicas or 1
+    replicas = pool.expected_replicas
     measured = "; ".join(f"{queue}: {len(nodes)} consumers" for queue, nodes in consumers.items())
     measured += f"; {len(serving)} workers consume all"
     expected = f"every queue consumed; {replicas} workers consume all"
     idle = [queue for queue, nodes in consumers.items() if not nodes]
-    if idle:
+    if idle and replicas == 0:
+        report.add(
+            f"pool:{pool.name}",
+            WARN,
+            measured,
+            "0 replicas: no consumer expected",
+            f"the pool runs no worker now (scaled to zero, or paused): tasks sent to "
+            f"{', '.join(idle)} wait until it scales up",
+        )
+    elif idle:
         report.add(
             f"pool:{pool.name}",
             FAIL,

@@ -161,6 +161,25 @@ def test_queue_without_consumer_fails_its_pool(deployment: Deployment) -> None:
     assert "canary:pdf" not in run.statuses(), "no canary may be sent to a queue nobody consumes"
 
 
+def test_pool_scaled_to_zero_warns_instead_of_failing(deployment: Deployment) -> None:
+    """KEDA with min_replicas 0 (or a paused pool): the gate Job passes `--pool NAME=Q:0`."""
+    run = run_check(
+        *deployment.urls.args(),
+        "--pool",
+        "default=celery:1",
+        "--pool",
+        "idle=pdf:0",
+        "--timeout",
+        "3",
+        "--json",
+    )
+
+    assert run.returncode == 0, run.stdout
+    assert run.statuses()["pool:idle"] == "warn", run.stdout
+    assert "scales up" in run.check("pool:idle")["hint"], run.stdout
+    assert run.statuses()["pool:default"] == "pass", run.stdout
+
+
 def test_fewer_workers_than_expected_fails_the_workers_check(deployment: Deployment) -> None:
     run = run_check(*deployment.urls.args(), "--expect-workers", "2", "--timeout", "3", "--json")
 
