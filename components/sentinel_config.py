@@ -324,6 +324,11 @@ def sentinel_start_script(settings: StackSettings) -> str:
             "  done",
             f'}} > "{state}.new"',
             f'mv "{state}.new" "{state}"',
+            *(
+                [f'{tls_checksum_line()} > "$run_dir/{SENTINEL_TLS_CHECKSUM}"']
+                if settings.tls.enabled
+                else []
+            ),
             'echo "sentinel-start: monitoring $master as this pod ($me);'
             ' down-after $down_after ms"',
             f'exec {server} "{state}" --sentinel',
@@ -341,14 +346,45 @@ def sentinel_cli_prelude(tls: bool) -> str:
     )
 
 
+SENTINEL_TLS_CHECKSUM = "sentinel-tls.sha256"
+"""Checksum of the TLS files Sentinel started with, in the run directory (`tls_checksum_line`)."""
+
+
+def tls_checksum_line() -> str:
+    """Shell printing the checksum of the mounted TLS files (certificate, key, CA)."""
+    files = " ".join(f'"${ENV_TLS_DIR}/{key}"' for key in (TLS_CERT_KEY, TLS_KEY_KEY, TLS_CA_KEY))
+    return f"cat {files} | sha256sum | cut -d ' ' -f 1"
+
+
 def sentinel_liveness_command(settings: StackSettings) -> list[str]:
-    """Alive while Sentinel answers PING."""
+    """Alive while Sentinel answers PING and serves the TLS files now mounted.
+
+    Redis takes a renewed certificate from the reloader (CONFIG SET); Sentinel has no such
+    command and reads its TLS files only at start. With TLS on, liveness fails once the
+    mounted files differ from those Sentinel started with, so the kubelet restarts the
+    sentinel container alone (Redis keeps serving; the new Sentinel asks the others for the
+    master) before the old certificate expires: cert-manager renews a third of its lifetime
+    early.
+    """
+    tls = settings.tls.enabled
+    renewed = (
+        [
+            f'run_dir="${{{ENV_ACL_FILE}%/*}}"',
+            f'started="$(cat "$run_dir/{SENTINEL_TLS_CHECKSUM}")"',
+            f'if [ "$({tls_checksum_line()})" != "$started" ]; then',
+            '  echo "sentinel: the TLS Secret was renewed; restarting to serve it"; exit 1',
+            "fi",
+        ]
+        if tls
+        else []
+    )
     return [
         "sh",
         "-c",
         "\n".join(
             [
-                sentinel_cli_prelude(settings.tls.enabled),
+                *renewed,
+                sentinel_cli_prelude(tls),
                 '[ "$(scli ping)" = PONG ] || { echo "sentinel does not answer"; exit 1; }',
             ]
         ),

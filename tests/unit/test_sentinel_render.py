@@ -7,6 +7,7 @@ objects themselves are checked.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,37 @@ def test_only_a_replicated_broker_with_the_loss_bound_runs_the_fence(objects) ->
     assert "fence" not in broker_component.reloader_container(off).command[2]
     standalone = settings_of(stack_config())
     assert "fence" not in broker_component.reloader_container(standalone).command[2]
+
+
+def test_sentinel_restarts_when_the_tls_secret_is_renewed(objects, tmp_path: Path) -> None:
+    """Sentinel cannot reload TLS files: its liveness fails once they differ from its start's.
+
+    The rendered start-script line records the checksum, the rendered liveness command
+    compares; both run here with real sh against files standing in for the mounted Secret.
+    """
+    sentinel = containers(objects)["sentinel"]
+    start = sentinel["command"][2]
+    liveness = sentinel["livenessProbe"]["exec"]["command"]
+    (line,) = [x for x in start.splitlines() if sentinel_config.SENTINEL_TLS_CHECKSUM in x]
+    tls_dir, run_dir = tmp_path / "tls", tmp_path / "run"
+    tls_dir.mkdir()
+    run_dir.mkdir()
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (tls_dir / name).write_text(f"{name} issued first\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_TLS_DIR": str(tls_dir),
+        "REDIS_ACL_FILE": str(run_dir / "users.acl"),
+        "REDIS_USERS_DIR": str(tmp_path),
+        "SENTINEL_PORT": "1",
+    }
+    subprocess.run(["sh", "-c", f'run_dir="{run_dir}"\n{line}'], env=env, check=True)
+
+    def probe() -> str:
+        done = subprocess.run(liveness, env=env, capture_output=True, text=True, timeout=20)
+        assert done.returncode != 0, "no Sentinel runs here: the probe must fail either way"
+        return done.stdout
+
+    assert "renewed" not in probe(), "unchanged files must not restart Sentinel"
+    (tls_dir / "tls.crt").write_text("tls.crt renewed by cert-manager\n")
+    assert "renewed" in probe(), "a renewed certificate must restart Sentinel"
