@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from types import TracebackType
 import yaml
 
 from tests.realengine.toolchain import binary, crd_files
+from tests.support.network import free_port
 
 START_TIMEOUT = 90.0
 """Seconds the API server gets to answer /readyz (etcd and certificates included)."""
@@ -31,13 +31,6 @@ START_TIMEOUT = 90.0
 
 class ControlPlaneError(RuntimeError):
     """A component did not start; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 import redis
 
 from tests.support.engines import server_executable, server_version
+from tests.support.network import free_port
 
 REDIS_SERVER = "redis-server"
 CELERY_PASSWORD = "celery-Pa55-9f3Kq"
@@ -100,13 +101,6 @@ def url_credentials(user: str | None, password: str | None) -> str:
     if not (user or password):
         return ""
     return f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@"
-
-
-def free_port() -> int:
-    """Return a TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
