@@ -718,6 +718,9 @@ def test_parallel_clusters_do_not_collide_and_cleanup_leaves_nothing(tmp_path: P
         (pod_b,) = second.wait_ready("StatefulSet", "broker", timeout=20)
         assert redis_client(second, password="other").ping()
         netns_inode = os.stat(first.netns.path).st_ino
+        # Held open to the end: a freed namespace's inode number is handed to the next one,
+        # which another xdist worker's cluster may create (its pods would be counted here).
+        netns_held = os.open(first.netns.path, os.O_RDONLY | os.O_CLOEXEC)
         names = [first.netns.name, second.netns.name]
         state_dirs = [str(first.state_dir), str(second.state_dir)]
         pids = [pod_a.container().current.process.pid, pod_b.container().current.process.pid]
@@ -732,4 +735,7 @@ def test_parallel_clusters_do_not_collide_and_cleanup_leaves_nothing(tmp_path: P
     )
     assert not any(Path(d).exists() for d in state_dirs), "state directories removed"
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "container processes gone"
-    assert processes_in_netns(netns_inode) == [], "no process left in the cluster namespace"
+    try:
+        assert processes_in_netns(netns_inode) == [], "no process left in the cluster namespace"
+    finally:
+        os.close(netns_held)
