@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
+from contextlib import suppress
 from dataclasses import replace
 
 from brokerctl.brokercheck.broker import check_broker
@@ -24,6 +26,7 @@ def run_checks(config: CheckConfig) -> Report:
     """
     mask = config.masker()
     report = Report(target=masked_url(mask, config.broker_url), mask=mask)
+    _import_clients(config)
     deadline = Deadline(config.timeout)
     runner = threading.Thread(
         target=_run_all, args=(config, report, deadline), name="brokercheck", daemon=True
@@ -40,6 +43,29 @@ def run_checks(config: CheckConfig) -> Report:
         )
     report.close()
     return report
+
+
+def _import_clients(config: CheckConfig) -> None:
+    """Import the client libraries this run needs before its deadline starts.
+
+    --timeout bounds network steps, and each step gets what is left of the deadline when it
+    starts. Imported inside a step (redis-py at the first connect, kombu and its Redis transport
+    at the control ping, Celery at the canary), they spent that time on a busy machine or a
+    CPU-limited pod: a silent broker's read timed out after the watchdog had already reported a
+    bare timeout instead of "no answer", and the workers' ping window (and the ping's expiry)
+    shrank until workers that were running did not answer in time. A library that fails to
+    import is left to the step that needs it, which reports the error.
+    """
+    modules = ["redis"]
+    if config.sentinel is not None:
+        modules.append("redis.sentinel")
+    if config.expected_workers > 0:
+        modules += ["kombu", "kombu.transport.redis"]
+        if config.canary and config.result_backend_url:
+            modules.append("celery")
+    for name in modules:
+        with suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _run_all(config: CheckConfig, report: Report, deadline: Deadline) -> None:
