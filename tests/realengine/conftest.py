@@ -1,8 +1,10 @@
-"""Fixtures of the real-engine tests: one control plane per session, stacks in project copies.
+"""Fixtures of the real-engine tests: one control plane for the folder, stacks in project copies.
 
 Two kinds of cluster, made only when a test asks for one:
-- `control_plane` with its one `node`, once per session (every stack lifecycle test; pods
-  share one network);
+- `control_plane` with its one `node`, once for this folder (every stack lifecycle test; pods
+  share one network). Package scope, not session: they stop after the folder's last test
+  instead of idling to the end of the run (under xdist the worker that ran this folder goes on
+  with other tests, see tests/conftest.py);
 - `three_nodes`, once per module: a control plane of its own with node-a, node-b and node-c
   on one pod network (tests/realengine/multinode.py), for what needs several nodes: spreading,
   drains, PDBs. Per module because idle, three nodes and their control plane still cost about
@@ -45,18 +47,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(REAL_ENGINE_TEST_TIMEOUT))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """Run a real API server, controller manager and scheduler on loopback for the session."""
+    """Run a real API server, controller manager and scheduler on loopback for this folder."""
     with ControlPlane(tmp_path_factory.mktemp("control-plane"), context=CONTEXT) as cluster:
         yield cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[NodeAgent]:
-    """Run the session's one node (pods of every stack test), with a default StorageClass."""
+    """Run the folder's one node (pods of every stack test), with a default StorageClass."""
     from tests.realengine.deployed import stand_in_images  # imports the e2e image table
     from tests.realengine.node_agent import NodeAgent
 
