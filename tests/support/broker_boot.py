@@ -392,9 +392,9 @@ def _assert_engine(server: BootedBroker, engine: str) -> None:
     )
 
 
-def _raw_connection(server: RedisServer) -> socket.socket:
+def _raw_connection(server: RedisServer, timeout: float = 1.0) -> socket.socket:
     """Open a socket to the server; TLS verifying the test CA when the broker serves TLS."""
-    connection = socket.create_connection((server.host, server.port), timeout=1)
+    connection = socket.create_connection((server.host, server.port), timeout=timeout)
     ca = getattr(server, "ca", None)
     if ca is None:
         return connection
@@ -402,14 +402,15 @@ def _raw_connection(server: RedisServer) -> socket.socket:
     return context.wrap_socket(connection, server_hostname=TLS_HOST)
 
 
-def admin_ping(server: RedisServer) -> bytes:
+def admin_ping(server: RedisServer, timeout: float = 1.0) -> bytes:
     """Authenticate as the admin and PING on a raw socket: b"+PONG", b"-LOADING", or b"" if down.
 
     Raw, because redis-py retries a LOADING reply with backoff and would blur the moment.
+    `timeout` bounds the connect and each read (b"" when it runs out).
     """
     command = f"AUTH {ADMIN_USER} {ADMIN_PASSWORD}\r\nPING\r\n".encode()
     try:
-        with _raw_connection(server) as connection:
+        with _raw_connection(server, timeout) as connection:
             connection.sendall(command)
             reply = b""
             while reply.count(b"\r\n") < 2:
